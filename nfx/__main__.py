@@ -1,0 +1,3 @@
+from nfx.cli import main
+
+main()

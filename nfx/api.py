@@ -1,0 +1,368 @@
+"""The verbs as plain functions: finetune, evaluate, export, predict.
+
+The CLI, notebooks and tests call these. Heavy libraries are imported inside the functions.
+Each takes a Printer (nfx.console) for everything the user sees and returns a result object.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from nfx import runs
+from nfx.config import RunConfig
+from nfx.console import Printer
+from nfx.errors import DataError, RunError
+
+MODEL_INFO = "model.json"
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------
+# finetune
+# --------------------------------------------------------------------------------------------
+def finetune(cfg: RunConfig, printer: Printer | None = None) -> RunResult:
+    printer = printer or Printer()
+    t_start = time.time()
+    from nfx.data.discover import discover
+
+    disc = discover(cfg.data.path, cfg.data.patient_regex)
+    printer.info(
+        f"found {len(disc.samples)} images in {len(disc.classes)} classes ({', '.join(disc.classes)}), "
+        f"{disc.n_patients} patients"
+    )
+
+    import torch  # noqa: F401  (after cheap checks: a bad folder fails in well under a second)
+
+    from nfx.models.factory import create_model
+    from nfx.train.learner import resolve_device, resolve_precision
+
+    notes: list[str] = []
+    model, prep, weights_source = create_model(
+        cfg.model.arch, len(disc.classes), cfg.model.pretrained, cfg.model.weights, notes
+    )
+    for n in notes:
+        printer.note(n)
+    arch = model.pretrained_cfg.get("architecture", cfg.model.arch)
+    if weights_source == "trained from scratch":
+        printer.warn(f"{arch}: no pretrained weights (--no-pretrained); this run trains from scratch")
+    device = resolve_device()
+    precision = resolve_precision(cfg.train.precision, device, printer.warn)
+    size = cfg.data.size or prep.train_size
+    cfg = replace(
+        cfg,
+        data=replace(cfg.data, size=size, path=str(Path(cfg.data.path))),
+        model=replace(cfg.model, arch=arch),
+    )
+    run_dir = runs.new_run_dir(cfg.out, cfg.name, arch)
+    cfg = replace(cfg, name=run_dir.name)
+    cfg.save(run_dir / runs.CONFIG)
+    env = runs.environment()
+    env["precision"] = precision
+    runs.atomic_write_json(run_dir / runs.ENV, env)
+
+    samples, entries = _ingest(cfg, disc, run_dir, printer)
+    split_of = _split(cfg, samples, printer)
+    runs.atomic_write_csv(
+        run_dir / runs.SPLITS,
+        [{"path": s.path, "label": s.label, "patient": s.patient or "", "split": split_of[i]}
+         for i, s in enumerate(samples)],
+    )
+    counts = _split_counts(samples, split_of)
+    for sp, c in counts.items():
+        printer.info(f"  {sp}: {c['images']} images, {c['patients']} patients")
+
+    cls_idx = {c: i for i, c in enumerate(disc.classes)}
+    sel = {sp: [i for i in range(len(samples)) if split_of[i] == sp] for sp in ("train", "valid")}
+    if not sel["valid"]:
+        raise DataError(f"{cfg.data.path}: the validation split is empty; add images or raise --valid-pct")
+    if len(sel["train"]) < cfg.train.bs:
+        raise DataError(
+            f"{cfg.data.path}: the training split has {len(sel['train'])} images, fewer than --bs "
+            f"{cfg.train.bs}; lower --bs"
+        )
+    model_info = {
+        "arch": arch,
+        "classes": disc.classes,
+        "num_classes": len(disc.classes),
+        "input_size": size,
+        "mean": list(prep.mean),
+        "std": list(prep.std),
+        "weights_source": weights_source,
+        "resize": "letterbox (longest side → input_size, zero padding)",
+    }
+    runs.atomic_write_json(run_dir / MODEL_INFO, model_info)
+
+    from nfx.train.fit import fit
+
+    history, final = fit(
+        cfg, model, prep,
+        train=([entries[i] for i in sel["train"]], [cls_idx[samples[i].label] for i in sel["train"]]),
+        valid=([entries[i] for i in sel["valid"]], [cls_idx[samples[i].label] for i in sel["valid"]]),
+        num_classes=len(disc.classes), device=device, precision=precision,
+        run_dir=run_dir, printer=printer,
+    )
+    metrics = {
+        **final,
+        "arch": arch,
+        "weights_source": weights_source,
+        "precision": precision,
+        "device": str(device),
+        "effective_batch_size": cfg.train.effective_batch_size,
+        "agc": cfg.train.agc,
+        "splits": counts,
+        "seconds": round(time.time() - t_start, 1),
+    }
+    runs.atomic_write_json(run_dir / runs.METRICS, metrics)
+    return RunResult(run_dir, metrics, history, notes)
+
+
+def _ingest(cfg: RunConfig, disc, run_dir: Path, printer: Printer):
+    """Decode every file into the cache (the bad-file scan and the cache fill are one pass)."""
+    from nfx.data.cache import ImageCache
+
+    cache = ImageCache(cfg.data.cache_dir, cfg.data.size)
+    paths = [s.path for s in disc.samples]
+    with printer.progress(len(paths), "decoding + caching") as bar:
+        entries, bad = cache.fill(paths, on_done=lambda: bar.advance(1))
+    bad = sorted(disc.bad + bad)
+    if bad:
+        runs.atomic_write_csv(run_dir / runs.BAD_FILES, [{"path": p, "reason": r} for p, r in bad])
+        if not cfg.data.skip_bad:
+            first = f"{bad[0][0]}: {bad[0][1]}"
+            raise DataError(
+                f"{len(bad)} file(s) could not be used (listed in {run_dir / runs.BAD_FILES}; first: {first}); "
+                "fix or remove them, or pass --skip-bad"
+            )
+        printer.warn(f"skipping {len(bad)} unusable file(s), listed in {run_dir / runs.BAD_FILES}")
+    bad_paths = {p for p, _ in bad}
+    keep = [i for i, s in enumerate(disc.samples) if s.path not in bad_paths]
+    samples = [disc.samples[i] for i in keep]
+    if len({s.label for s in samples}) < 2:
+        raise DataError(f"{cfg.data.path}: after skipping unusable files fewer than two classes remain")
+    return samples, [entries[i] for i in keep]
+
+
+def _split(cfg: RunConfig, samples, printer: Printer) -> list[str]:
+    from nfx.data.split import check_no_leaks, group_keys, grouped_stratified_split
+
+    groups = group_keys([s.path for s in samples], [s.patient for s in samples])
+    if not any(s.patient for s in samples):
+        printer.warn(
+            "no patient id found (no DICOM PatientID, no --patient-regex); splitting per image. "
+            "If patients have several images, validation metrics will be optimistic"
+        )
+    if all(s.split for s in samples):
+        splits = [s.split for s in samples]
+        check_no_leaks(groups, splits)
+        return splits
+    return grouped_stratified_split([s.label for s in samples], groups, cfg.data.valid_pct, cfg.train.seed)
+
+
+def _split_counts(samples, split_of: list[str]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for sp in sorted(set(split_of)):
+        idx = [i for i, s in enumerate(split_of) if s == sp]
+        out[sp] = {
+            "images": len(idx),
+            "patients": len({samples[i].patient for i in idx if samples[i].patient}),
+        }
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# loading a trained run (no fastai)
+# --------------------------------------------------------------------------------------------
+@dataclass
+class LoadedRun:
+    run_dir: Path
+    cfg: RunConfig
+    info: dict[str, Any]
+    model: Any
+
+
+def load_run(run_dir: str | Path) -> LoadedRun:
+    run_dir = runs.require_run(Path(run_dir), runs.WEIGHTS, MODEL_INFO)
+    cfg = RunConfig.load(run_dir / runs.CONFIG)
+    info = json.loads((run_dir / MODEL_INFO).read_text())
+    from safetensors.torch import load_file
+
+    from nfx.models.factory import build_for_inference
+
+    model = build_for_inference(info["arch"], info["num_classes"])
+    try:
+        state = load_file(str(run_dir / runs.WEIGHTS))
+        model.load_state_dict(state)
+    except Exception as e:
+        raise RunError(f"{run_dir / runs.WEIGHTS}: could not be loaded ({str(e)[:160]}); re-run training") from e
+    model.eval()
+    return LoadedRun(run_dir, cfg, info, model)
+
+
+def predict_probs(model, paths: list[str], info: dict[str, Any], cache_dir: str | None,
+                  printer: Printer, bs: int = 32) -> tuple[Any, list[tuple[str, str]]]:
+    """Softmax probabilities for files (through the same decode/letterbox/normalise path)."""
+    import numpy as np
+    import torch
+
+    from nfx.data.cache import ImageCache
+    from nfx.data.intensity import normalise
+
+    cache = ImageCache(cache_dir, int(info["input_size"]))
+    with printer.progress(len(paths), "decoding") as bar:
+        entries, bad = cache.fill(paths, on_done=lambda: bar.advance(1))
+    ok = [i for i, e in enumerate(entries) if e is not None]
+    probs = np.full((len(paths), int(info["num_classes"])), np.nan, dtype=np.float64)
+    device = next(model.parameters()).device
+    with torch.inference_mode(), printer.progress(len(ok), "predicting") as bar:
+        for s in range(0, len(ok), bs):
+            idx = ok[s : s + bs]
+            x = np.stack([normalise(np.load(entries[i]), info["mean"], info["std"]) for i in idx])
+            logits = model(torch.from_numpy(x).to(device))
+            probs[idx] = torch.softmax(logits.float(), 1).cpu().numpy()
+            bar.advance(len(idx))
+    return probs, bad
+
+
+# --------------------------------------------------------------------------------------------
+# evaluate
+# --------------------------------------------------------------------------------------------
+def evaluate(run_dir: str | Path, data: str | None = None, printer: Printer | None = None,
+             threshold: float = 0.5, n_bootstrap: int = 1000) -> dict[str, Any]:
+    printer = printer or Printer()
+    run = load_run(run_dir)
+    classes = run.info["classes"]
+    if data is None:
+        rows = [r for r in runs.read_csv(run.run_dir / runs.SPLITS) if r["split"] == "valid"]
+        source = f"validation split of {run.cfg.data.path}"
+        items = [(r["path"], r["label"], r["patient"] or None) for r in rows]
+        missing = [p for p, _, _ in items if not Path(p).is_file()]
+        if missing:
+            raise DataError(
+                f"{missing[0]}: listed in {run.run_dir / runs.SPLITS} but missing ({len(missing)} files); "
+                "restore the data folder or pass DATA explicitly"
+            )
+    else:
+        from nfx.data.discover import discover
+
+        disc = discover(data, run.cfg.data.patient_regex)
+        unknown = sorted(set(disc.classes) - set(classes))
+        if unknown:
+            raise DataError(f"{data}: label folder(s) {unknown} are not classes of this model {classes}")
+        items = [(s.path, s.label, s.patient) for s in disc.samples]
+        source = f"all images of {data}"
+    probs, bad = predict_probs(run.model, [p for p, _, _ in items], run.info, run.cfg.data.cache_dir, printer)
+    if bad:
+        printer.warn(f"{len(bad)} file(s) could not be decoded and are left out (first: {bad[0][0]}: {bad[0][1]})")
+    import numpy as np
+
+    keep = [i for i in range(len(items)) if np.isfinite(probs[i]).all()]
+    if not keep:
+        raise DataError("no image could be evaluated; see the warnings above")
+    items = [items[i] for i in keep]
+    probs = probs[keep]
+    y = np.array([classes.index(lbl) for _, lbl, _ in items])
+    patients = [pid or f"file:{p}" for p, _, pid in items]
+
+    from nfx.evaluate.bootstrap import patient_bootstrap
+    from nfx.evaluate.metrics import binary_at_threshold, classification_metrics, positive_index, roc_auc
+
+    result, pred = classification_metrics(y, probs, classes, threshold)
+    result["n_patients"] = len(set(patients))
+    result["data"] = source
+    result["weights_source"] = run.info["weights_source"]
+    result["arch"] = run.info["arch"]
+    if len(classes) == 2:
+        pos = positive_index(classes)
+        yp = (y == pos).astype(int)
+        pp = probs[:, pos]
+
+        def ci(fn):
+            return patient_bootstrap(fn, patients, n_resamples=n_bootstrap, seed=0)
+
+        result["roc_auc_ci"] = ci(lambda ix: roc_auc(y[ix], probs[ix], pos))
+        result["sensitivity_ci"] = ci(lambda ix: binary_at_threshold(yp[ix], pp[ix], threshold)["sensitivity"])
+        result["specificity_ci"] = ci(lambda ix: binary_at_threshold(yp[ix], pp[ix], threshold)["specificity"])
+        result["n_bootstrap"] = n_bootstrap
+    runs.atomic_write_json(run.run_dir / runs.EVALUATION, result)
+    rows = []
+    for (path, label, pid), pr, pd in zip(items, probs, pred):
+        row = {"file": path, "patient": pid or "", "label": label}
+        row.update({f"p_{c}": round(float(v), 6) for c, v in zip(classes, pr)})
+        row["prediction"] = classes[int(pd)]
+        rows.append(row)
+    runs.atomic_write_csv(run.run_dir / runs.PREDICTIONS, rows)
+    from nfx.evaluate.report import render_markdown
+
+    runs.atomic_write_text(run.run_dir / runs.REPORT, render_markdown(run.run_dir, result, run.info, printer.warnings))
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# export
+# --------------------------------------------------------------------------------------------
+def export(run_dir: str | Path, printer: Printer | None = None, tolerance: float = 1e-4) -> dict[str, Any]:
+    printer = printer or Printer()
+    run = load_run(run_dir)
+    from nfx.export.onnx import export_onnx
+
+    out = run.run_dir / runs.ONNX
+    report = export_onnx(run.model, run.info, out, tolerance=tolerance)
+    return {"onnx": str(out), **report}
+
+
+# --------------------------------------------------------------------------------------------
+# predict
+# --------------------------------------------------------------------------------------------
+def predict(run_dir: str | Path, images: list[str], printer: Printer | None = None) -> list[dict[str, Any]]:
+    """Predict files with the run's ONNX model when exported (ONNX Runtime), else with torch."""
+    printer = printer or Printer()
+    from nfx.data.discover import _candidate_files
+
+    paths: list[str] = []
+    for im in images:
+        p = Path(im)
+        if p.is_dir():
+            paths += [str(f) for f in _candidate_files(p)]
+        elif p.is_file():
+            paths.append(str(p))
+        else:
+            raise DataError(f"{im}: no such file or folder; pass image files or a folder of images")
+    if not paths:
+        raise DataError(f"no image files found in {', '.join(images)}")
+    run_dir = Path(run_dir)
+    onnx_path = run_dir / runs.ONNX
+    if onnx_path.is_file():
+        from nfx.export.onnx import OnnxPredictor
+
+        predictor = OnnxPredictor(onnx_path)
+        info = predictor.info
+        cfg = RunConfig.load(runs.require_run(run_dir) / runs.CONFIG)
+        probs, bad = predictor.predict_files(paths, cfg.data.cache_dir)
+        engine = "onnxruntime"
+    else:
+        run = load_run(run_dir)
+        info = run.info
+        probs, bad = predict_probs(run.model, paths, info, run.cfg.data.cache_dir, printer)
+        engine = "torch"
+    bad_of = dict(bad)
+    out = []
+    for p, pr in zip(paths, probs):
+        if p in bad_of:
+            out.append({"file": p, "error": bad_of[p]})
+            continue
+        k = int(pr.argmax())
+        out.append({"file": p, "prediction": info["classes"][k], "probability": round(float(pr[k]), 6),
+                    "probabilities": {c: round(float(v), 6) for c, v in zip(info["classes"], pr)},
+                    "engine": engine})
+    return out

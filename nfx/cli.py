@@ -1,0 +1,272 @@
+"""The `nfx` command: parse options → RunConfig → nfx.api call → print.
+
+Only this module and nfx.console know typer/rich. NfxError becomes a one-line message and exit
+code 1; any other exception too (no traceback: tracebacks can carry patient data in locals)
+unless --debug (or NFX_DEBUG=1) is given. Nothing heavy is imported at module level, so
+`nfx --help` answers fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from nfx import __version__
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Fine-tune normalizer-free networks (NFNets) on small medical imaging datasets.",
+)
+_state = {"debug": os.environ.get("NFX_DEBUG") == "1", "quiet": False}
+
+
+def _printer():
+    from nfx.console import RichPrinter
+
+    return RichPrinter(quiet=_state["quiet"])
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"nfx {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors and final results."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    _state["debug"] = _state["debug"] or debug
+    _state["quiet"] = quiet
+
+
+@app.command()
+def finetune(
+    data: Optional[Path] = typer.Argument(None, help="Data folder: one sub-folder per label (optionally under train/ valid/ test/)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Start from a run's config.json (options below override it)."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="timm architecture [default: dm_nfnet_f0]."),
+    pretrained: Optional[bool] = typer.Option(None, "--pretrained/--no-pretrained", help="Start from pretrained weights [default: pretrained]."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Local weights file (safetensors or state dict) for offline use."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs with the whole network trainable [default: 10]."),
+    freeze_epochs: Optional[int] = typer.Option(None, "--freeze-epochs", help="Head-only warm-up epochs [default: 1]."),
+    bs: Optional[int] = typer.Option(None, "--bs", help="Samples per forward pass [default: 16]."),
+    accum: Optional[int] = typer.Option(None, "--accum", help="Micro-batches per optimizer step [default: 1]."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate of the head [default: 1e-3]."),
+    agc: Optional[str] = typer.Option(None, "--agc", help="AGC clip factor: auto (from the effective batch size), off, or a number."),
+    size: Optional[int] = typer.Option(None, "--size", help="Input size in px [default: the checkpoint's train size]."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed [default: 42]."),
+    out: Optional[str] = typer.Option(None, "--out", help="Parent folder of run folders [default: runs]."),
+    name: Optional[str] = typer.Option(None, "--name", help="Run folder name [default: <arch>-<time>]."),
+    valid_pct: Optional[float] = typer.Option(None, "--valid-pct", help="Share of patients for validation [default: 0.2]."),
+    patient_regex: Optional[str] = typer.Option(None, "--patient-regex", help="Regex on file names; group 1 = patient id (when no DICOM PatientID)."),
+    skip_bad: Optional[bool] = typer.Option(None, "--skip-bad/--no-skip-bad", help="Continue past unreadable files (listed in bad_files.csv)."),
+    aug: Optional[str] = typer.Option(None, "--aug", help="Augmentation preset: none, light, strong [default: light]."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="auto, bf16, fp16 or fp32 [default: auto]."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader workers [default: 0 on CPU, up to 8 on GPU]."),
+    cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="Decoded-image cache [default: ~/.cache/nfx]."),
+) -> None:
+    """Fine-tune a timm model (NFNet by default) on a folder of images."""
+
+    def body():
+        from nfx.config import RunConfig, parse_agc
+
+        base = RunConfig.load(config) if config else RunConfig()
+        if data is None and not base.data.path:
+            from nfx.errors import ConfigError
+
+            raise ConfigError("no data folder given; usage: nfx finetune DATA [options]")
+        cfg = base.override(
+            data=dict(path=str(data) if data else None, size=size, valid_pct=valid_pct,
+                      patient_regex=patient_regex, skip_bad=skip_bad, aug=aug, cache_dir=cache_dir,
+                      num_workers=workers),
+            model=dict(arch=arch, pretrained=pretrained, weights=str(weights) if weights else None),
+            train=dict(epochs=epochs, freeze_epochs=freeze_epochs, bs=bs, accum=accum, lr=lr,
+                       precision=precision, seed=seed),
+            top=dict(out=out, name=name),
+        )
+        if agc is not None or cfg.train.agc_auto:
+            from dataclasses import replace
+
+            value, auto = parse_agc(agc, cfg.train.effective_batch_size)
+            cfg = replace(cfg, train=replace(cfg.train, agc=value, agc_auto=auto))
+        from nfx import api
+
+        p = _printer()
+        res = api.finetune(cfg, p)
+        m = res.metrics
+        p.table(
+            "finetune finished",
+            [
+                ("run folder", res.run_dir),
+                ("model", f"{m['arch']} ({m['weights_source']})"),
+                ("valid accuracy", _fmt(m.get("valid_accuracy"))),
+                ("valid ROC AUC", _fmt(m.get("valid_roc_auc"))),
+                ("time", f"{m['seconds']} s on {m['device']} ({m['precision']})"),
+                ("next", f"nfx evaluate {res.run_dir}"),
+            ],
+        )
+
+    _run(body)
+
+
+@app.command()
+def evaluate(
+    run_dir: Path = typer.Argument(..., help="Run folder made by `nfx finetune`."),
+    data: Optional[Path] = typer.Argument(None, help="Evaluate on this folder instead of the run's validation split."),
+    threshold: float = typer.Option(0.5, "--threshold", help="Probability threshold for the positive class."),
+    as_json: bool = typer.Option(False, "--json", help="Print evaluation.json to stdout."),
+) -> None:
+    """Metrics with patient-level bootstrap confidence intervals → evaluation.json, report.md."""
+
+    def body():
+        from nfx import api
+
+        p = _printer()
+        ev = api.evaluate(run_dir, str(data) if data else None, p, threshold=threshold)
+        if as_json:
+            sys.stdout.write(json.dumps(ev, indent=2) + "\n")
+            return
+        rows = [
+            ("data", f"{ev['data']} ({ev['n_images']} images, {ev['n_patients']} patients)"),
+            ("accuracy", _fmt(ev["accuracy"])),
+            ("balanced accuracy", _fmt(ev["balanced_accuracy"])),
+            ("ROC AUC", _fmt(ev["roc_auc"]) + _ci(ev.get("roc_auc_ci"))),
+        ]
+        if ev.get("positive_class"):
+            rows += [
+                (f"sensitivity ({ev['positive_class']})", _fmt(ev["sensitivity"]) + _ci(ev.get("sensitivity_ci"))),
+                ("specificity", _fmt(ev["specificity"]) + _ci(ev.get("specificity_ci"))),
+            ]
+        rows += [("confusion matrix", ev["confusion_matrix"]), ("report", Path(run_dir) / "report.md"),
+                 ("next", f"nfx export {run_dir} --onnx")]
+        p.table("evaluation", rows)
+
+    _run(body)
+
+
+@app.command()
+def export(
+    run_dir: Path = typer.Argument(..., help="Run folder made by `nfx finetune`."),
+    onnx: bool = typer.Option(True, "--onnx/--no-onnx", help="Export to ONNX (the only format so far)."),
+) -> None:
+    """Export to ONNX (dynamic batch, metadata), verified against torch through ONNX Runtime."""
+
+    def body():
+        from nfx import api
+        from nfx.errors import ConfigError
+
+        if not onnx:
+            raise ConfigError("nothing to export: --onnx is the only format so far")
+        p = _printer()
+        r = api.export(run_dir, p)
+        p.table(
+            "export",
+            [("onnx", r["onnx"]), ("max |onnxruntime − torch|", f"{r['max_abs_diff']:.2e}"),
+             ("input", f"N×3×{r['input_size']}×{r['input_size']}"), ("next", f"nfx predict {run_dir} IMAGES...")],
+        )
+
+    _run(body)
+
+
+@app.command()
+def predict(
+    run_dir: Path = typer.Argument(..., help="Run folder (its model.onnx is used when present)."),
+    images: list[str] = typer.Argument(..., help="Image files or folders."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON lines to stdout."),
+) -> None:
+    """Predict new images."""
+
+    def body():
+        from nfx import api
+
+        p = _printer()
+        res = api.predict(run_dir, images, p)
+        if as_json:
+            for r in res:
+                sys.stdout.write(json.dumps(r) + "\n")
+            return
+        for r in res:
+            if "error" in r:
+                p.warn(f"{r['file']}: {r['error']}")
+            else:
+                typer.echo(f"{r['file']}\t{r['prediction']}\t{r['probability']:.3f}")
+
+    _run(body)
+
+
+@app.command("sample-data")
+def sample_data(
+    out: Path = typer.Argument(Path("sample_data"), help="Where to write the synthetic dataset."),
+    patients: int = typer.Option(80, "--patients", help="Number of synthetic patients (2 eyes each)."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """(Re)generate the synthetic fundus-like sample dataset (PNG + DICOM)."""
+
+    def body():
+        from nfx.data.synthetic import generate
+
+        c = generate(out, n_patients=patients, seed=seed)
+        _printer().table("sample data", [("folder", out), ("images per format", c["images"]),
+                                         ("patients", c["patients"]), ("per class", c["per_class"])])
+
+    _run(body)
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def _ci(v) -> str:
+    return f"  (95% CI {v[0]:.3f}–{v[1]:.3f})" if v else ""
+
+
+def _run(fn) -> None:
+    from nfx.errors import NfxError
+
+    try:
+        fn()
+    except NfxError as e:
+        if _state["debug"]:
+            raise
+        _fail(str(e))
+    except KeyboardInterrupt:
+        _fail("interrupted")
+    except Exception as e:  # noqa: BLE001 - the boundary: no traceback unless --debug
+        if _state["debug"]:
+            raise
+        _fail(f"internal error: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''} "
+              "(run again with --debug for the traceback, and report it)")
+
+
+def _fail(msg: str) -> None:
+    try:
+        from rich.console import Console
+        from rich.markup import escape
+
+        Console(stderr=True, highlight=False).print(f"[red]error:[/red] {escape(msg)}")
+    except Exception:
+        print(f"error: {msg}", file=sys.stderr)
+    raise typer.Exit(1)
+
+
+def main() -> None:
+    import warnings
+
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    # Library deprecation chatter (torch.jit, fastai) is not actionable for nfx users.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,184 @@
+"""The typed, frozen run configuration and its (de)serialisation.
+
+A RunConfig is saved as `config.json` in the run folder before training starts; loading it
+back reproduces the run. Unknown keys are errors (a typo must not silently fall back to a
+default). Units are in the names: `bs` is samples per forward pass, `accum` micro-batches per
+optimizer step; `effective_batch_size` is derived and never stored.
+
+Imports nothing heavy (no torch): the CLI builds configs before deciding to import anything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from nfx.errors import ConfigError
+
+AUG_PRESETS = ("none", "light", "strong")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    path: str = ""
+    size: int | None = None  # square input side in px; None = the checkpoint's train size
+    valid_pct: float = 0.2
+    patient_regex: str | None = None  # first group (or whole match) of the file name = patient id
+    skip_bad: bool = False
+    aug: str = "light"
+    cache_dir: str | None = None  # None = $NFX_CACHE_DIR or ~/.cache/nfx
+    num_workers: int | None = None  # None = automatic (0 on CPU)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = "dm_nfnet_f0"
+    pretrained: bool = True
+    weights: str | None = None  # local weights file (safetensors or torch state dict)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10  # epochs with the whole network trainable
+    freeze_epochs: int = 1  # head-only warm-up epochs before unfreezing
+    bs: int = 16  # samples per forward pass (micro-batch)
+    accum: int = 1  # micro-batches per optimizer step
+    lr: float = 1e-3  # peak learning rate of the head; the body gets lr / body_lr_div
+    body_lr_div: float = 10.0
+    wd: float = 1e-2
+    agc: float | None = None  # AGC clip factor λ; None = AGC off
+    agc_auto: bool = True  # λ was chosen by nfx from the effective batch size
+    precision: str = "auto"
+    seed: int = 42
+
+    @property
+    def effective_batch_size(self) -> int:
+        return self.bs * self.accum
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    out: str = "runs"  # parent folder of run folders
+    name: str | None = None  # run folder name; None = <arch>-<timestamp>
+
+    # -- serialisation -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "config") -> RunConfig:
+        d = dict(d)
+        d.pop("nfx_version", None)
+        sections = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+        kwargs: dict[str, Any] = {}
+        top = {f.name for f in fields(cls)}
+        unknown = set(d) - top
+        if unknown:
+            raise ConfigError(
+                f"{source}: unknown key(s) {sorted(unknown)}; valid top-level keys are {sorted(top)}"
+            )
+        for key, value in d.items():
+            if key in sections:
+                kwargs[key] = _section(sections[key], value, f"{source}: {key}")
+            else:
+                kwargs[key] = value
+        return validate(cls(**kwargs))
+
+    def save(self, path: Path) -> None:
+        from nfx import __version__
+        from nfx.runs import atomic_write_text
+
+        payload = {"nfx_version": __version__, **self.to_dict()}
+        atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> RunConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found; pass a run folder's config.json")
+        try:
+            d = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: not valid JSON ({e}); fix or regenerate it") from e
+        return cls.from_dict(d, source=str(path))
+
+    def override(self, **sections: dict[str, Any]) -> RunConfig:
+        """Return a copy with the given per-section values replaced (None values ignored)."""
+        d = self.to_dict()
+        for sec, values in sections.items():
+            for k, v in values.items():
+                if v is None:
+                    continue
+                if sec == "top":
+                    d[k] = v
+                else:
+                    if k not in d[sec]:
+                        raise ConfigError(f"unknown option {sec}.{k}")
+                    d[sec][k] = v
+        return RunConfig.from_dict(d)
+
+
+def _section(cls: type, value: Any, source: str) -> Any:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{source}: expected an object, got {type(value).__name__}")
+    names = {f.name for f in fields(cls)}
+    unknown = set(value) - names
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) {sorted(unknown)}; valid keys are {sorted(names)}")
+    return cls(**value)
+
+
+def auto_agc_clip(effective_batch_size: int) -> float:
+    """AGC clip factor λ for an effective batch size.
+
+    Brock et al. (2021, Fig. 3 / Sec. 4.1) use λ = 0.01 at batch 4096 and report that smaller
+    batches tolerate (and need) larger λ; fine-tuning reports put 0.04–0.16 at batches of
+    32–256. We interpolate with λ = 0.01·sqrt(4096 / B), clamped to [0.01, 0.16]:
+    B=4096 → 0.01, 256 → 0.04, 64 → 0.08, 32 → 0.113, ≤16 → 0.16.
+    """
+    b = max(1, int(effective_batch_size))
+    return round(min(0.16, max(0.01, 0.01 * math.sqrt(4096 / b))), 4)
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    t, dcfg = cfg.train, cfg.data
+    checks = [
+        (t.epochs >= 0, f"--epochs must be >= 0 (got {t.epochs})"),
+        (t.freeze_epochs >= 0, f"--freeze-epochs must be >= 0 (got {t.freeze_epochs})"),
+        (t.epochs + t.freeze_epochs > 0, "--epochs and --freeze-epochs are both 0; nothing to train"),
+        (t.bs >= 1, f"--bs must be >= 1 (got {t.bs})"),
+        (t.accum >= 1, f"--accum must be >= 1 micro-batch (got {t.accum})"),
+        (t.lr > 0, f"--lr must be > 0 (got {t.lr})"),
+        (t.agc is None or t.agc > 0, f"--agc must be a positive clip factor, 'auto' or 'off' (got {t.agc})"),
+        (t.precision in PRECISIONS, f"--precision must be one of {PRECISIONS} (got {t.precision!r})"),
+        (dcfg.aug in AUG_PRESETS, f"--aug must be one of {AUG_PRESETS} (got {dcfg.aug!r})"),
+        (0 < dcfg.valid_pct < 1, f"--valid-pct must be between 0 and 1 (got {dcfg.valid_pct})"),
+        (dcfg.size is None or dcfg.size >= 32, f"--size must be >= 32 px (got {dcfg.size})"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(msg)
+    return cfg
+
+
+def parse_agc(value: str | None, effective_batch_size: int) -> tuple[float | None, bool]:
+    """'auto' | 'off' | '<float>' → (clip factor or None, chosen automatically?)."""
+    if value is None or value == "auto":
+        return auto_agc_clip(effective_batch_size), True
+    if value.lower() in ("off", "none", "0"):
+        return None, False
+    try:
+        v = float(value)
+    except ValueError as e:
+        raise ConfigError(f"--agc {value!r}: expected 'auto', 'off' or a clip factor such as 0.08") from e
+    if v <= 0:
+        raise ConfigError(f"--agc {value!r}: the clip factor must be > 0 (use 'off' to disable AGC)")
+    return v, False

@@ -1,0 +1,1 @@
+"""Data: discovery, decoding (DICOM and ordinary images), splits, cache, fastai DataLoaders."""

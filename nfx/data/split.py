@@ -1,0 +1,79 @@
+"""Patient-grouped, label-stratified train/valid splits (pure python/numpy).
+
+Every image of a patient lands in the same split, so a patient's other eye or follow-up visit
+never leaks from training into validation. Files without a patient id are their own group.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+
+from nfx.errors import DataError
+
+
+def group_keys(paths: Sequence[str], patients: Sequence[str | None]) -> list[str]:
+    """The grouping key per file: the patient id, or the file itself when there is none."""
+    return [f"patient:{p}" if p else f"file:{f}" for f, p in zip(paths, patients)]
+
+
+def grouped_stratified_split(
+    labels: Sequence[str], groups: Sequence[str], valid_pct: float, seed: int
+) -> list[str]:
+    """Assign 'train' / 'valid' to each item; groups never straddle; per-label valid share ≈ valid_pct.
+
+    Each group is stratified by its majority label; within a label its groups are shuffled
+    (seeded) and moved to validation until that label's image count reaches its target.
+    """
+    if len(labels) != len(groups):
+        raise ValueError("labels and groups differ in length")
+    members: dict[str, list[int]] = defaultdict(list)
+    for i, g in enumerate(groups):
+        members[g].append(i)
+    by_label: dict[str, list[str]] = defaultdict(list)
+    for g, idx in members.items():
+        majority = Counter(labels[i] for i in idx).most_common(1)[0][0]
+        by_label[majority].append(g)
+
+    rng = random.Random(seed)
+    valid_groups: set[str] = set()
+    for label in sorted(by_label):
+        gs = sorted(by_label[label])
+        rng.shuffle(gs)
+        n_images = sum(len(members[g]) for g in gs)
+        target = valid_pct * n_images
+        taken = n_taken = 0
+        for g in gs:
+            if len(gs) - n_taken <= 1:
+                break  # keep at least one group of every label for training
+            if taken >= target:
+                break
+            # take the group if that moves the count closer to the target (always take the first)
+            size = len(members[g])
+            if taken == 0 or abs(taken + size - target) <= abs(taken - target):
+                valid_groups.add(g)
+                taken += size
+                n_taken += 1
+    return ["valid" if groups[i] in valid_groups else "train" for i in range(len(labels))]
+
+
+def find_leaks(groups: Sequence[str], splits: Sequence[str]) -> dict[str, set[str]]:
+    """Patients (groups) that appear in more than one split."""
+    seen: dict[str, set[str]] = defaultdict(set)
+    for g, s in zip(groups, splits):
+        seen[g].add(s)
+    return {g: s for g, s in seen.items() if len(s) > 1 and g.startswith("patient:")}
+
+
+def check_no_leaks(groups: Sequence[str], splits: Sequence[str], allow: bool = False) -> list[str]:
+    """Raise (or, with allow=True, return the list of) patients found in two splits."""
+    leaks = find_leaks(groups, splits)
+    names = sorted(g.split(":", 1)[1] for g in leaks)
+    if leaks and not allow:
+        shown = ", ".join(names[:5]) + (" …" if len(names) > 5 else "")
+        raise DataError(
+            f"{len(names)} patient(s) appear in more than one split ({shown}); "
+            "move all of a patient's images into one split, or pass --allow-patient-leak"
+        )
+    return names

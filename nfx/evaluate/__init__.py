@@ -1,0 +1,1 @@
+"""Evaluation: metrics (numpy/sklearn), patient bootstrap, report rendering."""

@@ -1,0 +1,1 @@
+"""Export: ONNX (export + verification + metadata) and ONNX Runtime prediction."""

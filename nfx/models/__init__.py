@@ -1,0 +1,1 @@
+"""Models: timm model creation, pretrained weights (hub or local file), head/body split."""

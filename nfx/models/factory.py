@@ -1,0 +1,168 @@
+"""timm model factory: architecture names, pretrained weights, head/body split, preprocessing.
+
+Rules (see shared/PITFALLS.md):
+- `nfnet_fN` has no pretrained weights in timm; with --pretrained it is mapped to `dm_nfnet_fN`
+  with a visible note. Any other architecture without weights is refused with the list of
+  names that have them, so nobody trains from random init believing it is fine-tuning.
+- Weights come from the hub through timm, or from a local file (--weights) through timm's
+  `pretrained_cfg_overlay=dict(file=...)`. A failed download explains --weights.
+- The classifier is timm's own (`num_classes=n`); no BatchNorm is added. The head is found by
+  identity (`model.get_classifier()`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nfx.errors import ModelError
+
+NF_PREFIXES = ("dm_nfnet", "nfnet", "eca_nfnet", "nf_", "test_nfnet")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What an input image must look like for this model (from the checkpoint's pretrained_cfg)."""
+
+    train_size: int
+    test_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str
+
+
+def is_nf(arch: str) -> bool:
+    return arch.startswith(NF_PREFIXES)
+
+
+def has_pretrained(arch: str) -> bool:
+    import timm
+
+    return bool(timm.list_pretrained(arch)) or bool(timm.list_pretrained(f"{arch}.*"))
+
+
+def resolve_arch(arch: str, pretrained: bool, weights: str | None, notes: list[str]) -> str:
+    """Validate the name; map nfnet_fN → dm_nfnet_fN when weights are wanted from the hub."""
+    import timm
+
+    base = arch.split(".")[0]
+    if not timm.is_model(base):
+        close = difflib.get_close_matches(base, timm.list_models(), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see `timm.list_models()`"
+        raise ModelError(f"unknown architecture {arch!r}{hint}")
+    if not pretrained or weights:
+        return arch
+    if not has_pretrained(arch):
+        m = re.fullmatch(r"nfnet_f(\d)", base)
+        if m and int(m.group(1)) <= 6:
+            new = f"dm_nfnet_f{m.group(1)}"
+            notes.append(
+                f"{arch} has no pretrained weights in timm; using {new} (DeepMind's ImageNet weights, "
+                "same architecture family). Pass --no-pretrained to really train nfnet_fN from scratch."
+            )
+            return new
+        with_w = sorted({n.split(".")[0] for n in timm.list_pretrained("*nfnet*") + timm.list_pretrained("nf_*")})
+        raise ModelError(
+            f"{arch} has no pretrained weights in timm, so fine-tuning it would start from random init; "
+            f"choose one with weights ({', '.join(with_w)}), pass --weights FILE, or --no-pretrained to train from scratch"
+        )
+    return arch
+
+
+def create_model(
+    arch: str,
+    num_classes: int,
+    pretrained: bool,
+    weights: str | None = None,
+    notes: list[str] | None = None,
+) -> tuple[Any, Preprocessing, str]:
+    """Returns (model, preprocessing, weights_source). weights_source is shown in every report."""
+    import timm
+
+    notes = notes if notes is not None else []
+    arch = resolve_arch(arch, pretrained, weights, notes)
+    kwargs: dict[str, Any] = {"num_classes": num_classes}
+    if weights:
+        wpath = Path(weights)
+        if not wpath.is_file():
+            raise ModelError(f"{weights}: weights file not found; pass a .safetensors or .pth state dict")
+        kwargs["pretrained_cfg_overlay"] = {"file": str(wpath.resolve())}
+        source = f"local file {wpath.name}"
+        try:
+            model = timm.create_model(arch, pretrained=True, **kwargs)
+        except Exception as e:
+            raise ModelError(
+                f"{weights}: could not load weights into {arch} ({_short(e)}); "
+                "the file must be a state dict (safetensors or torch) of the same architecture"
+            ) from e
+    elif pretrained:
+        try:
+            model = timm.create_model(arch, pretrained=True, **kwargs)
+        except Exception as e:
+            raise ModelError(
+                f"could not get pretrained weights for {arch} from the Hugging Face hub ({_short(e)}); "
+                "offline, download them elsewhere and pass --weights FILE (safetensors or state dict), "
+                "or pass --no-pretrained to train from scratch"
+            ) from e
+        tag = model.pretrained_cfg.get("hf_hub_id") or model.pretrained_cfg.get("tag") or arch
+        source = f"pretrained {tag} (hub)"
+    else:
+        model = timm.create_model(arch, pretrained=False, **kwargs)
+        source = "trained from scratch"
+    return model, preprocessing_of(model), source
+
+
+def build_for_inference(arch: str, num_classes: int) -> Any:
+    """The architecture with random init, ready for `load_state_dict` of a trained run."""
+    import timm
+
+    return timm.create_model(arch, pretrained=False, num_classes=num_classes)
+
+
+def preprocessing_of(model: Any) -> Preprocessing:
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    size = int(cfg.get("input_size", (3, 224, 224))[-1])
+    test = cfg.get("test_input_size")
+    test_size = int(test[-1]) if test else size
+    return Preprocessing(
+        train_size=size,
+        test_size=test_size,
+        mean=tuple(float(x) for x in cfg.get("mean", (0.485, 0.456, 0.406))),
+        std=tuple(float(x) for x in cfg.get("std", (0.229, 0.224, 0.225))),
+        interpolation=str(cfg.get("interpolation", "bilinear")),
+    )
+
+
+def head_and_body(model: Any) -> tuple[list[Any], list[Any]]:
+    """(head params, body params), the head found by identity via timm's get_classifier()."""
+    head = model.get_classifier()
+    head_ids = {id(p) for p in head.parameters()}
+    if not head_ids:
+        raise ModelError(f"{type(model).__name__}: get_classifier() has no parameters; cannot find the head")
+    params = list(model.parameters())
+    return [p for p in params if id(p) in head_ids], [p for p in params if id(p) not in head_ids]
+
+
+def no_decay_params(model: Any) -> list[Any]:
+    """Parameters exempt from weight decay, as DeepMind does for NF nets: biases, the gains of
+    weight-standardised convolutions (`*.gain`), `skipinit_gain`, and normalisation layers."""
+    import torch
+
+    norm_types = (torch.nn.modules.batchnorm._NormBase, torch.nn.LayerNorm, torch.nn.GroupNorm)
+    out, seen = [], set()
+    for mod_name, mod in model.named_modules():
+        for name, p in mod.named_parameters(recurse=False):
+            if id(p) in seen:
+                continue
+            if isinstance(mod, norm_types) or name in ("bias", "gain", "skipinit_gain") or p.ndim == 0:
+                out.append(p)
+                seen.add(id(p))
+    return out
+
+
+def _short(e: BaseException) -> str:
+    s = str(e).strip().splitlines()
+    return (s[0] if s else type(e).__name__)[:200]

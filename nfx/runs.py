@@ -1,0 +1,144 @@
+"""One run folder and atomic writes.
+
+A run folder holds: config.json, env.json, splits.csv, bad_files.csv (if any), model.safetensors,
+history.csv, metrics.json, evaluation.json, predictions.csv, report.md, model.onnx.
+Everything is written through a temp file and renamed, so a killed run never leaves a
+half-written artifact.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from nfx.errors import RunError
+
+CONFIG = "config.json"
+ENV = "env.json"
+SPLITS = "splits.csv"
+BAD_FILES = "bad_files.csv"
+WEIGHTS = "model.safetensors"
+HISTORY = "history.csv"
+METRICS = "metrics.json"
+EVALUATION = "evaluation.json"
+PREDICTIONS = "predictions.csv"
+REPORT = "report.md"
+ONNX = "model.onnx"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "item"):
+        return o.item()
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def atomic_write_csv(path: Path, rows: list[dict[str, Any]], fieldnames: list[str] | None = None) -> None:
+    buf = io.StringIO()
+    names = fieldnames or (list(rows[0].keys()) if rows else [])
+    w = csv.DictWriter(buf, fieldnames=names, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow(r)
+    atomic_write_text(path, buf.getvalue())
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def new_run_dir(out: str, name: str | None, arch: str) -> Path:
+    base = Path(out)
+    stem = name or f"{arch}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run = base / stem
+    i = 1
+    while name is None and run.exists():
+        run = base / f"{stem}-{i}"
+        i += 1
+    run.mkdir(parents=True, exist_ok=True)
+    return run
+
+
+def require_run(run_dir: Path, *files: str) -> Path:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunError(f"{run_dir}: run folder not found; pass the folder `nfx finetune` printed")
+    for f in (CONFIG, *files):
+        if not (run_dir / f).is_file():
+            hint = (
+                "the run did not finish training; resume or re-run `nfx finetune`"
+                if f == WEIGHTS
+                else "is this a run folder made by `nfx finetune`?"
+            )
+            raise RunError(f"{run_dir / f}: missing; {hint}")
+    return run_dir
+
+
+def environment() -> dict[str, Any]:
+    """Versions and device, for env.json. Imports torch (already loaded when this is called)."""
+    import importlib.metadata as md
+
+    import torch
+
+    from nfx import __version__
+
+    def ver(pkg: str) -> str | None:
+        try:
+            return md.version(pkg)
+        except md.PackageNotFoundError:
+            return None
+
+    env: dict[str, Any] = {
+        "nfx": __version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "packages": {
+            p: ver(p)
+            for p in ("torch", "torchvision", "fastai", "timm", "albumentations", "pydicom",
+                      "numpy", "onnx", "onnxruntime", "scikit-learn")
+        },
+        "cuda": torch.version.cuda,
+        "device": "cpu",
+        "cpu_count": os.cpu_count(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if torch.cuda.is_available():
+        env["device"] = "cuda"
+        env["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return env

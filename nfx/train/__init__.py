@@ -1,0 +1,1 @@
+"""Training: AGC math (torch only), fastai callbacks, learner wiring and the fit sequence."""

@@ -1,0 +1,185 @@
+"""fastai callbacks: short adapters around nfx's pure parts. Each states its contract.
+
+Event order inside one training batch (fastai's Learner):
+    before_batch → model → after_pred → loss → after_loss → before_backward → backward
+    → after_backward → before_step → opt.step → after_step → opt.zero_grad → after_batch
+Callbacks with a smaller `order` run first at each event.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+from fastai.callback.core import Callback, CancelBatchException
+from fastai.callback.fp16 import MixedPrecision
+
+from nfx.train import agc
+
+
+class MicroBatchAccumulation(Callback):
+    """`accum` micro-batches per optimizer step (fastai's GradientAccumulation counts samples).
+
+    Contract:
+    - after_loss: divides `loss_grad` by the number of micro-batches in the current window, so
+      the accumulated gradient is the mean over the window's samples (training batches all have
+      the same size: the train loader drops its last incomplete batch).
+    - before_step (order 6, before MixedPrecision/AGC): cancels the batch — skipping step and
+      zero_grad — until the window is complete.
+    - Epoch-end rule: a window never spans two epochs. The last window of an epoch is shorter
+      when len(train_dl) is not a multiple of `accum`; it still steps, with its gradient being
+      the mean over the samples it saw. So every sample contributes in the epoch it was drawn.
+    """
+
+    order, run_valid = MixedPrecision.order - 4, False
+
+    def __init__(self, accum: int):
+        self.accum = int(accum)
+        self.n_steps = 0
+
+    def _window_len(self) -> int:
+        n_iter = len(self.learn.dl)
+        start = (self.learn.iter // self.accum) * self.accum
+        return min(self.accum, n_iter - start)
+
+    def after_loss(self) -> None:
+        if self.training:
+            self.learn.loss_grad = self.learn.loss_grad / self._window_len()
+
+    def before_step(self) -> None:
+        i, n_iter = self.learn.iter, len(self.learn.dl)
+        if (i + 1) % self.accum != 0 and i + 1 != n_iter:
+            raise CancelBatchException()
+        self.n_steps += 1
+
+
+class AGCCallback(Callback):
+    """Adaptive Gradient Clipping once per optimizer step, head excluded by identity.
+
+    Contract:
+    - before_step with order = MixedPrecision.order + 1 (the slot of fastai's GradientClip):
+      MixedPrecision has already unscaled the gradients (GradScaler.unscale_) and has cancelled
+      overflow steps, so AGC sees finite, unscaled gradients.
+    - MicroBatchAccumulation (order 6) cancels incomplete windows before this runs: AGC sees
+      the fully accumulated gradient exactly once per optimizer step.
+    - Only the parameters passed in (the body) are clipped; frozen ones have no gradient.
+    Clip statistics stay on the device during the epoch and are read once at its end.
+    """
+
+    order = MixedPrecision.order + 1
+
+    def __init__(self, params: list[torch.Tensor], clip_factor: float, eps: float = 1e-3):
+        self.params = params
+        self.clip_factor = clip_factor
+        self.eps = eps
+        self.n_calls = 0
+        self.epoch_fraction: float | None = None
+        self.epoch_min_step_fraction: float | None = None
+        self.history: list[float | None] = []
+
+    def before_epoch(self) -> None:
+        self._clipped: list[torch.Tensor] = []
+        self._units: list[int] = []
+
+    def before_step(self) -> None:
+        clipped, units = agc.clip_(self.params, self.clip_factor, self.eps)
+        self.n_calls += 1
+        if clipped is not None and units:
+            self._clipped.append(clipped)
+            self._units.append(units)
+
+    def after_train(self) -> None:
+        if self._units:
+            per_step = torch.stack([c.float() for c in self._clipped]).cpu() / torch.tensor(
+                self._units, dtype=torch.float32
+            )
+            self.epoch_fraction = float(per_step.mean())
+            self.epoch_min_step_fraction = float(per_step.min())  # "nearly all, every step"
+        else:
+            self.epoch_fraction = None
+            self.epoch_min_step_fraction = None
+        self.history.append(self.epoch_fraction)
+
+
+class EpochLog(Callback):
+    """Collects one row per epoch (after the Recorder, order 60) and hands it to `on_epoch`.
+
+    Contract: runs after Recorder.after_epoch, so `recorder.log` holds this epoch's values.
+    """
+
+    order = 60
+
+    def __init__(self, phase: str, on_epoch: Any, agc_cb: AGCCallback | None, printer: Any, epoch_offset: int = 0):
+        self.phase, self.on_epoch, self.agc_cb, self.printer = phase, on_epoch, agc_cb, printer
+        self.epoch_offset = epoch_offset
+
+    def before_epoch(self) -> None:
+        self._t0 = time.time()
+
+    def after_epoch(self) -> None:
+        names = list(self.recorder.metric_names)
+        vals = list(self.recorder.log)
+        row: dict[str, Any] = {"epoch": self.epoch_offset + self.epoch + 1, "phase": self.phase}
+        for n, v in zip(names, vals):
+            if n in ("epoch", "time"):
+                continue
+            row[_metric_key(n)] = _num(v)
+        row["lr"] = _num(self.opt.hypers[-1]["lr"])
+        if self.agc_cb is not None:
+            row["agc_clip_fraction"] = self.agc_cb.epoch_fraction
+        row["seconds"] = round(time.time() - self._t0, 2)
+        self.on_epoch(row)
+
+
+class RichProgress(Callback):
+    """Replaces fastai's ProgressCallback: one progress bar per fit, advanced per batch.
+
+    Contract: purely observational; never touches the model, loss or gradients.
+    """
+
+    order = 65
+
+    def __init__(self, printer: Any, description: str):
+        self.printer, self.description = printer, description
+
+    def before_fit(self) -> None:
+        total = self.n_epoch * (len(self.dls.train) + len(self.dls.valid))
+        self._ctx = self.printer.progress(total, self.description)
+        self._bar = self._ctx.__enter__()
+
+    def after_batch(self) -> None:
+        self._bar.advance(1)
+
+    def after_fit(self) -> None:
+        self._ctx.__exit__(None, None, None)
+
+
+class StopOnNaN(Callback):
+    """Stops with a clear error when the training loss is NaN or inf (checked per epoch from the
+    Recorder's smoothed loss, so no per-batch host sync)."""
+
+    order = 55
+
+    def after_epoch(self) -> None:
+        loss = self.recorder.log[1] if len(self.recorder.log) > 1 else None
+        if loss is not None and not math.isfinite(float(loss)):
+            from nfx.errors import TrainingError
+
+            raise TrainingError(
+                f"training loss became {loss} in epoch {self.epoch + 1}; lower --lr, keep AGC on, "
+                "or use --precision fp32; the last good checkpoint is kept"
+            )
+
+
+def _metric_key(name: str) -> str:
+    return {"roc_auc_score": "valid_roc_auc", "accuracy": "valid_accuracy"}.get(name, name)
+
+
+def _num(v: Any) -> Any:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return v
+    return round(f, 6) if math.isfinite(f) else f

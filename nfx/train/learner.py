@@ -1,0 +1,80 @@
+"""fastai wiring: a plain Learner around a timm model (timm's own head, no BatchNorm added),
+body/head splitter by identity, weight-decay exemptions, precision, accumulation, AGC.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from nfx.models.factory import head_and_body, no_decay_params
+from nfx.train.callbacks import AGCCallback, MicroBatchAccumulation, StopOnNaN
+
+
+def resolve_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def resolve_precision(requested: str, device: torch.device, warn) -> str:
+    if device.type != "cuda":
+        if requested in ("bf16", "fp16"):
+            warn(f"--precision {requested} needs a CUDA GPU; training in fp32 on the CPU")
+        return "fp32"
+    if requested == "auto":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return requested
+
+
+@dataclass
+class Wiring:
+    learn: Any
+    agc_cb: AGCCallback | None
+    accum_cb: MicroBatchAccumulation | None
+
+
+def splitter_for(model: Any):
+    """fastai splitter: [body params, head params]; freeze() then trains only the head."""
+
+    def split(m: Any) -> list[list[Any]]:
+        head, body = head_and_body(m)
+        return [body, head]
+
+    return split
+
+
+def build_learner(dls, model, *, num_classes: int, wd: float, precision: str, accum: int,
+                  agc: float | None, device: torch.device) -> Wiring:
+    import fastai.callback.schedule  # noqa: F401  (adds Learner.fit_one_cycle)
+    from fastai.callback.fp16 import MixedPrecision
+    from fastai.callback.progress import ProgressCallback
+    from fastai.learner import Learner
+    from fastai.losses import CrossEntropyLossFlat
+    from fastai.metrics import RocAuc, RocAucBinary, accuracy
+    from fastai.optimizer import Adam
+
+    model = model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    metrics = [accuracy, RocAucBinary() if num_classes == 2 else RocAuc()]
+    cbs: list[Any] = [StopOnNaN()]
+    accum_cb = MicroBatchAccumulation(accum) if accum > 1 else None
+    if accum_cb:
+        cbs.append(accum_cb)
+    if precision in ("bf16", "fp16"):
+        cbs.append(MixedPrecision(amp_mode=precision))
+    _head, body = head_and_body(model)
+    agc_cb = AGCCallback(body, agc) if agc else None
+    if agc_cb:
+        cbs.append(agc_cb)
+    learn = Learner(
+        dls, model, loss_func=CrossEntropyLossFlat(), opt_func=Adam, metrics=metrics,
+        splitter=splitter_for(model), wd=wd, wd_bn_bias=False, train_bn=True, cbs=cbs,
+    )
+    learn.remove_cb(ProgressCallback)  # rich progress comes from nfx's own callback
+    learn.logger = lambda *a, **k: None  # the Recorder would print raw lists; EpochLog prints
+    learn.create_opt()
+    for p in no_decay_params(model):
+        learn.opt.state[p]["do_wd"] = False
+    return Wiring(learn, agc_cb, accum_cb)
