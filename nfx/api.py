@@ -37,10 +37,8 @@ def finetune(cfg: RunConfig, printer: Printer | None = None) -> RunResult:
     from nfx.data.discover import discover
 
     disc = discover(cfg.data.path, cfg.data.patient_regex)
-    printer.info(
-        f"found {len(disc.samples)} images in {len(disc.classes)} classes ({', '.join(disc.classes)}), "
-        f"{disc.n_patients} patients"
-    )
+    pat = f"{disc.n_patients} patients" if disc.n_patients else "no patient ids"
+    printer.info(f"found {len(disc.samples)} images in {len(disc.classes)} classes ({', '.join(disc.classes)}), {pat}")
 
     import torch  # noqa: F401  (after cheap checks: a bad folder fails in well under a second)
 

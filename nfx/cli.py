@@ -252,7 +252,7 @@ def _fail(msg: str) -> None:
         from rich.console import Console
         from rich.markup import escape
 
-        Console(stderr=True, highlight=False).print(f"[red]error:[/red] {escape(msg)}")
+        Console(stderr=True, highlight=False, soft_wrap=True).print(f"[red]error:[/red] {escape(msg)}")
     except Exception:
         print(f"error: {msg}", file=sys.stderr)
     raise typer.Exit(1)

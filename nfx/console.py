@@ -73,7 +73,7 @@ class RichPrinter(Printer):
         super().__init__(quiet)
         from rich.console import Console
 
-        self.console = Console(stderr=True, highlight=False)
+        self.console = Console(stderr=True, highlight=False, soft_wrap=True)
 
     def info(self, text: str) -> None:
         if not self.quiet:

@@ -15,7 +15,7 @@ from nfx.errors import DataError
 
 def group_keys(paths: Sequence[str], patients: Sequence[str | None]) -> list[str]:
     """The grouping key per file: the patient id, or the file itself when there is none."""
-    return [f"patient:{p}" if p else f"file:{f}" for f, p in zip(paths, patients)]
+    return [f"patient:{p}" if p else f"file:{f}" for f, p in zip(paths, patients, strict=True)]
 
 
 def grouped_stratified_split(
@@ -25,16 +25,20 @@ def grouped_stratified_split(
 
     Each group is stratified by its majority label; within a label its groups are shuffled
     (seeded) and moved to validation until that label's image count reaches its target.
+    Every label keeps at least one group (of which it is the majority) and at least one image in
+    training: a patient with mixed labels stays in training when it holds the last training
+    images of one of its labels.
     """
     if len(labels) != len(groups):
         raise ValueError("labels and groups differ in length")
     members: dict[str, list[int]] = defaultdict(list)
     for i, g in enumerate(groups):
         members[g].append(i)
+    label_counts = {g: Counter(labels[i] for i in idx) for g, idx in members.items()}
     by_label: dict[str, list[str]] = defaultdict(list)
-    for g, idx in members.items():
-        majority = Counter(labels[i] for i in idx).most_common(1)[0][0]
-        by_label[majority].append(g)
+    for g, counts in label_counts.items():
+        by_label[counts.most_common(1)[0][0]].append(g)
+    train_left = Counter(labels)  # training images per label, updated as groups move to valid
 
     rng = random.Random(seed)
     valid_groups: set[str] = set()
@@ -49,10 +53,13 @@ def grouped_stratified_split(
                 break  # keep at least one group of every label for training
             if taken >= target:
                 break
+            if any(train_left[lab] <= n for lab, n in label_counts[g].items()):
+                continue  # it holds the last training images of a (minority) label
             # take the group if that moves the count closer to the target (always take the first)
             size = len(members[g])
             if taken == 0 or abs(taken + size - target) <= abs(taken - target):
                 valid_groups.add(g)
+                train_left.subtract(label_counts[g])
                 taken += size
                 n_taken += 1
     return ["valid" if groups[i] in valid_groups else "train" for i in range(len(labels))]
@@ -61,7 +68,7 @@ def grouped_stratified_split(
 def find_leaks(groups: Sequence[str], splits: Sequence[str]) -> dict[str, set[str]]:
     """Patients (groups) that appear in more than one split."""
     seen: dict[str, set[str]] = defaultdict(set)
-    for g, s in zip(groups, splits):
+    for g, s in zip(groups, splits, strict=True):
         seen[g].add(s)
     return {g: s for g, s in seen.items() if len(s) > 1 and g.startswith("patient:")}
 

@@ -19,11 +19,14 @@ def patient_bootstrap(
     alpha: float = 0.05,
 ) -> tuple[float, float] | None:
     """Percentile CI of `stat(indices)` over patient resamples. Resamples where the statistic is
-    undefined (e.g. only one class drawn) are skipped; None when fewer than half are defined."""
+    undefined (e.g. only one class drawn) are skipped; None when fewer than half are defined
+    (or when there are no patients or no resamples)."""
     groups: dict[str, list[int]] = {}
     for i, p in enumerate(patients):
         groups.setdefault(p, []).append(i)
     members = [np.asarray(v) for v in groups.values()]
+    if not members or n_resamples < 1:
+        return None
     rng = np.random.default_rng(seed)
     vals = []
     for _ in range(n_resamples):

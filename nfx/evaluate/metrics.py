@@ -58,11 +58,24 @@ def roc_auc(y_true: np.ndarray, probs: np.ndarray, pos: int | None) -> float | N
     return float(roc_auc_score(y_true, probs, multi_class="ovr", average="macro"))
 
 
+def _balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
+    """Mean recall over the classes present in `y` (scikit-learn's definition), without its
+    'y_pred contains classes not in y_true' warning: evaluating a folder that holds only some of
+    the model's classes is legitimate."""
+    import warnings
+
+    from sklearn.metrics import balanced_accuracy_score
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
+        return float(balanced_accuracy_score(y, pred))
+
+
 def classification_metrics(
     y_true: Sequence[int], probs: np.ndarray, classes: Sequence[str], threshold: float = 0.5
 ) -> tuple[dict[str, Any], np.ndarray]:
     """(headline metrics, predicted class per image). Binary: prediction = P(positive) >= threshold; otherwise argmax."""
-    from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix
+    from sklearn.metrics import accuracy_score, confusion_matrix
 
     y = np.asarray(y_true, dtype=int)
     probs = np.asarray(probs, dtype=np.float64)
@@ -75,7 +88,7 @@ def classification_metrics(
     out: dict[str, Any] = {
         "n_images": int(len(y)),
         "accuracy": float(accuracy_score(y, pred)),
-        "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
+        "balanced_accuracy": _balanced_accuracy(y, pred),
         "roc_auc": roc_auc(y, probs, pos),
         "confusion_matrix": confusion_matrix(y, pred, labels=list(range(len(classes)))).tolist(),
         "classes": list(classes),

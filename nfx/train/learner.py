@@ -45,7 +45,7 @@ def splitter_for(model: Any):
 
 
 def build_learner(dls, model, *, num_classes: int, wd: float, precision: str, accum: int,
-                  agc: float | None, device: torch.device) -> Wiring:
+                  agc: float | None, device: torch.device, opt_func: Any = None) -> Wiring:
     import fastai.callback.schedule  # noqa: F401  (adds Learner.fit_one_cycle)
     from fastai.callback.fp16 import MixedPrecision
     from fastai.callback.progress import ProgressCallback
@@ -69,7 +69,7 @@ def build_learner(dls, model, *, num_classes: int, wd: float, precision: str, ac
     if agc_cb:
         cbs.append(agc_cb)
     learn = Learner(
-        dls, model, loss_func=CrossEntropyLossFlat(), opt_func=Adam, metrics=metrics,
+        dls, model, loss_func=CrossEntropyLossFlat(), opt_func=opt_func or Adam, metrics=metrics,
         splitter=splitter_for(model), wd=wd, wd_bn_bias=False, train_bn=True, cbs=cbs,
     )
     learn.remove_cb(ProgressCallback)  # rich progress comes from nfx's own callback

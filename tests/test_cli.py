@@ -1,0 +1,90 @@
+"""The `nfx` command as a user runs it (subprocesses of the real entry point)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def nfx(*args, cwd=None):
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "nfx", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=300)
+
+
+def test_help_imports_nothing_heavy():
+    code = ("import sys, nfx.cli; heavy = [m for m in ('torch', 'fastai', 'timm', 'pydicom', 'numpy', 'onnx') "
+            "if m in sys.modules]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    r = nfx("--help")
+    assert r.returncode == 0 and "finetune" in r.stdout and "evaluate" in r.stdout
+
+
+def _assert_one_line_error(r, *needles):
+    assert r.returncode == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], r.stderr  # one line, and the last
+    for n in needles:
+        assert n in errors[0], errors[0]
+
+
+def test_missing_folder(tmp_path):
+    _assert_one_line_error(nfx("finetune", tmp_path / "nope"), "not found", "sub-folder per label")
+
+
+def test_empty_folder(tmp_path):
+    _assert_one_line_error(nfx("finetune", tmp_path), "no image files", "sub-folder per label")
+
+
+def test_single_class(tmp_path, tiny_data):
+    one = tmp_path / "one" / "normal"
+    one.mkdir(parents=True)
+    src = next((tiny_data / "png" / "normal").glob("*.png"))
+    (one / src.name).write_bytes(src.read_bytes())
+    _assert_one_line_error(nfx("finetune", tmp_path / "one"), "only one class", "at least two")
+
+
+def test_bad_option_value(tiny_data):
+    _assert_one_line_error(nfx("finetune", tiny_data / "png", "--agc", "lots"), "--agc")
+
+
+def test_debug_shows_traceback(tmp_path):
+    r = nfx("--debug", "finetune", tmp_path / "nope")
+    assert r.returncode != 0 and "Traceback" in r.stderr
+
+
+def test_unknown_architecture(tiny_data, tmp_path):
+    r = nfx("finetune", tiny_data / "png", "--arch", "dm_nfnet_f9", "--out", tmp_path)
+    _assert_one_line_error(r, "unknown architecture", "dm_nfnet_f")
+
+
+def test_architecture_without_weights_is_refused(tiny_data, tmp_path):
+    r = nfx("finetune", tiny_data / "png", "--arch", "nf_resnet26", "--out", tmp_path)
+    _assert_one_line_error(r, "no pretrained weights", "--no-pretrained")
+
+
+def test_offline_download_failure_explains_weights(tiny_data, tmp_path):
+    r = nfx("finetune", tiny_data / "png", "--arch", "test_nfnet", "--out", tmp_path)
+    _assert_one_line_error(r, "--weights FILE")
+
+
+def test_evaluate_json_prints_evaluation_json(tiny_run):
+    r = nfx("evaluate", tiny_run.run_dir, "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == json.loads((tiny_run.run_dir / "evaluation.json").read_text())
+
+
+@pytest.mark.slow
+def test_finetune_command_end_to_end(tiny_data, tmp_path):
+    r = nfx("finetune", tiny_data / "dicom", "--arch", "test_nfnet", "--no-pretrained", "--epochs", "1",
+            "--freeze-epochs", "0", "--bs", "4", "--size", "64", "--out", tmp_path, "--name", "cli")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "cli" / "model.safetensors").is_file()
+    assert "nfx evaluate" in r.stderr  # the next command is suggested
