@@ -21,6 +21,8 @@ from nfx.errors import ConfigError
 
 AUG_PRESETS = ("none", "light", "strong")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+AGC_MODES = ("batch", "per-sample")
+BALANCE = ("none", "loss", "sampler")
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,10 @@ class DataConfig:
     aug: str = "light"
     cache_dir: str | None = None  # None = $NFX_CACHE_DIR or ~/.cache/nfx
     num_workers: int | None = None  # None = automatic (0 on CPU)
+    labels: str | None = None  # CSV with path, label[, patient][, split] columns
+    frame: int | None = None  # frame to use from multi-frame DICOMs (None = skip them with a reason)
+    allow_patient_leak: bool = False  # accept user splits that share a patient (recorded, warned)
+    flip: bool = True  # horizontal flips in augmentation (off for chest X-rays)
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,13 @@ class TrainConfig:
     agc_auto: bool = True  # λ was chosen by nfx from the effective batch size
     precision: str = "auto"
     seed: int = 42
+    agc_mode: str = "batch"  # "batch": clip the mean gradient; "per-sample": clip each sample's
+    persample_chunk: int | None = None  # samples per vmap chunk in per-sample mode (None = auto)
+    ema: float | None = None  # EMA decay of the weights (None = off)
+    balance: str = "none"  # class imbalance: none | loss (weighted CE) | sampler (weighted sampling)
+    patience: int | None = None  # early stopping: epochs without improvement of the monitor
+    monitor: str | None = None  # checkpoint/early-stop metric; None = valid_roc_auc (binary) else valid_loss
+    compile: bool = False  # torch.compile the model for training
 
     @property
     def effective_batch_size(self) -> int:
@@ -160,6 +173,11 @@ def validate(cfg: RunConfig) -> RunConfig:
         (t.agc is None or t.agc > 0, f"--agc must be a positive clip factor, 'auto' or 'off' (got {t.agc})"),
         (t.precision in PRECISIONS, f"--precision must be one of {PRECISIONS} (got {t.precision!r})"),
         (dcfg.aug in AUG_PRESETS, f"--aug must be one of {AUG_PRESETS} (got {dcfg.aug!r})"),
+        (t.agc_mode in AGC_MODES, f"--agc-mode must be one of {AGC_MODES} (got {t.agc_mode!r})"),
+        (t.balance in BALANCE, f"--balance must be one of {BALANCE} (got {t.balance!r})"),
+        (t.ema is None or 0 < t.ema < 1, f"--ema must be a decay between 0 and 1, e.g. 0.999 (got {t.ema})"),
+        (t.patience is None or t.patience >= 1, f"--patience must be >= 1 epoch (got {t.patience})"),
+        (t.persample_chunk is None or t.persample_chunk >= 1, f"--persample-chunk must be >= 1 (got {t.persample_chunk})"),
         (0 < dcfg.valid_pct < 1, f"--valid-pct must be between 0 and 1 (got {dcfg.valid_pct})"),
         (dcfg.size is None or dcfg.size >= 32, f"--size must be >= 32 px (got {dcfg.size})"),
     ]
