@@ -34,6 +34,10 @@ class Wiring:
     accum_cb: MicroBatchAccumulation | None
 
 
+def _weights(w: list[float] | None, device: torch.device) -> torch.Tensor | None:
+    return None if w is None else torch.tensor(w, dtype=torch.float32, device=device)
+
+
 def splitter_for(model: Any):
     """fastai splitter: [body params, head params]; freeze() then trains only the head."""
 
@@ -45,7 +49,8 @@ def splitter_for(model: Any):
 
 
 def build_learner(dls, model, *, num_classes: int, wd: float, precision: str, accum: int,
-                  agc: float | None, device: torch.device, opt_func: Any = None) -> Wiring:
+                  agc: float | None, device: torch.device, opt_func: Any = None,
+                  class_weights: list[float] | None = None) -> Wiring:
     import fastai.callback.schedule  # noqa: F401  (adds Learner.fit_one_cycle)
     from fastai.callback.fp16 import MixedPrecision
     from fastai.callback.progress import ProgressCallback
@@ -69,7 +74,7 @@ def build_learner(dls, model, *, num_classes: int, wd: float, precision: str, ac
     if agc_cb:
         cbs.append(agc_cb)
     learn = Learner(
-        dls, model, loss_func=CrossEntropyLossFlat(), opt_func=opt_func or Adam, metrics=metrics,
+        dls, model, loss_func=CrossEntropyLossFlat(weight=_weights(class_weights, device)), opt_func=opt_func or Adam, metrics=metrics,
         splitter=splitter_for(model), wd=wd, wd_bn_bias=False, train_bn=True, cbs=cbs,
     )
     learn.remove_cb(ProgressCallback)  # rich progress comes from nfx's own callback
