@@ -22,6 +22,7 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts contain [default: …] literally
     help="Fine-tune normalizer-free networks (NFNets) on small medical imaging datasets.",
 )
 _state = {"debug": os.environ.get("NFX_DEBUG") == "1", "quiet": False}
@@ -73,12 +74,30 @@ def finetune(
     precision: Optional[str] = typer.Option(None, "--precision", help="auto, bf16, fp16 or fp32 [default: auto]."),
     workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader workers [default: 0 on CPU, up to 8 on GPU]."),
     cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="Decoded-image cache [default: ~/.cache/nfx]."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="CSV with path,label[,patient][,split] columns instead of label folders."),
+    frame: Optional[int] = typer.Option(None, "--frame", help="Frame to use from multi-frame DICOMs (default: skip them with a reason)."),
+    allow_patient_leak: Optional[bool] = typer.Option(None, "--allow-patient-leak", help="Accept user splits that share a patient (warned, recorded)."),
+    flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="Horizontal flips in augmentation (use --no-flip for chest X-rays)."),
+    agc_mode: Optional[str] = typer.Option(None, "--agc-mode", help="batch (clip the mean gradient) or per-sample (clip each sample's)."),
+    persample_chunk: Optional[int] = typer.Option(None, "--persample-chunk", help="Samples per chunk in per-sample AGC [default: auto]."),
+    ema: Optional[float] = typer.Option(None, "--ema", help="EMA decay of the weights, e.g. 0.999 (validation and saved model use the EMA)."),
+    balance: Optional[str] = typer.Option(None, "--balance", help="Class imbalance: none, loss (weighted loss) or sampler (weighted sampling)."),
+    patience: Optional[int] = typer.Option(None, "--patience", help="Stop after this many epochs without improvement of the monitor."),
+    monitor: Optional[str] = typer.Option(None, "--monitor", help="Metric for best checkpoint / early stop [default: valid_roc_auc (binary) else valid_loss]."),
+    compile_: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model for training."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue this run folder from its last completed epoch."),
 ) -> None:
     """Fine-tune a timm model (NFNet by default) on a folder of images."""
 
     def body():
         from nfx.config import RunConfig, parse_agc
 
+        if resume is not None:
+            from nfx import api
+
+            p = _printer()
+            _finetune_summary(p, api.resume(resume, p))
+            return
         base = RunConfig.load(config) if config else RunConfig()
         if data is None and not base.data.path:
             from nfx.errors import ConfigError
@@ -87,10 +106,12 @@ def finetune(
         cfg = base.override(
             data=dict(path=str(data) if data else None, size=size, valid_pct=valid_pct,
                       patient_regex=patient_regex, skip_bad=skip_bad, aug=aug, cache_dir=cache_dir,
-                      num_workers=workers),
+                      num_workers=workers, labels=str(labels) if labels else None, frame=frame,
+                      allow_patient_leak=allow_patient_leak, flip=flip),
             model=dict(arch=arch, pretrained=pretrained, weights=str(weights) if weights else None),
             train=dict(epochs=epochs, freeze_epochs=freeze_epochs, bs=bs, accum=accum, lr=lr,
-                       precision=precision, seed=seed),
+                       precision=precision, seed=seed, agc_mode=agc_mode, persample_chunk=persample_chunk,
+                       ema=ema, balance=balance, patience=patience, monitor=monitor, compile=compile_),
             top=dict(out=out, name=name),
         )
         if agc is not None or cfg.train.agc_auto:
@@ -101,19 +122,7 @@ def finetune(
         from nfx import api
 
         p = _printer()
-        res = api.finetune(cfg, p)
-        m = res.metrics
-        p.table(
-            "finetune finished",
-            [
-                ("run folder", res.run_dir),
-                ("model", f"{m['arch']} ({m['weights_source']})"),
-                ("valid accuracy", _fmt(m.get("valid_accuracy"))),
-                ("valid ROC AUC", _fmt(m.get("valid_roc_auc"))),
-                ("time", f"{m['seconds']} s on {m['device']} ({m['precision']})"),
-                ("next", f"nfx evaluate {res.run_dir}"),
-            ],
-        )
+        _finetune_summary(p, api.finetune(cfg, p))
 
     _run(body)
 
@@ -219,6 +228,21 @@ def sample_data(
                                          ("patients", c["patients"]), ("per class", c["per_class"])])
 
     _run(body)
+
+
+def _finetune_summary(p, res) -> None:
+    m = res.metrics
+    p.table(
+        "finetune finished",
+        [
+            ("run folder", res.run_dir),
+            ("model", f"{m['arch']} ({m['weights_source']})"),
+            (f"valid accuracy (epoch {m.get('selected_epoch')})", _fmt(m.get("valid_accuracy"))),
+            ("valid ROC AUC", _fmt(m.get("valid_roc_auc"))),
+            ("time", f"{m['seconds']} s on {m['device']} ({m['precision']})"),
+            ("next", f"nfx evaluate {res.run_dir}"),
+        ],
+    )
 
 
 def _fmt(v) -> str:

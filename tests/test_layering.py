@@ -8,7 +8,8 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parents[1] / "nfx"
 
 # module (relative path prefix) → third-party roots it may import
-FASTAI_OK = ("api.py", "train/learner.py", "train/callbacks.py", "train/fit.py", "data/dataloaders.py")
+FASTAI_OK = ("api.py", "train/learner.py", "train/callbacks.py", "train/fit.py", "train/checkpoint.py",
+             "data/dataloaders.py")
 UI_OK = ("cli.py", "console.py")
 ONNX_OK = ("export/",)
 PURE = ("data/intensity.py", "data/split.py", "train/agc.py", "evaluate/metrics.py",

@@ -6,7 +6,12 @@
 
 Output: float32 H×W×C in [0, 1] (C = 1 for MONOCHROME*, 3 for colour). Files without pixel
 data, DICOMDIRs and multi-frame files without an explicit frame choice raise BadFileError with
-the reason; a missing decoder plugin names the package to install.
+the reason; a missing decoder plugin names the package to install. Every failure, including
+truncated or corrupt files, is a BadFileError: no other exception leaves decode_dicom.
+
+Files without the 128-byte preamble and "DICM" marker (bare data sets, common in old archives)
+are read as well when they look like DICOM (image attributes or a SOP Class UID); a missing
+Transfer Syntax UID is taken from the encoding pydicom detected.
 """
 
 from __future__ import annotations
@@ -55,15 +60,56 @@ def is_dicom(path: Path) -> bool:
 
 def read_header(path: Path) -> Any:
     """Read the header only (no pixel data). Raises BadFileError when not DICOM."""
+    return _read(Path(path), header_only=True)
+
+
+def _read(path: Path, header_only: bool) -> Any:
+    """dcmread, with bare data sets (no preamble / "DICM" / file meta) accepted when they
+    look like DICOM. Every failure is a BadFileError."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
-        return pydicom.dcmread(path, stop_before_pixels=True)
-    except InvalidDicomError as e:
-        raise BadFileError(path, f"not a valid DICOM file ({_short(e)}); remove it or re-export it") from e
+        ds = pydicom.dcmread(path, stop_before_pixels=header_only)
+    except InvalidDicomError:
+        # No "DICM" marker: maybe a bare data set (pre-Part-10 file); read it as one, but only
+        # keep it when it looks like DICOM (image attributes or a SOP Class UID).
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=header_only, force=True)
+            looks_dicom = ("Rows" in ds and "Columns" in ds) or "SOPClassUID" in ds
+        except Exception:
+            looks_dicom = False
+        if not looks_dicom:
+            raise BadFileError(
+                path, "not a DICOM file (no 'DICM' file header, no image attributes); remove it"
+            ) from None
     except Exception as e:  # pydicom raises many types on corrupt files
-        raise BadFileError(path, f"DICOM header unreadable ({_short(e)}); remove or re-export it") from e
+        raise BadFileError(path, f"DICOM file unreadable ({_short(e)}); remove or re-export it") from e
+    try:
+        _ensure_transfer_syntax(ds)
+    except Exception as e:
+        raise BadFileError(path, f"DICOM file unreadable ({_short(e)}); remove or re-export it") from e
+    return ds
+
+
+def _ensure_transfer_syntax(ds: Any) -> None:
+    """Bare data sets and files whose meta lacks (0002,0010): use the encoding pydicom detected
+    (pydicom cannot decode pixel data or OW lookup tables without it)."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and "TransferSyntaxUID" in meta:
+        return
+    implicit, little = ds.original_encoding
+    if implicit is None or little is None or (implicit and not little):
+        return
+    if meta is None:
+        meta = ds.file_meta = FileMetaDataset()
+    if implicit:
+        meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    else:
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian if little else ExplicitVRBigEndian
 
 
 def patient_id(ds: Any) -> str | None:
@@ -77,12 +123,21 @@ def check_usable(ds: Any, path: Path, frame: int | None = None) -> int:
     if "DirectoryRecordSequence" in ds or sop == "1.2.840.10008.1.3.10":
         raise BadFileError(path, "DICOMDIR (an index of other files, no image); skipped")
     if not any(t in ds for t in PIXEL_TAGS):
+        if "Rows" in ds and "Columns" in ds:  # an image header whose pixel data is gone
+            raise BadFileError(path, "image header but no pixel data (file truncated?); re-export it")
         what = getattr(getattr(ds, "SOPClassUID", None), "name", "") or str(ds.get("Modality", "")) or "object"
         raise BadFileError(path, f"no pixel data ({what}); not an image, skipped")
-    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    raw_frames = ds.get("NumberOfFrames", 1)
+    try:
+        n_frames = int(raw_frames or 1)
+    except (TypeError, ValueError):
+        reason = f"invalid Number of Frames {str(raw_frames)!r}; re-export the file"
+        raise BadFileError(path, reason) from None
     if n_frames > 1 and frame is None:
         raise BadFileError(
-            path, f"multi-frame ({n_frames} frames); choose one with --frame N or remove it"
+            path,
+            f"multi-frame ({n_frames} frames); choose one with --frame N (0 to {n_frames - 1})"
+            " or remove it",
         )
     if frame is not None and not (-n_frames <= frame < n_frames):
         raise BadFileError(path, f"--frame {frame} out of range: the file has {n_frames} frame(s)")
@@ -91,16 +146,22 @@ def check_usable(ds: Any, path: Path, frame: int | None = None) -> int:
 
 def decode_dicom(path: Path, frame: int | None = None) -> np.ndarray:
     """Decode one DICOM file to float32 H×W×C in [0, 1]."""
-    import pydicom
-
     path = Path(path)
-    try:
-        ds = pydicom.dcmread(path)
-    except Exception as e:
-        raise BadFileError(path, f"not a readable DICOM file ({_short(e)}); remove or re-export it") from e
+    ds = _read(path, header_only=False)
+    if len(ds) == 0:
+        # pydicom returns an empty data set when the file ends inside encapsulated pixel data
+        raise BadFileError(
+            path, "no DICOM elements could be read (file truncated or corrupt); re-export it"
+        )
     n_frames = check_usable(ds, path, frame)
     raw = _decode_pixels(ds, path, frame if n_frames > 1 else None)
-    return to_unit(raw, ds, path)
+    try:
+        return to_unit(raw, ds, path)
+    except BadFileError:
+        raise
+    except Exception as e:  # invalid LUT / window / palette attributes
+        reason = f"pixel values could not be converted ({_short(e)}); re-export the file"
+        raise BadFileError(path, reason) from e
 
 
 def _decode_pixels(ds: Any, path: Path, frame: int | None) -> np.ndarray:
@@ -115,7 +176,10 @@ def _decode_pixels(ds: Any, path: Path, frame: int | None) -> np.ndarray:
         ts = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", ""))
         msg = _short(e)
         pkg = DECODER_PACKAGES.get(ts)
-        if pkg and ("plugin" in msg.lower() or "missing" in msg.lower() or "no pixel data decoders" in msg.lower()):
+        # Only when pydicom says no decoder is *available*; "exceptions were raised by all
+        # available plugins" means the installed decoders failed on this file (corrupt data).
+        text = str(e).lower()
+        if pkg and ("missing dependencies" in text or "no pixel data decoders" in text):
             name = getattr(getattr(ds.file_meta, "TransferSyntaxUID", None), "name", ts)
             raise BadFileError(path, f"no decoder for {name}; pip install {pkg}") from e
         raise BadFileError(path, f"pixel data could not be decoded ({msg}); re-export the file") from e
@@ -131,8 +195,10 @@ def to_unit(arr: np.ndarray, ds: Any, path: Path | str = "<dataset>") -> np.ndar
     signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
 
     if photometric == "PALETTE COLOR":
-        rgb = apply_color_lut(arr, ds)
-        lut_bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
+        rgb = apply_color_lut(arr, _palette_source(ds))[..., :3]  # RGBA palettes: drop alpha
+        # Entries are 8 or 16 bits (descriptor); pydicom returns uint8 when the data holds
+        # one byte per entry whatever the descriptor says.
+        lut_bits = min(int(ds.RedPaletteColorLookupTableDescriptor[2]), rgb.dtype.itemsize * 8)
         return intensity.as_hwc(intensity.to_unit_range(rgb, 0, 2**lut_bits - 1))
 
     if photometric.startswith("MONOCHROME"):
@@ -144,11 +210,16 @@ def to_unit(arr: np.ndarray, ds: Any, path: Path | str = "<dataset>") -> np.ndar
         voi = _voi_kind(ds)
         if voi == "lut":
             out = apply_voi_lut(values, ds, index=0, prefer_lut=True)
-            lut = np.asarray(ds.VOILUTSequence[0].LUTData)
-            unit = intensity.to_unit_range(out, float(lut.min()), float(lut.max()))
+            lut_lo, lut_hi = _voi_lut_range(ds)
+            unit = intensity.to_unit_range(out, lut_lo, lut_hi)
         elif voi == "window":
             out = apply_voi_lut(values, ds, index=0, prefer_lut=False)
-            unit = intensity.to_unit_range(out, lo_m, hi_m)  # pydicom windows onto this range
+            # pydicom windows onto [y_min, y_max]: below the window → y_min, above → y_max
+            y_min, y_max = _window_output_range(ds, lo, hi)
+            if y_max >= y_min:
+                unit = intensity.to_unit_range(out, y_min, y_max)
+            else:  # negative Rescale Slope: pydicom's y_min is the larger value
+                unit = intensity.invert(intensity.to_unit_range(out, y_max, y_min))
         else:
             # Documented fallback: the full range representable by BitsStored, after the
             # modality LUT. Deterministic (no per-image statistics), the same for a whole series.
@@ -173,8 +244,61 @@ def _voi_kind(ds: Any) -> str | None:
     return None
 
 
+def _voi_lut_range(ds: Any) -> tuple[float, float]:
+    """Smallest and largest entry of the first VOI LUT, decoded by pydicom (US or OW data)."""
+    from pydicom.pixels import apply_voi
+
+    descriptor = ds.VOILUTSequence[0].LUTDescriptor
+    n, first = int(descriptor[0]) or 2**16, int(descriptor[1])
+    entries = apply_voi(np.arange(first, first + n, dtype=np.int64), ds, index=0)
+    return float(entries.min()), float(entries.max())
+
+
+def _window_output_range(ds: Any, lo: float, hi: float) -> tuple[float, float]:
+    """(y_min, y_max) that pydicom's apply_windowing maps below / above the window to."""
+    if ds.get("ModalityLUTSequence"):
+        y_min, y_max = 0.0, float(2 ** int(ds.ModalityLUTSequence[0].LUTDescriptor[2]) - 1)
+    else:
+        y_min, y_max = float(lo), float(hi)
+    slope, intercept = ds.get("RescaleSlope", None), ds.get("RescaleIntercept", None)
+    if slope is not None and intercept is not None:
+        y_min = y_min * float(slope) + float(intercept)
+        y_max = y_max * float(slope) + float(intercept)
+    return y_min, y_max
+
+
+def _palette_source(ds: Any) -> Any:
+    """The data set to give apply_color_lut. pydicom 3.0 reads non-segmented 16-bit palette
+    LUT data in the machine's (little-endian) byte order whatever the file's, so for big-endian
+    files a copy of the palette elements with byte-swapped data is returned."""
+    from pydicom.dataelem import DataElement
+    from pydicom.dataset import Dataset
+
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and "TransferSyntaxUID" in meta:
+        little = meta.TransferSyntaxUID.is_little_endian
+    else:
+        little = ds.original_encoding[1]
+    if little is not False or "RedPaletteColorLookupTableData" not in ds:
+        return ds
+    n = int(ds.RedPaletteColorLookupTableDescriptor[0]) or 2**16
+    out = Dataset()
+    for colour in ("Red", "Green", "Blue", "Alpha"):
+        desc = f"{colour}PaletteColorLookupTableDescriptor"
+        data = f"{colour}PaletteColorLookupTableData"
+        if desc in ds:
+            out[desc] = ds[desc]
+        if data in ds:
+            raw = ds[data].value
+            if isinstance(raw, bytes) and len(raw) == 2 * n:
+                raw = np.frombuffer(raw, dtype=">u2").astype("<u2").tobytes()
+            out[data] = DataElement(ds[data].tag, "OW", raw)
+    return out
+
+
 def _modality_range(ds: Any, lo: float, hi: float) -> tuple[float, float]:
-    """The output range of the modality transform (the same rule pydicom's windowing uses)."""
+    """The output range of the modality transform: min and max of what apply_modality_lut
+    can return (LUT: 0 … 2^bits − 1; rescale: the stored range rescaled)."""
     if ds.get("ModalityLUTSequence"):
         bits = int(ds.ModalityLUTSequence[0].LUTDescriptor[2])
         return 0.0, float(2**bits - 1)
@@ -187,5 +311,10 @@ def _modality_range(ds: Any, lo: float, hi: float) -> tuple[float, float]:
 
 
 def _short(e: BaseException) -> str:
-    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    """First line of the message (two when the first only introduces the next, as in pydicom's
+    "exceptions were raised by all available plugins:")."""
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    if not lines:
+        return type(e).__name__
+    text = f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
     return text[:160]

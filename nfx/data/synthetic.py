@@ -104,8 +104,8 @@ def _write_png(path: Path, img: np.ndarray) -> None:
 
 
 def _write_dicom(path: Path, img: np.ndarray, pid: str, eye: str, index: int) -> None:
-    from pydicom.dataset import FileMetaDataset
     from pydicom.dataset import Dataset as DcmDataset
+    from pydicom.dataset import FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
 
     # Deterministic UIDs (derived from patient/eye) so regenerating gives identical files.

@@ -153,7 +153,7 @@ def no_decay_params(model: Any) -> list[Any]:
 
     norm_types = (torch.nn.modules.batchnorm._NormBase, torch.nn.LayerNorm, torch.nn.GroupNorm)
     out, seen = [], set()
-    for mod_name, mod in model.named_modules():
+    for _name, mod in model.named_modules():
         for name, p in mod.named_parameters(recurse=False):
             if id(p) in seen:
                 continue

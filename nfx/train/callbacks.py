@@ -119,6 +119,8 @@ class EpochLog(Callback):
         self._t0 = time.time()
 
     def after_epoch(self) -> None:
+        if self.epoch < getattr(self.learn, "nfx_start_epoch", 0):
+            return  # an epoch fastai's SkipToEpoch cancelled while resuming
         names = list(self.recorder.metric_names)
         vals = list(self.recorder.log)
         row: dict[str, Any] = {"epoch": self.epoch_offset + self.epoch + 1, "phase": self.phase}
@@ -163,6 +165,8 @@ class StopOnNaN(Callback):
     order = 55
 
     def after_epoch(self) -> None:
+        if self.epoch < getattr(self.learn, "nfx_start_epoch", 0):
+            return
         loss = self.recorder.log[1] if len(self.recorder.log) > 1 else None
         if loss is not None and not math.isfinite(float(loss)):
             from nfx.errors import TrainingError

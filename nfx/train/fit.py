@@ -1,6 +1,7 @@
 """The fine-tuning sequence: head-only warm-up (body frozen), then the whole network with
-discriminative learning rates, each phase a one-cycle schedule. Writes history.csv after every
-epoch and model.safetensors at the end (reloaded once to verify).
+discriminative learning rates, each phase a one-cycle schedule; optional EMA, early stopping,
+best/last checkpoints, resume. Writes history.csv after every epoch and model.safetensors at the
+end (the best epoch by the monitored metric; reloaded once to verify).
 """
 
 from __future__ import annotations
@@ -15,17 +16,30 @@ import torch
 from nfx import runs
 from nfx.config import RunConfig
 from nfx.train.callbacks import EpochLog, RichProgress
+from nfx.train.checkpoint import (
+    BEST,
+    CKPT_DIR,
+    Checkpointer,
+    EMACallback,
+    EpochSeed,
+    save_state_dict,
+)
 from nfx.train.learner import build_learner
 
 HISTORY_FIELDS = ["epoch", "phase", "train_loss", "valid_loss", "valid_accuracy", "valid_roc_auc",
                   "lr", "agc_clip_fraction", "seconds"]
 
 
+def default_monitor(num_classes: int) -> str:
+    return "valid_roc_auc" if num_classes == 2 else "valid_loss"
+
+
 def fit(cfg: RunConfig, model, prep, *, train, valid, num_classes: int, device: torch.device,
-        precision: str, run_dir: Path, printer) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        precision: str, run_dir: Path, printer, resume: dict[str, Any] | None = None
+        ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     from fastai.torch_core import set_seed
 
-    from nfx.data.dataloaders import make_dataloaders
+    from nfx.data.dataloaders import class_weights, make_dataloaders
 
     t = cfg.train
     set_seed(t.seed, reproducible=True)
@@ -33,11 +47,27 @@ def fit(cfg: RunConfig, model, prep, *, train, valid, num_classes: int, device: 
     if workers is None:
         workers = 0 if device.type == "cpu" else min(8, os.cpu_count() or 1)
     dls = make_dataloaders(train, valid, bs=t.bs, mean=prep.mean, std=prep.std, aug=cfg.data.aug,
-                           flip=True, num_workers=workers, device=device, seed=t.seed)
+                           flip=cfg.data.flip, num_workers=workers, device=device, seed=t.seed,
+                           balance=t.balance, n_classes=num_classes)
     w = build_learner(dls, model, num_classes=num_classes, wd=t.wd, precision=precision,
-                      accum=t.accum, agc=t.agc, device=device)
+                      accum=t.accum, agc=t.agc, device=device,
+                      class_weights=class_weights(train[1], num_classes) if t.balance == "loss" else None)
     learn = w.learn
+    ema_cb = EMACallback(learn.model, t.ema) if t.ema else None
+    if ema_cb:
+        learn.add_cb(ema_cb)
+    monitor = t.monitor or default_monitor(num_classes)
     history: list[dict[str, Any]] = []
+    state: dict[str, Any] = {"monitor": monitor}
+    done = 0
+    if resume:
+        learn.model.load_state_dict(resume["model"])
+        if ema_cb and resume.get("ema"):
+            ema_cb.load_state_dict(resume["ema"])
+        history.extend(resume["history"])
+        state.update(resume["state"])
+        done = int(state.get("epochs_done", 0))
+        printer.info(f"resuming after epoch {done} of {t.freeze_epochs + t.epochs}")
 
     def on_epoch(row: dict[str, Any]) -> None:
         history.append(row)
@@ -54,41 +84,54 @@ def fit(cfg: RunConfig, model, prep, *, train, valid, num_classes: int, device: 
                 f"(λ={t.agc}); raise --agc or lower --lr"
             )
 
+    phases = []
     if t.freeze_epochs:
-        learn.freeze()
-        _run_phase(learn, "frozen", t.freeze_epochs, t.lr, on_epoch, w, printer, 0)
+        phases.append(("frozen", t.freeze_epochs, t.lr, 0))
     if t.epochs:
-        learn.unfreeze()
         head_lr = t.lr / 2 if t.freeze_epochs else t.lr
-        _run_phase(learn, "unfrozen", t.epochs, slice(head_lr / t.body_lr_div, head_lr), on_epoch, w,
-                   printer, t.freeze_epochs)
+        phases.append(("unfrozen", t.epochs, slice(head_lr / t.body_lr_div, head_lr), t.freeze_epochs))
 
-    save_weights(learn.model, run_dir / runs.WEIGHTS)
-    last = history[-1]
-    final = {k: last.get(k) for k in ("valid_accuracy", "valid_roc_auc", "valid_loss", "train_loss")}
-    final["epochs_run"] = len(history)
-    final["optimizer_steps"] = w.accum_cb.n_steps if w.accum_cb else None
-    final["agc_calls"] = w.agc_cb.n_calls if w.agc_cb else 0
+    opt_restored = resume is None
+    for phase, n_epoch, lr, offset in phases:
+        if state.get("early_stopped_at") or done >= offset + n_epoch:
+            continue
+        learn.freeze() if phase == "frozen" else learn.unfreeze()
+        start = max(0, done - offset)
+        if not opt_restored:
+            learn.opt.load_state_dict(resume["opt"])
+            opt_restored = True
+        learn.nfx_start_epoch = start
+        cbs = [EpochSeed(t.seed, offset),
+               EpochLog(phase, on_epoch, w.agc_cb, printer, offset),
+               Checkpointer(run_dir, history, monitor, t.patience, state, ema_cb, phase, offset),
+               RichProgress(printer, f"training ({phase})")]
+        learn.fit_one_cycle(n_epoch, lr, cbs=cbs, start_epoch=start)
+        done = int(state.get("epochs_done", done))
+
+    if state.get("early_stopped_at"):
+        printer.note(f"early stopping after epoch {state['early_stopped_at']}: no {monitor} improvement "
+                     f"for {t.patience} epochs")
+    best = run_dir / CKPT_DIR / BEST
+    final_weights = ema_cb.weights() if ema_cb else learn.model.state_dict()
+    selected = history[-1]["epoch"] if history else None
+    if best.is_file() and state.get("best_epoch") is not None:
+        from safetensors.torch import load_file
+
+        final_weights = load_file(str(best))
+        selected = state["best_epoch"]
+    save_state_dict(final_weights, run_dir / runs.WEIGHTS)
+    row = next((h for h in history if h["epoch"] == selected), history[-1])
+    final = {k: row.get(k) for k in ("valid_accuracy", "valid_roc_auc", "valid_loss", "train_loss")}
+    final.update(
+        epochs_run=len(history),
+        selected_epoch=selected,
+        monitor=monitor,
+        early_stopped_at=state.get("early_stopped_at"),
+        ema=t.ema,
+        optimizer_steps=w.accum_cb.n_steps if w.accum_cb else None,
+        agc_calls=w.agc_cb.n_calls if w.agc_cb else 0,
+    )
     return history, final
-
-
-def _run_phase(learn, phase: str, n_epoch: int, lr, on_epoch, w, printer, offset: int) -> None:
-    cbs = [EpochLog(phase, on_epoch, w.agc_cb, printer, offset), RichProgress(printer, f"training ({phase})")]
-    learn.fit_one_cycle(n_epoch, lr, cbs=cbs)
-
-
-def save_weights(model, path: Path) -> None:
-    """safetensors, written atomically and reloaded once to verify."""
-    from safetensors.torch import load_file, save_file
-
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(state, str(tmp))
-    back = load_file(str(tmp))
-    if set(back) != set(state) or any(not torch.equal(back[k], state[k]) for k in state):
-        tmp.unlink(missing_ok=True)
-        raise RuntimeError(f"{path}: saved weights do not read back identically")
-    os.replace(tmp, path)
 
 
 def _fmt(v: Any) -> str:

@@ -1,0 +1,178 @@
+"""Run state across epochs (fastai wiring): deterministic per-epoch seeding, EMA of the weights,
+last/best checkpoints, early stopping, and what `--resume` needs.
+
+Resumability rests on one rule: every source of randomness is re-seeded at the start of each
+epoch from (seed, global epoch). An epoch's shuffling and augmentation therefore depend only on
+its number, and a run resumed at epoch k replays exactly what the uninterrupted run would have
+done. Accumulation windows never span epochs, so no partial gradient has to be saved.
+
+The last checkpoint (`checkpoints/last.pt`: model, optimizer, EMA, history, best-so-far) is
+written atomically at the end of every epoch; the best weights by the monitored metric go to
+`checkpoints/best.safetensors`.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from fastai.callback.core import Callback, CancelFitException
+
+from nfx import runs
+
+CKPT_DIR = "checkpoints"
+LAST = "last.pt"
+BEST = "best.safetensors"
+
+
+def epoch_seed(seed: int, global_epoch: int) -> int:
+    return (int(seed) * 1_000_003 + int(global_epoch) * 7919) % (2**31 - 1)
+
+
+def _skipped(learn) -> bool:
+    """True for epochs fastai's SkipToEpoch cancels when resuming (their after_epoch still fires)."""
+    return learn.epoch < getattr(learn, "nfx_start_epoch", 0)
+
+
+class EpochSeed(Callback):
+    """Contract: before_train (before the train DataLoader builds its iterator), re-seeds python,
+    numpy, torch, the loader's shuffling RNG and the albumentations pipeline from (seed, epoch)."""
+
+    order = -20
+
+    def __init__(self, seed: int, epoch_offset: int):
+        self.seed, self.offset = seed, epoch_offset
+
+    def before_train(self) -> None:
+        s = epoch_seed(self.seed, self.offset + self.epoch)
+        random.seed(s)
+        np.random.seed(s % (2**32))
+        torch.manual_seed(s)
+        dl = self.dls.train
+        dl.rng = random.Random(s)
+        tfm = getattr(dl.dataset, "tfm", None)
+        if tfm is not None and hasattr(tfm, "set_random_seed"):
+            tfm.set_random_seed(s)
+
+
+class EMACallback(Callback):
+    """Exponential moving average of the weights (timm's ModelEmaV3, with its warm-up so short
+    runs are not dominated by the random head: decay_t = min(decay, 1 − (1 + t)^(−2/3))).
+
+    Contract: after_step (only real optimizer steps: accumulation cancels the others before
+    step) updates the EMA; validation runs on the EMA weights (swapped in before_validate,
+    swapped back after_validate), so history metrics, checkpoints and the saved model are EMA.
+    """
+
+    order = 15
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        from timm.utils.model_ema import ModelEmaV3
+
+        self.ema = ModelEmaV3(model, decay=decay, use_warmup=True)
+        self.decay = decay
+        self.n_updates = 0
+        self._backup: dict[str, torch.Tensor] | None = None
+
+    def after_step(self) -> None:
+        self.n_updates += 1
+        self.ema.update(self.learn.model, step=self.n_updates)
+
+    def before_validate(self) -> None:
+        if self.n_updates == 0:
+            return
+        self._backup = {k: v.detach().clone() for k, v in self.learn.model.state_dict().items()}
+        self.learn.model.load_state_dict(self.ema.module.state_dict())
+
+    def after_validate(self) -> None:
+        if self._backup is not None:
+            self.learn.model.load_state_dict(self._backup)
+            self._backup = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"module": self.ema.module.state_dict(), "n_updates": self.n_updates}
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        self.ema.module.load_state_dict(sd["module"])
+        self.n_updates = int(sd["n_updates"])
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return self.ema.module.state_dict()
+
+
+class Checkpointer(Callback):
+    """Contract: after_epoch, after EpochLog (60) has appended this epoch's row to `history`:
+    tracks the best value of `monitor`, saves best weights, writes last.pt, and stops the fit
+    (CancelFitException) after `patience` epochs without improvement."""
+
+    order = 70
+
+    def __init__(self, run_dir: Path, history: list[dict[str, Any]], monitor: str, patience: int | None,
+                 state: dict[str, Any], ema_cb: EMACallback | None, phase: str, phase_offset: int):
+        self.run_dir, self.history, self.monitor, self.patience = Path(run_dir), history, monitor, patience
+        self.state, self.ema_cb, self.phase, self.phase_offset = state, ema_cb, phase, phase_offset
+
+    def after_epoch(self) -> None:
+        if _skipped(self.learn):
+            return
+        row = self.history[-1]
+        value = row.get(self.monitor)
+        improved = False
+        if value is not None and isinstance(value, float) and math.isfinite(value):
+            best = self.state.get("best_value")
+            lower = self.monitor.endswith("loss")
+            if best is None or (value < best if lower else value > best):
+                improved = True
+                self.state.update(best_value=value, best_epoch=row["epoch"], bad_epochs=0)
+                save_state_dict(self.weights(), self.run_dir / CKPT_DIR / BEST)
+        if not improved:
+            self.state["bad_epochs"] = self.state.get("bad_epochs", 0) + 1
+        self.state["epochs_done"] = self.phase_offset + self.epoch + 1
+        self.save_last()
+        if self.patience and self.state["bad_epochs"] >= self.patience:
+            self.state["early_stopped_at"] = row["epoch"]
+            raise CancelFitException()
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return self.ema_cb.weights() if self.ema_cb else self.learn.model.state_dict()
+
+    def save_last(self) -> None:
+        payload = {
+            "state": dict(self.state),
+            "history": list(self.history),
+            "model": {k: v.detach().cpu() for k, v in self.learn.model.state_dict().items()},
+            "opt": self.learn.opt.state_dict(),
+            "ema": self.ema_cb.state_dict() if self.ema_cb else None,
+        }
+        buf = io.BytesIO()
+        torch.save(payload, buf)
+        runs.atomic_write_bytes(self.run_dir / CKPT_DIR / LAST, buf.getvalue())
+
+
+def save_state_dict(state: dict[str, torch.Tensor], path: Path) -> None:
+    """safetensors, atomically, reloaded once to verify."""
+    import os
+
+    from safetensors.torch import load_file, save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(state, str(tmp))
+    back = load_file(str(tmp))
+    if set(back) != set(state) or any(not torch.equal(back[k], state[k]) for k in state):
+        tmp.unlink(missing_ok=True)
+        raise RuntimeError(f"{path}: saved weights do not read back identically")
+    os.replace(tmp, path)
+
+
+def load_last(run_dir: Path) -> dict[str, Any] | None:
+    p = Path(run_dir) / CKPT_DIR / LAST
+    if not p.is_file():
+        return None
+    return torch.load(p, map_location="cpu", weights_only=False)
