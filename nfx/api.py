@@ -101,28 +101,80 @@ def finetune(cfg: RunConfig, printer: Printer | None = None) -> RunResult:
     }
     runs.atomic_write_json(run_dir / MODEL_INFO, model_info)
 
+    train = ([entries[i] for i in sel["train"]], [cls_idx[samples[i].label] for i in sel["train"]])
+    valid = ([entries[i] for i in sel["valid"]], [cls_idx[samples[i].label] for i in sel["valid"]])
+    return _train(cfg, model, prep, model_info, train, valid, device, precision, run_dir, printer,
+                  counts, t_start, notes)
+
+
+def _train(cfg, model, prep, model_info, train, valid, device, precision, run_dir, printer, counts,
+           t_start, notes, resume=None) -> RunResult:
     from nfx.train.fit import fit
 
     history, final = fit(
-        cfg, model, prep,
-        train=([entries[i] for i in sel["train"]], [cls_idx[samples[i].label] for i in sel["train"]]),
-        valid=([entries[i] for i in sel["valid"]], [cls_idx[samples[i].label] for i in sel["valid"]]),
-        num_classes=len(disc.classes), device=device, precision=precision,
-        run_dir=run_dir, printer=printer,
+        cfg, model, prep, train=train, valid=valid, num_classes=model_info["num_classes"],
+        device=device, precision=precision, run_dir=run_dir, printer=printer, resume=resume,
     )
     metrics = {
         **final,
-        "arch": arch,
-        "weights_source": weights_source,
+        "arch": model_info["arch"],
+        "weights_source": model_info["weights_source"],
         "precision": precision,
         "device": str(device),
         "effective_batch_size": cfg.train.effective_batch_size,
         "agc": cfg.train.agc,
+        "agc_mode": cfg.train.agc_mode,
         "splits": counts,
         "seconds": round(time.time() - t_start, 1),
     }
     runs.atomic_write_json(run_dir / runs.METRICS, metrics)
     return RunResult(run_dir, metrics, history, notes)
+
+
+def resume(run_dir: str | Path, printer: Printer | None = None) -> RunResult:
+    """Continue a run from its last completed epoch (model, optimizer, EMA, history, best-so-far;
+    RNG is re-seeded per epoch, so the continuation replays the uninterrupted run)."""
+    printer = printer or Printer()
+    t_start = time.time()
+    run_dir = runs.require_run(Path(run_dir), runs.SPLITS, MODEL_INFO)
+    cfg = RunConfig.load(run_dir / runs.CONFIG)
+    info = json.loads((run_dir / MODEL_INFO).read_text())
+    from nfx.train.checkpoint import load_last
+
+    ckpt = load_last(run_dir)
+    if ckpt is None:
+        raise RunError(f"{run_dir}: no checkpoint to resume from (it stopped before finishing an epoch); "
+                       f"start it again with `nfx finetune --config {run_dir / runs.CONFIG}`")
+    total = cfg.train.freeze_epochs + cfg.train.epochs
+    if int(ckpt["state"].get("epochs_done", 0)) >= total or ckpt["state"].get("early_stopped_at"):
+        if (run_dir / runs.WEIGHTS).is_file() and (run_dir / runs.METRICS).is_file():
+            raise RunError(f"{run_dir}: already complete ({total} epochs); nothing to resume")
+    import torch  # noqa: F401
+
+    from nfx.data.cache import ImageCache
+    from nfx.models.factory import Preprocessing, build_for_inference
+    from nfx.train.learner import resolve_device, resolve_precision
+
+    rows = runs.read_csv(run_dir / runs.SPLITS)
+    cache = ImageCache(cfg.data.cache_dir, cfg.data.size)
+    paths = [r["path"] for r in rows]
+    with printer.progress(len(paths), "checking cache") as bar:
+        entries, bad = cache.fill(paths, on_done=lambda: bar.advance(1))
+    if bad:
+        raise DataError(f"{bad[0][0]}: {bad[0][1]} (a file of this run changed or vanished; "
+                        "restore the data folder to resume)")
+    classes = info["classes"]
+    pick = {sp: [i for i, r in enumerate(rows) if r["split"] == sp] for sp in ("train", "valid")}
+    train = ([entries[i] for i in pick["train"]], [classes.index(rows[i]["label"]) for i in pick["train"]])
+    valid = ([entries[i] for i in pick["valid"]], [classes.index(rows[i]["label"]) for i in pick["valid"]])
+    prep = Preprocessing(cfg.data.size, cfg.data.size, tuple(info["mean"]), tuple(info["std"]), "")
+    model = build_for_inference(info["arch"], info["num_classes"])
+    device = resolve_device()
+    precision = resolve_precision(cfg.train.precision, device, printer.warn)
+    counts = {sp: {"images": len(ix), "patients": len({rows[i]["patient"] for i in ix if rows[i]["patient"]})}
+              for sp, ix in pick.items()}
+    return _train(cfg, model, prep, info, train, valid, device, precision, run_dir, printer, counts,
+                  t_start, [], resume=ckpt)
 
 
 def _ingest(cfg: RunConfig, disc, run_dir: Path, printer: Printer):
