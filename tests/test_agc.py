@@ -84,3 +84,64 @@ def test_params_without_grad_are_skipped():
     p = torch.nn.Parameter(torch.randn(3, 3))
     n, units = agc.clip_([p], 0.01)
     assert n is None and units == 0
+
+
+def test_fp32_is_bitwise_identical_to_reference_on_a_real_parameter_set():
+    """test_nfnet's body (head excluded): 1-d gains/biases and 4-d weight-standardised convs."""
+    import timm
+
+    torch.manual_seed(0)
+    m = timm.create_model("test_nfnet", num_classes=2)
+    head = {id(p) for p in m.get_classifier().parameters()}
+    body = [p for p in m.parameters() if id(p) not in head]
+    for p in body:
+        p.grad = torch.randn_like(p) * 0.05
+    ref = _clone(body)
+    n_fast, units = agc.clip_(body, 0.05)
+    n_ref = agc.clip_reference_(ref, 0.05)
+    assert int(n_fast) == n_ref > 0 and units == agc.count_units(body)
+    for p, q in zip(body, ref):
+        assert torch.equal(p.grad, q.grad)
+
+
+def test_mixed_dtypes_in_one_call_and_exact_bf16():
+    a = _params(torch.float32, seed=1) + _params(torch.bfloat16, channels_last=True, seed=2)
+    b = _clone(a)
+    n_fast, _ = agc.clip_(a, 0.05)
+    assert int(n_fast) == agc.clip_reference_(b, 0.05)
+    for p, q in zip(a, b):
+        assert p.grad.dtype == q.grad.dtype
+        assert torch.equal(p.grad, q.grad)
+
+
+def test_plan_is_reused_and_rebuilt_when_grads_are_replaced():
+    ps = _params(seed=3)
+    agc.clip_(ps, 0.05)
+    for p in ps:  # a set_to_none optimizer: new gradient tensors next step
+        p.grad = torch.randn_like(p)
+    ref = _clone(ps)
+    agc.clip_(ps, 0.05)
+    agc.clip_reference_(ref, 0.05)
+    for p, q in zip(ps, ref):
+        assert torch.equal(p.grad, q.grad)
+    before = [p.grad for p in ps]
+    agc.clip_(ps, 0.05)  # reused plan still writes into the live gradient tensors
+    assert all(p.grad is g for p, g in zip(ps, before))
+
+
+def test_compile_failure_falls_back_to_eager(monkeypatch):
+    def broken(fn, **kw):
+        def run(*a, **k):
+            raise RuntimeError("no compiler here")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    monkeypatch.setattr(agc, "_COMPILE_BROKEN", False)
+    a = _params(seed=4)
+    b = _clone(a)
+    n_fast, _ = agc.clip_(a, 0.05, compile=True)
+    assert int(n_fast) == agc.clip_reference_(b, 0.05)
+    for p, q in zip(a, b):
+        assert torch.equal(p.grad, q.grad)
+    assert agc._COMPILE_BROKEN

@@ -8,15 +8,28 @@ eps = 1e-3 lets zero-initialised parameters move. The caller decides which param
 clipped (nfx never passes the classifier head) and when (once per optimizer step, on the
 fully accumulated, unscaled gradient).
 
-Tensors are processed in groups of equal unit count and equal dtype, so the work is a handful
-of batched kernels instead of one Python iteration per parameter; the number of clipped units
-is returned as a device tensor so no host–device synchronisation happens per step.
+How `clip_` is fast (the parameter set is fixed for a fit, so the work is planned once):
+- A plan is built on the first call and cached, keyed by the identity of the parameters and of
+  their gradient tensors (fastai's zero_grad keeps `p.grad` objects alive, so the plan is reused
+  every step; `set_to_none` optimizers simply trigger a re-plan).
+- Tensors are grouped by (device, grad dtype, weight dtype). Whole-tensor norms of 0-d/1-d
+  parameters are one `torch._foreach_norm` per group; per-unit norms of ≥2-d parameters are one
+  `vector_norm(dim=…, dtype=float32)` each, which reads the tensor once with no fp32 temporary
+  (the previous version materialised `x.float().pow(2)`).
+- All norms of a group are concatenated, the scale for every unit is computed in a handful of
+  kernels, and applied with one `torch._foreach_mul_` (fp32 scale into the grad's dtype, which
+  rounds exactly like the reference's `(g.float() * s).to(dtype)`).
+- Memory traffic is the floor: read W, read G, write G. The clipped count stays a device tensor,
+  so there is no host–device synchronisation.
+- Optionally (`compile=True`) the planned group function is torch.compile'd (meant for CUDA,
+  where launch overhead dominates); any compile failure falls back to the eager path once and
+  for all, so training never breaks because of the compiler.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 
@@ -32,55 +45,145 @@ def count_units(params: Iterable[torch.Tensor]) -> int:
     return sum(1 if p.ndim <= 1 else p.shape[0] for p in params)
 
 
+def _group_clip(whole_w: list[torch.Tensor], whole_g: list[torch.Tensor], unit_w: list[torch.Tensor],
+                unit_g: list[torch.Tensor], unit_dims: list[tuple[int, ...]], unit_sizes: list[int],
+                unit_bshapes: list[tuple[int, ...]], clip_factor: float, eps: float) -> torch.Tensor:
+    """Clip one (device, dtype) group in place; returns the number of clipped units (0-d tensor).
+
+    Written so that torch.compile can trace it (lists of fixed length, no data-dependent Python).
+    """
+    f32 = torch.float32
+    w_parts: list[torch.Tensor] = []
+    g_parts: list[torch.Tensor] = []
+    if whole_w:
+        w_parts.append(torch.stack(torch._foreach_norm(whole_w, 2, dtype=f32)))
+        g_parts.append(torch.stack(torch._foreach_norm(whole_g, 2, dtype=f32)))
+    for w, g, dims in zip(unit_w, unit_g, unit_dims):
+        w_parts.append(torch.linalg.vector_norm(w, dim=dims, dtype=f32))
+        g_parts.append(torch.linalg.vector_norm(g, dim=dims, dtype=f32))
+    w_norm = torch.cat(w_parts) if len(w_parts) > 1 else w_parts[0]
+    g_norm = torch.cat(g_parts) if len(g_parts) > 1 else g_parts[0]
+    max_norm = w_norm.clamp_min(eps) * clip_factor
+    trigger = g_norm > max_norm
+    scale = torch.where(trigger, max_norm / g_norm.clamp_min(1e-6), torch.ones_like(g_norm))
+    n_whole = len(whole_g)
+    scales: list[torch.Tensor] = []
+    if n_whole:
+        scales.extend(scale[:n_whole].unbind(0))
+    if unit_g:
+        for s, bshape in zip(torch.split(scale[n_whole:], unit_sizes), unit_bshapes):
+            scales.append(s.view(bshape))
+    torch._foreach_mul_(whole_g + unit_g, scales)
+    return trigger.sum()
+
+
+class _Group:
+    __slots__ = ("whole_w", "whole_g", "unit_w", "unit_g", "unit_dims", "unit_sizes", "unit_bshapes",
+                 "n_units", "fn")
+
+    def __init__(self) -> None:
+        self.whole_w: list[torch.Tensor] = []
+        self.whole_g: list[torch.Tensor] = []
+        self.unit_w: list[torch.Tensor] = []
+        self.unit_g: list[torch.Tensor] = []
+        self.unit_dims: list[tuple[int, ...]] = []
+        self.unit_sizes: list[int] = []
+        self.unit_bshapes: list[tuple[int, ...]] = []
+        self.n_units = 0
+        self.fn: Any = _group_clip
+
+    def add(self, p: torch.Tensor) -> None:
+        w, g = p.detach(), p.grad
+        if p.ndim <= 1:
+            self.whole_w.append(w)
+            self.whole_g.append(g)
+            self.n_units += 1
+        else:
+            self.unit_w.append(w)
+            self.unit_g.append(g)
+            self.unit_dims.append(tuple(range(1, p.ndim)))
+            self.unit_sizes.append(p.shape[0])
+            self.unit_bshapes.append((p.shape[0],) + (1,) * (p.ndim - 1))
+            self.n_units += p.shape[0]
+
+    def run(self, clip_factor: float, eps: float) -> torch.Tensor:
+        return self.fn(self.whole_w, self.whole_g, self.unit_w, self.unit_g, self.unit_dims,
+                       self.unit_sizes, self.unit_bshapes, clip_factor, eps)
+
+
+class _Plan:
+    __slots__ = ("params", "grads", "groups", "total", "compiled")
+
+    def __init__(self, params: list[torch.Tensor], compile: bool) -> None:
+        self.params = params
+        self.grads = [p.grad for p in params]
+        by_key: dict[tuple, _Group] = {}
+        for p in params:
+            key = (p.device, p.grad.dtype, p.dtype)
+            if key not in by_key:
+                by_key[key] = _Group()
+            by_key[key].add(p)
+        self.groups = list(by_key.values())
+        self.total = sum(g.n_units for g in self.groups)
+        self.compiled = False
+        if compile:
+            for grp in self.groups:
+                # dynamic=False: shapes are fixed for a fit; clip_factor/eps are constants here.
+                grp.fn = torch.compile(_group_clip, dynamic=False, fullgraph=False)
+            self.compiled = True
+
+    def valid_for(self, params: list[torch.Tensor]) -> bool:
+        if len(params) != len(self.params):
+            return False
+        for p, q, g in zip(params, self.params, self.grads):
+            if p is not q or p.grad is not g:
+                return False
+        return True
+
+
+# One cached plan per caller-visible parameter list (keyed by id of the first parameter and the
+# length; validated by identity before use). Small: a fit has one or two lists.
+_PLANS: dict[tuple[int, int, bool], _Plan] = {}
+_COMPILE_BROKEN = False
+
+
 @torch.no_grad()
 def clip_(
-    params: Iterable[torch.Tensor], clip_factor: float, eps: float = 1e-3
+    params: Iterable[torch.Tensor], clip_factor: float, eps: float = 1e-3, *, compile: bool = False
 ) -> tuple[torch.Tensor | None, int]:
     """Clip `p.grad` in place for every parameter with a gradient.
 
     Returns (number of clipped units as a 0-d device tensor or None if nothing had a gradient,
-    total number of units considered).
+    total number of units considered). `compile=True` uses a torch.compile'd kernel plan (intended
+    for CUDA); if compiling or running it fails, nfx falls back to the eager path permanently.
     """
-    groups: dict[tuple, list[torch.Tensor]] = defaultdict(list)
-    for p in params:
-        if p.grad is None:
-            continue
-        groups[(p.device, p.grad.dtype)].append(p)
+    global _COMPILE_BROKEN
+    ps = [p for p in params if p.grad is not None]
+    if not ps:
+        return None, 0
+    compile = compile and not _COMPILE_BROKEN
+    key = (id(ps[0]), len(ps), compile)
+    plan = _PLANS.get(key)
+    if plan is None or not plan.valid_for(ps):
+        if len(_PLANS) > 8:
+            _PLANS.clear()
+        plan = _PLANS[key] = _Plan(ps, compile)
     clipped: torch.Tensor | None = None
-    total = 0
-    for (_device, _dtype), ps in groups.items():
-        n, units = _clip_group(ps, clip_factor, eps)
+    for grp in plan.groups:
+        try:
+            n = grp.run(clip_factor, eps)
+        except Exception:
+            if not plan.compiled:
+                raise
+            # Compilation happens before the compiled function touches any gradient, so running
+            # this group eagerly is exact. Stay eager from now on (no retry every step).
+            _COMPILE_BROKEN = True
+            for g in plan.groups:
+                g.fn = _group_clip
+            plan.compiled = False
+            n = grp.run(clip_factor, eps)
         clipped = n if clipped is None else clipped + n
-        total += units
-    return clipped, total
-
-
-def _clip_group(ps: list[torch.Tensor], clip_factor: float, eps: float) -> tuple[torch.Tensor, int]:
-    # Per-unit squared norms of weights and grads, computed in fp32, all units concatenated.
-    w_sq, g_sq, sizes = [], [], []
-    for p in ps:
-        w, g = p.detach(), p.grad
-        if p.ndim <= 1:
-            w_sq.append(w.float().pow(2).sum().reshape(1))
-            g_sq.append(g.float().pow(2).sum().reshape(1))
-            sizes.append(1)
-        else:
-            dims = tuple(range(1, p.ndim))
-            w_sq.append(w.float().pow(2).sum(dim=dims))
-            g_sq.append(g.float().pow(2).sum(dim=dims))
-            sizes.append(p.shape[0])
-    w_norm = torch.cat(w_sq).sqrt_().clamp_min_(eps)
-    g_norm = torch.cat(g_sq).sqrt_()
-    max_norm = w_norm.mul_(clip_factor)
-    trigger = g_norm > max_norm
-    scale = torch.where(trigger, max_norm / g_norm.clamp_min(1e-6), torch.ones_like(g_norm))
-    for p, s in zip(ps, torch.split(scale, sizes)):
-        g = p.grad
-        if p.ndim <= 1:
-            g.mul_(s.reshape(()).to(g.dtype))
-        else:
-            g.mul_(s.to(g.dtype).reshape((-1,) + (1,) * (p.ndim - 1)))
-    return trigger.sum(), int(sum(sizes))
+    return clipped, plan.total
 
 
 @torch.no_grad()

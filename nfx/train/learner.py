@@ -50,7 +50,8 @@ def splitter_for(model: Any):
 
 def build_learner(dls, model, *, num_classes: int, wd: float, precision: str, accum: int,
                   agc: float | None, device: torch.device, opt_func: Any = None,
-                  class_weights: list[float] | None = None) -> Wiring:
+                  class_weights: list[float] | None = None, agc_mode: str = "batch",
+                  persample_chunk: int | None = None) -> Wiring:
     import fastai.callback.schedule  # noqa: F401  (adds Learner.fit_one_cycle)
     from fastai.callback.fp16 import MixedPrecision
     from fastai.callback.progress import ProgressCallback
@@ -70,7 +71,18 @@ def build_learner(dls, model, *, num_classes: int, wd: float, precision: str, ac
     if precision in ("bf16", "fp16"):
         cbs.append(MixedPrecision(amp_mode=precision))
     _head, body = head_and_body(model)
-    agc_cb = AGCCallback(body, agc) if agc else None
+    if agc_mode == "per-sample":
+        if not agc:
+            from nfx.errors import ConfigError
+
+            raise ConfigError("--agc-mode per-sample clips each sample's gradient and needs AGC on; "
+                              "pass --agc auto or a clip factor, or use --agc-mode batch")
+        from nfx.train.callbacks import PerSampleAGCCallback
+
+        # replaces the backward pass; the batch-mode AGCCallback is not installed with it
+        agc_cb = PerSampleAGCCallback(model, body, agc, chunk=persample_chunk, accum_cb=accum_cb)
+    else:
+        agc_cb = AGCCallback(body, agc) if agc else None
     if agc_cb:
         cbs.append(agc_cb)
     learn = Learner(
