@@ -131,16 +131,22 @@ def finetune(
 def evaluate(
     run_dir: Path = typer.Argument(..., help="Run folder made by `nfx finetune`."),
     data: Optional[Path] = typer.Argument(None, help="Evaluate on this folder instead of the run's validation split."),
-    threshold: float = typer.Option(0.5, "--threshold", help="Probability threshold for the positive class."),
+    split: str = typer.Option("valid", "--split", help="Which split of the run to evaluate: valid or test."),
+    tta: bool = typer.Option(False, "--tta", help="Average predictions over a horizontal flip."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Probability threshold for the positive class [default: 0.5]."),
+    target_sensitivity: Optional[float] = typer.Option(None, "--target-sensitivity", help="Use the highest threshold reaching this sensitivity on the validation split, e.g. 0.9."),
+    per_patient: bool = typer.Option(False, "--per-patient", help="Also report metrics with one row per patient (mean of image probabilities)."),
+    n_bootstrap: int = typer.Option(1000, "--n-bootstrap", help="Patient bootstrap resamples for the 95% intervals."),
     as_json: bool = typer.Option(False, "--json", help="Print evaluation.json to stdout."),
 ) -> None:
-    """Metrics with patient-level bootstrap confidence intervals → evaluation.json, report.md."""
+    """Metrics with patient-level bootstrap CIs, calibration, plots → evaluation.json, report.html."""
 
     def body():
         from nfx import api
 
         p = _printer()
-        ev = api.evaluate(run_dir, str(data) if data else None, p, threshold=threshold)
+        ev = api.evaluate(run_dir, str(data) if data else None, p, threshold=threshold, n_bootstrap=n_bootstrap,
+                          split=split, tta=tta, target_sensitivity=target_sensitivity, per_patient=per_patient)
         if as_json:
             sys.stdout.write(json.dumps(ev, indent=2) + "\n")
             return
@@ -154,10 +160,40 @@ def evaluate(
             rows += [
                 (f"sensitivity ({ev['positive_class']})", _fmt(ev["sensitivity"]) + _ci(ev.get("sensitivity_ci"))),
                 ("specificity", _fmt(ev["specificity"]) + _ci(ev.get("specificity_ci"))),
+                ("threshold", f"{ev['threshold']:.4g} ({ev.get('threshold_source', '')})"),
             ]
-        rows += [("confusion matrix", ev["confusion_matrix"]), ("report", Path(run_dir) / "report.md"),
-                 ("next", f"nfx export {run_dir} --onnx")]
+            yd = (ev.get("operating_points") or {}).get("Youden")
+            if yd:
+                rows.append(("Youden threshold", f"{yd['threshold']:.4g} (chosen on {yd['chosen_on']}): "
+                                                 f"sensitivity {_fmt(yd['sensitivity'])}, specificity {_fmt(yd['specificity'])}"))
+        rows += [("calibration", f"ECE {_fmt(ev.get('ece'))}, Brier {_fmt(ev.get('brier'))}"),
+                 ("confusion matrix", ev["confusion_matrix"]), ("report", Path(run_dir) / "report.html"),
+                 ("next", f"nfx explain {run_dir} IMAGES... --out gradcam  |  nfx export {run_dir} --onnx")]
         p.table("evaluation", rows)
+
+    _run(body)
+
+
+@app.command()
+def explain(
+    run_dir: Path = typer.Argument(..., help="Run folder made by `nfx finetune`."),
+    images: list[str] = typer.Argument(..., help="Image files or folders."),
+    out: Path = typer.Option(Path("gradcam"), "--out", help="Folder for the Grad-CAM overlays."),
+    target_class: Optional[str] = typer.Option(None, "--class", help="Explain this class [default: the predicted one]."),
+) -> None:
+    """Grad-CAM overlays (pytorch-grad-cam) on the model's last feature stage."""
+
+    def body():
+        from nfx import api
+
+        p = _printer()
+        res = api.explain(run_dir, images, out, p, target_class=target_class)
+        for r in res:
+            if "error" in r:
+                p.warn(f"{r['file']}: {r['error']}")
+            else:
+                typer.echo(f"{r['file']}\t{r['prediction']}\t{r['probability']:.3f}\t{r['overlay']}")
+        p.table("explain", [("overlays", out), ("layer", res[0].get("layer") if res else "")])
 
     _run(body)
 

@@ -101,3 +101,293 @@ def classification_metrics(
     else:
         out.update(positive_class=None, threshold=None, sensitivity=None, specificity=None)
     return out, pred
+
+
+# ---------------------------------------------------------------------------------------------
+# operating points (binary): thresholds are chosen on one set of predictions, applied to another
+# ---------------------------------------------------------------------------------------------
+def _clean(v: Any) -> Any:
+    """JSON-safe number: NaN/inf → None (evaluation.json must round-trip exactly)."""
+    if v is None:
+        return None
+    v = float(v)
+    return v if np.isfinite(v) else None
+
+
+def operating_point(y_pos: np.ndarray, p_pos: np.ndarray, threshold: float) -> dict[str, Any]:
+    """Everything at one threshold on P(positive): counts, sensitivity, specificity, PPV, NPV
+    (from `binary_at_threshold`), plus F1, MCC, accuracy and balanced accuracy from scikit-learn."""
+    import warnings
+
+    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+    y_pos = np.asarray(y_pos, dtype=int)
+    pred = (np.asarray(p_pos) >= threshold).astype(int)
+    out = binary_at_threshold(y_pos, p_pos, threshold)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out["f1"] = _clean(f1_score(y_pos, pred, labels=[0, 1], pos_label=1, zero_division=np.nan))
+        out["mcc"] = _clean(matthews_corrcoef(y_pos, pred)) if len(y_pos) else None
+        out["accuracy"] = _clean(accuracy_score(y_pos, pred)) if len(y_pos) else None
+        out["balanced_accuracy"] = _balanced_accuracy(y_pos, pred) if len(np.unique(y_pos)) == 2 else None
+    return out
+
+
+def youden_threshold(y_pos: np.ndarray, p_pos: np.ndarray) -> float | None:
+    """Threshold maximising sensitivity + specificity − 1 (Youden's J) on these predictions
+    (scikit-learn's ROC curve); None when only one class is present."""
+    from sklearn.metrics import roc_curve
+
+    y_pos = np.asarray(y_pos, dtype=int)
+    if len(np.unique(y_pos)) < 2:
+        return None
+    fpr, tpr, thr = roc_curve(y_pos, p_pos, drop_intermediate=False)
+    ok = np.isfinite(thr)  # thr[0] is +inf (nothing predicted positive)
+    k = int(np.argmax(np.where(ok, tpr - fpr, -np.inf)))
+    return float(thr[k])
+
+
+def threshold_for_sensitivity(y_pos: np.ndarray, p_pos: np.ndarray, target: float) -> float | None:
+    """The highest threshold whose sensitivity on these predictions is ≥ `target` (so the most
+    specific operating point that still reaches the target); None without positives."""
+    from sklearn.metrics import roc_curve
+
+    if not 0.0 < target <= 1.0:
+        raise ValueError("target sensitivity must be in (0, 1]")
+    y_pos = np.asarray(y_pos, dtype=int)
+    if len(np.unique(y_pos)) < 2:
+        return None
+    _, tpr, thr = roc_curve(y_pos, p_pos, drop_intermediate=False)
+    ok = np.flatnonzero((tpr >= target - 1e-12) & np.isfinite(thr))
+    return float(thr[ok[0]]) if len(ok) else None
+
+
+# ---------------------------------------------------------------------------------------------
+# curves, calibration, per class
+# ---------------------------------------------------------------------------------------------
+def curves(y: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
+    """ROC and precision-recall curves (scikit-learn) for plotting, one per positive class:
+    binary → the positive class only; more classes → one-vs-rest per class present."""
+    from sklearn.metrics import average_precision_score, precision_recall_curve, roc_curve
+
+    y = np.asarray(y, dtype=int)
+    targets = [positive_index(classes)] if len(classes) == 2 else list(range(len(classes)))
+    out: dict[str, Any] = {"roc": {}, "pr": {}}
+    for k in targets:
+        yk = (y == k).astype(int)
+        if len(np.unique(yk)) < 2:
+            continue
+        fpr, tpr, _ = roc_curve(yk, probs[:, k])
+        prec, rec, _ = precision_recall_curve(yk, probs[:, k])
+        out["roc"][classes[k]] = {"fpr": fpr.tolist(), "tpr": tpr.tolist()}
+        out["pr"][classes[k]] = {"recall": rec.tolist(), "precision": prec.tolist(),
+                                 "ap": float(average_precision_score(yk, probs[:, k])),
+                                 "prevalence": float(yk.mean())}
+    return out
+
+
+def pr_auc(y: np.ndarray, probs: np.ndarray, pos: int | None) -> float | None:
+    """Average precision (scikit-learn): binary → the positive class; otherwise the macro mean
+    over one-vs-rest tasks (None when a class is absent)."""
+    from sklearn.metrics import average_precision_score
+
+    y = np.asarray(y, dtype=int)
+    if len(np.unique(y)) < 2:
+        return None
+    if pos is not None:
+        return float(average_precision_score((y == pos).astype(int), probs[:, pos]))
+    if len(np.unique(y)) < probs.shape[1]:
+        return None
+    onehot = np.eye(probs.shape[1], dtype=int)[y]
+    return float(average_precision_score(onehot, probs, average="macro"))
+
+
+def calibration(y: np.ndarray, probs: np.ndarray, pos: int | None, n_bins: int = 10) -> dict[str, Any]:
+    """Expected calibration error, Brier score and the reliability-diagram bins.
+
+    Binary: bins of P(positive) against the observed fraction of positives (what a clinician
+    reads as "of the cases given 80%, how many had the disease"); the Brier score is
+    scikit-learn's on P(positive). More classes: bins of the top-class confidence against the
+    accuracy (the usual multi-class ECE); Brier = mean squared error of the probability vector.
+    ECE = Σ_b (n_b / N) · |mean predicted_b − observed_b| over equal-width bins on [0, 1].
+    """
+    from sklearn.metrics import brier_score_loss
+
+    y = np.asarray(y, dtype=int)
+    probs = np.asarray(probs, dtype=np.float64)
+    if pos is not None:
+        conf = probs[:, pos]
+        hit = (y == pos).astype(float)
+        brier = float(brier_score_loss((y == pos).astype(int), conf, pos_label=1))
+        kind = "P(positive) vs observed positive fraction"
+    else:
+        conf = probs.max(1)
+        hit = (probs.argmax(1) == y).astype(float)
+        brier = float(np.mean(np.sum((probs - np.eye(probs.shape[1])[y]) ** 2, axis=1)))
+        kind = "top-class confidence vs accuracy"
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    # right-closed bins like scikit-learn's calibration_curve (0 goes to the first bin)
+    which = np.clip(np.searchsorted(edges[1:-1], conf, side="left"), 0, n_bins - 1)
+    bins, ece = [], 0.0
+    for b in range(n_bins):
+        m = which == b
+        n = int(m.sum())
+        mp = float(conf[m].mean()) if n else None
+        ob = float(hit[m].mean()) if n else None
+        if n:
+            ece += n / len(y) * abs(mp - ob)
+        bins.append({"lo": float(edges[b]), "hi": float(edges[b + 1]), "n": n,
+                     "mean_predicted": mp, "observed": ob})
+    return {"ece": float(ece) if len(y) else None, "brier": brier, "n_bins": n_bins, "kind": kind,
+            "bins": bins}
+
+
+def per_class_metrics(y: np.ndarray, pred: np.ndarray, probs: np.ndarray,
+                      classes: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """One-vs-rest view of every class: precision (PPV), recall (sensitivity), specificity, F1,
+    support and ROC AUC, from scikit-learn."""
+    import warnings
+
+    from sklearn.metrics import precision_recall_fscore_support, roc_auc_score
+
+    y = np.asarray(y, dtype=int)
+    labels = list(range(len(classes)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prec, rec, f1, sup = precision_recall_fscore_support(y, pred, labels=labels, zero_division=np.nan)
+    out = {}
+    for k, c in enumerate(classes):
+        neg = y != k
+        yk = (y == k).astype(int)
+        out[c] = {
+            "precision": _clean(prec[k]),
+            "recall": _clean(rec[k]),
+            "specificity": _clean(((pred != k) & neg).sum() / neg.sum()) if neg.any() else None,
+            "f1": _clean(f1[k]),
+            "support": int(sup[k]),
+            "roc_auc": float(roc_auc_score(yk, probs[:, k])) if 0 < yk.sum() < len(yk) else None,
+        }
+    return out
+
+
+def aggregate_by_patient(y: np.ndarray, probs: np.ndarray, patients: Sequence[str],
+                         pos: int | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """One row per patient, in order of first appearance: the mean of the patient's image
+    probabilities and the patient's label. Binary (`pos` given): a patient is positive when any
+    of their images is (e.g. one diseased eye). More classes: images of one patient with
+    different labels raise ValueError, since nfx does not guess a patient-level diagnosis."""
+    y = np.asarray(y, dtype=int)
+    order: dict[str, list[int]] = {}
+    for i, p in enumerate(patients):
+        order.setdefault(p, []).append(i)
+    ids, ys, ps = [], [], []
+    for pid, ix in order.items():
+        labels = set(y[ix].tolist())
+        if len(labels) > 1 and pos is None:
+            raise ValueError(f"patient {pid} has images with different labels; per-patient "
+                             "aggregation of more than two classes needs one label per patient")
+        ids.append(pid)
+        ys.append(pos if pos in labels and len(labels) > 1 else labels.pop())
+        ps.append(probs[ix].mean(0))
+    return np.array(ys, dtype=int), np.array(ps), ids
+
+
+# ---------------------------------------------------------------------------------------------
+# bootstrap of the headline numbers (one pass of patient resamples for all of them)
+# ---------------------------------------------------------------------------------------------
+ROC_GRID = np.linspace(0.0, 1.0, 51)
+
+
+def bootstrap_intervals(y: np.ndarray, probs: np.ndarray, classes: Sequence[str], threshold: float | None,
+                        patients: Sequence[str], n_resamples: int = 1000, seed: int = 0,
+                        alpha: float = 0.05) -> dict[str, Any]:
+    """95% percentile intervals over patient resamples for ROC AUC, sensitivity and specificity
+    (binary, at `threshold`), plus a pointwise band of the ROC curve (TPR on a fixed FPR grid).
+    More classes: the macro one-vs-rest ROC AUC only."""
+    from sklearn.metrics import auc, roc_curve
+
+    from nfx.evaluate.bootstrap import patient_bootstrap_many
+
+    y = np.asarray(y, dtype=int)
+    probs = np.asarray(probs, dtype=np.float64)
+    if len(classes) != 2:
+        def multi(ix):
+            return {"roc_auc": roc_auc(y[ix], probs[ix], None)}
+
+        ci = patient_bootstrap_many(multi, patients, n_resamples, seed, alpha)
+        return {"roc_auc_ci": ci.get("roc_auc"), "sensitivity_ci": None, "specificity_ci": None}
+    pos = positive_index(classes)
+    yp = (y == pos).astype(int)
+    pp = probs[:, pos]
+
+    def stat(ix):
+        yy, ss = yp[ix], pp[ix]
+        at = binary_at_threshold(yy, ss, threshold)
+        out = {"sensitivity": at["sensitivity"], "specificity": at["specificity"]}
+        if 0 < yy.sum() < len(yy):
+            fpr, tpr, _ = roc_curve(yy, ss)
+            out["roc_auc"] = float(auc(fpr, tpr))  # = roc_auc_score for binary labels
+            out["roc_tpr"] = np.interp(ROC_GRID, fpr, tpr)
+        return out
+
+    import sklearn
+
+    # inputs are validated once by the caller; skipping sklearn's per-call checks halves the loop
+    with sklearn.config_context(skip_parameter_validation=True):
+        ci = patient_bootstrap_many(stat, patients, n_resamples, seed, alpha)
+    band = ci.get("roc_tpr")
+    return {
+        "roc_auc_ci": ci.get("roc_auc"),
+        "sensitivity_ci": ci.get("sensitivity"),
+        "specificity_ci": ci.get("specificity"),
+        "roc_band": None if band is None else {"fpr": ROC_GRID.tolist(), "tpr_lo": band[0], "tpr_hi": band[1]},
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# everything for one set of predictions
+# ---------------------------------------------------------------------------------------------
+def evaluate_predictions(
+    y: Sequence[int], probs: np.ndarray, classes: Sequence[str], patients: Sequence[str],
+    threshold: float = 0.5, operating_points: dict[str, tuple[float, str]] | None = None,
+    n_bootstrap: int = 1000, seed: int = 0, n_bins: int = 10,
+) -> tuple[dict[str, Any], np.ndarray, dict[str, Any]]:
+    """(JSON-ready metrics, predicted class per image, curves for plotting).
+
+    `threshold` is the headline operating point (predictions, confusion matrix, sensitivity /
+    specificity and their intervals); `operating_points` maps a name to (threshold, where it was
+    chosen) and each is reported in full. Intervals resample `patients`."""
+    from sklearn.metrics import f1_score, matthews_corrcoef
+
+    y = np.asarray(y, dtype=int)
+    probs = np.asarray(probs, dtype=np.float64)
+    binary = len(classes) == 2
+    pos = positive_index(classes) if binary else None
+    result, pred = classification_metrics(y, probs, classes, threshold)
+    result["n_patients"] = len(set(patients))
+    result["pr_auc"] = pr_auc(y, probs, pos)
+    if binary:
+        at = operating_point((y == pos).astype(int), probs[:, pos], threshold)
+        result["f1"], result["mcc"] = at["f1"], at["mcc"]
+        result["operating_points"] = {
+            name: {**operating_point((y == pos).astype(int), probs[:, pos], t), "chosen_on": how}
+            for name, (t, how) in (operating_points or {}).items()
+        }
+    else:
+        result["f1"] = float(f1_score(y, pred, labels=list(range(len(classes))), average="macro", zero_division=0))
+        result["mcc"] = _clean(matthews_corrcoef(y, pred))
+        result["operating_points"] = {}
+    result["per_class"] = per_class_metrics(y, pred, probs, classes)
+    cal = calibration(y, probs, pos, n_bins)
+    result["ece"], result["brier"] = cal["ece"], cal["brier"]
+    result["calibration"] = {k: cal[k] for k in ("kind", "n_bins", "bins")}
+    ci = bootstrap_intervals(y, probs, classes, threshold, patients, n_bootstrap, seed)
+    result["roc_auc_ci"] = ci["roc_auc_ci"]
+    result["sensitivity_ci"] = ci["sensitivity_ci"]
+    result["specificity_ci"] = ci["specificity_ci"]
+    result["n_bootstrap"] = n_bootstrap
+    result["bootstrap_seed"] = seed
+    plot = curves(y, probs, classes)
+    plot["roc_band"] = ci.get("roc_band")
+    plot["calibration"] = cal
+    return result, pred, plot
