@@ -145,6 +145,9 @@ def training_png(history: list[dict[str, str]]) -> bytes:
         ax.grid(alpha=0.3)
         if len(series) > 1:
             ax.legend(fontsize=8)
+    from matplotlib.ticker import MaxNLocator
+
+    axes[1][1].xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     axes[1][1].set_ylim(0, 1.02)
     for ax in axes[1]:
         ax.set_xlabel("epoch (grey: body frozen)")
