@@ -91,6 +91,9 @@ def create_model(
             raise ModelError(f"{weights}: weights file not found; pass a .safetensors or .pth state dict")
         kwargs["pretrained_cfg_overlay"] = {"file": str(wpath.resolve())}
         source = f"local file {wpath.name}"
+        import torch
+
+        rng = torch.random.get_rng_state()
         try:
             model = timm.create_model(arch, pretrained=True, **kwargs)
         except Exception as e:
@@ -98,6 +101,16 @@ def create_model(
                 f"{weights}: could not load weights into {arch} ({_short(e)}); "
                 "the file must be a state dict (safetensors or torch) of the same architecture"
             ) from e
+        # timm loads non-strictly when the class count differs, so a file of another architecture
+        # would leave the body at random init without a word. Compare with that random init.
+        torch.random.set_rng_state(rng)
+        init = timm.create_model(arch, pretrained=False, num_classes=num_classes)
+        unchanged = _fraction_unchanged(model, init)
+        if unchanged > 0.5:
+            raise ModelError(
+                f"{weights}: {unchanged:.0%} of {arch}'s body weights were not in the file (they kept "
+                "their random init); pass weights of the same architecture"
+            )
     elif pretrained:
         try:
             model = timm.create_model(arch, pretrained=True, **kwargs)
@@ -120,6 +133,23 @@ def build_for_inference(arch: str, num_classes: int) -> Any:
     import timm
 
     return timm.create_model(arch, pretrained=False, num_classes=num_classes)
+
+
+def _fraction_unchanged(model: Any, init: Any) -> float:
+    """Share of body parameter elements identical to a fresh random init (by element count)."""
+    import torch
+
+    _, body = head_and_body(model)
+    body_ids = {id(p) for p in body}
+    ref = dict(init.named_parameters())
+    same = total = 0
+    for name, p in model.named_parameters():
+        if id(p) not in body_ids or name not in ref:
+            continue
+        total += p.numel()
+        if torch.equal(p.detach(), ref[name].detach()):
+            same += p.numel()
+    return same / total if total else 0.0
 
 
 def preprocessing_of(model: Any) -> Preprocessing:
