@@ -34,9 +34,7 @@ class RunResult:
 def finetune(cfg: RunConfig, printer: Printer | None = None) -> RunResult:
     printer = printer or Printer()
     t_start = time.time()
-    from nfx.data.discover import discover
-
-    disc = discover(cfg.data.path, cfg.data.patient_regex)
+    disc = _discover(cfg, printer)
     pat = f"{disc.n_patients} patients" if disc.n_patients else "no patient ids"
     printer.info(f"found {len(disc.samples)} images in {len(disc.classes)} classes ({', '.join(disc.classes)}), {pat}")
 
@@ -70,7 +68,7 @@ def finetune(cfg: RunConfig, printer: Printer | None = None) -> RunResult:
     runs.atomic_write_json(run_dir / runs.ENV, env)
 
     samples, entries = _ingest(cfg, disc, run_dir, printer)
-    split_of = _split(cfg, samples, printer)
+    split_of = _split(cfg, samples, printer, run_dir)
     runs.atomic_write_csv(
         run_dir / runs.SPLITS,
         [{"path": s.path, "label": s.label, "patient": s.patient or "", "split": split_of[i]}
@@ -98,6 +96,7 @@ def finetune(cfg: RunConfig, printer: Printer | None = None) -> RunResult:
         "std": list(prep.std),
         "weights_source": weights_source,
         "resize": "letterbox (longest side → input_size, zero padding)",
+        "frame": cfg.data.frame,
     }
     runs.atomic_write_json(run_dir / MODEL_INFO, model_info)
 
@@ -156,7 +155,7 @@ def resume(run_dir: str | Path, printer: Printer | None = None) -> RunResult:
     from nfx.train.learner import resolve_device, resolve_precision
 
     rows = runs.read_csv(run_dir / runs.SPLITS)
-    cache = ImageCache(cfg.data.cache_dir, cfg.data.size)
+    cache = ImageCache(cfg.data.cache_dir, cfg.data.size, cfg.data.frame)
     paths = [r["path"] for r in rows]
     with printer.progress(len(paths), "checking cache") as bar:
         entries, bad = cache.fill(paths, on_done=lambda: bar.advance(1))
@@ -177,46 +176,94 @@ def resume(run_dir: str | Path, printer: Printer | None = None) -> RunResult:
                   t_start, [], resume=ckpt)
 
 
+def _discover(cfg: RunConfig, printer: Printer):
+    """Files → samples (headers only, in parallel, with progress)."""
+    from nfx.data.discover import discover
+
+    with printer.progress(None, "scanning files") as bar:
+        return discover(cfg.data.path, cfg.data.patient_regex, cfg.data.labels, on_progress=bar.advance)
+
+
 def _ingest(cfg: RunConfig, disc, run_dir: Path, printer: Printer):
-    """Decode every file into the cache (the bad-file scan and the cache fill are one pass)."""
+    """Decode every file into the cache (the bad-file scan and the cache fill are one pass).
+
+    Every unusable file — unsupported type, unreadable header (from discovery), decode failure,
+    multi-frame without --frame — is written to bad_files.csv with its reason; then either one
+    error pointing at that file, or (--skip-bad) a warning and the rest goes on.
+    """
     from nfx.data.cache import ImageCache
 
-    cache = ImageCache(cfg.data.cache_dir, cfg.data.size)
+    cache = ImageCache(cfg.data.cache_dir, cfg.data.size, cfg.data.frame)
     paths = [s.path for s in disc.samples]
     with printer.progress(len(paths), "decoding + caching") as bar:
-        entries, bad = cache.fill(paths, on_done=lambda: bar.advance(1))
+        entries, bad = cache.fill(paths, workers=cfg.data.num_workers or None, on_done=lambda: bar.advance(1))
+    st = cache.last_stats
+    if st.get("hits"):
+        printer.info(f"cache: {st['hits']} of {len(paths)} images reused, {st['decoded']} decoded ({cache.dir})")
     bad = sorted(disc.bad + bad)
+    bad_csv = run_dir / runs.BAD_FILES
     if bad:
-        runs.atomic_write_csv(run_dir / runs.BAD_FILES, [{"path": p, "reason": r} for p, r in bad])
+        runs.atomic_write_csv(bad_csv, [{"path": p, "reason": r} for p, r in bad], fieldnames=["path", "reason"])
         if not cfg.data.skip_bad:
             first = f"{bad[0][0]}: {bad[0][1]}"
             raise DataError(
-                f"{len(bad)} file(s) could not be used (listed in {run_dir / runs.BAD_FILES}; first: {first}); "
+                f"{len(bad)} file(s) could not be used (listed in {bad_csv}; first: {first}); "
                 "fix or remove them, or pass --skip-bad"
             )
-        printer.warn(f"skipping {len(bad)} unusable file(s), listed in {run_dir / runs.BAD_FILES}")
+        printer.warn(f"skipping {len(bad)} unusable file(s), listed with reasons in {bad_csv}")
     bad_paths = {p for p, _ in bad}
     keep = [i for i, s in enumerate(disc.samples) if s.path not in bad_paths]
     samples = [disc.samples[i] for i in keep]
-    if len({s.label for s in samples}) < 2:
-        raise DataError(f"{cfg.data.path}: after skipping unusable files fewer than two classes remain")
+    left = {s.label for s in samples}
+    if len(left) < 2:
+        raise DataError(f"{cfg.data.path}: after skipping unusable files fewer than two classes remain "
+                        f"(see {bad_csv}); fix those files")
+    empty = sorted(set(disc.classes) - left)
+    if empty:
+        printer.warn(f"class(es) {empty} have no usable images left after skipping bad files")
     return samples, [entries[i] for i in keep]
 
 
-def _split(cfg: RunConfig, samples, printer: Printer) -> list[str]:
-    from nfx.data.split import check_no_leaks, group_keys, grouped_stratified_split
+SPLIT_SUMMARY = "split_summary.json"
 
-    groups = group_keys([s.path for s in samples], [s.patient for s in samples])
-    if not any(s.patient for s in samples):
+
+def _split(cfg: RunConfig, samples, printer: Printer, run_dir: Path | None = None) -> list[str]:
+    """train / valid / test per sample: user splits kept (leak-checked), the rest grouped by
+    patient and stratified by label. Writes split_summary.json (patients per split, leaks)."""
+    from nfx.data.split import assign_splits, group_keys, split_summary
+
+    patients = [s.patient for s in samples]
+    groups = group_keys([s.path for s in samples], patients)
+    n_with = sum(1 for p in patients if p)
+    if n_with == 0:
         printer.warn(
-            "no patient id found (no DICOM PatientID, no --patient-regex); splitting per image. "
-            "If patients have several images, validation metrics will be optimistic"
+            "no patient id found (no CSV patient column, no DICOM PatientID, no --patient-regex); splitting "
+            "per image. If patients have several images, validation metrics will be optimistic"
         )
-    if all(s.split for s in samples):
-        splits = [s.split for s in samples]
-        check_no_leaks(groups, splits)
-        return splits
-    return grouped_stratified_split([s.label for s in samples], groups, cfg.data.valid_pct, cfg.train.seed)
+    elif n_with < len(samples):
+        printer.warn(f"{len(samples) - n_with} of {len(samples)} images have no patient id; "
+                     "each of those is its own group in the split")
+    user = [s.split for s in samples]
+    splits, leaks = assign_splits([s.label for s in samples], groups, user, cfg.data.valid_pct,
+                                  cfg.train.seed, allow_leak=cfg.data.allow_patient_leak)
+    if leaks:
+        shown = ", ".join(leaks[:5]) + (" …" if len(leaks) > 5 else "")
+        printer.warn(f"{len(leaks)} patient(s) appear in more than one split ({shown}); allowed by "
+                     "--allow-patient-leak, recorded in split_summary.json: metrics will be optimistic")
+    if run_dir is not None:
+        from collections import Counter
+
+        summary = {
+            "source": "user" if any(user) else "grouped_stratified",
+            "seed": cfg.train.seed,
+            "valid_pct": cfg.data.valid_pct,
+            "patient_id_source": dict(Counter(getattr(s, "patient_source", None) or "none" for s in samples)),
+            "splits": split_summary([s.label for s in samples], patients, splits),
+            "patient_leaks": leaks,
+            "allow_patient_leak": cfg.data.allow_patient_leak,
+        }
+        runs.atomic_write_json(run_dir / SPLIT_SUMMARY, summary)
+    return splits
 
 
 def _split_counts(samples, split_of: list[str]) -> dict[str, dict[str, int]]:
@@ -228,6 +275,22 @@ def _split_counts(samples, split_of: list[str]) -> dict[str, dict[str, int]]:
             "patients": len({samples[i].patient for i in idx if samples[i].patient}),
         }
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# inspect
+# --------------------------------------------------------------------------------------------
+def inspect(data: str | Path, printer: Printer | None = None, patient_regex: str | None = None,
+            labels: str | Path | None = None, frame: int | None = None,
+            workers: int | None = None) -> dict[str, Any]:
+    """Describe a data folder without training: classes × images × patients, modalities,
+    photometric interpretations, bit depths, sizes, bad files, duplicates, imbalance.
+    Returns the report dict (stable keys, see nfx.data.inspect)."""
+    printer = printer or Printer()
+    from nfx.data.inspect import inspect_data
+
+    with printer.progress(None, "decoding every file") as bar:
+        return inspect_data(data, patient_regex, labels, frame, workers, on_decode=bar.advance)
 
 
 # --------------------------------------------------------------------------------------------
@@ -268,7 +331,7 @@ def predict_probs(model, paths: list[str], info: dict[str, Any], cache_dir: str 
     from nfx.data.cache import ImageCache
     from nfx.data.intensity import normalise
 
-    cache = ImageCache(cache_dir, int(info["input_size"]))
+    cache = ImageCache(cache_dir, int(info["input_size"]), info.get("frame"))
     with printer.progress(len(paths), "decoding") as bar:
         entries, bad = cache.fill(paths, on_done=lambda: bar.advance(1))
     ok = [i for i, e in enumerate(entries) if e is not None]
@@ -669,7 +732,7 @@ def predict(run_dir: str | Path, images: list[str], printer: Printer | None = No
         predictor = OnnxPredictor(onnx_path)
         info = predictor.info
         cfg = RunConfig.load(runs.require_run(run_dir) / runs.CONFIG)
-        probs, bad = predictor.predict_files(paths, cfg.data.cache_dir)
+        probs, bad = predictor.predict_files(paths, cfg.data.cache_dir, frame=cfg.data.frame)
         engine = "onnxruntime"
     else:
         run = load_run(run_dir)

@@ -248,6 +248,63 @@ def predict(
     _run(body)
 
 
+@app.command()
+def inspect(
+    data: Path = typer.Argument(..., help="Data folder: one sub-folder per label (optionally under train/ valid/ test/)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON to stdout."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="CSV with path,label[,patient][,split] columns instead of label folders."),
+    patient_regex: Optional[str] = typer.Option(None, "--patient-regex", help="Regex on file names; group 1 = patient id (when no DICOM PatientID)."),
+    frame: Optional[int] = typer.Option(None, "--frame", help="Frame to use from multi-frame DICOMs (default: report them as bad)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Decoding workers [default: all cores]."),
+) -> None:
+    """Describe a dataset: classes, patients, modalities, bit depths, sizes, bad files, duplicates."""
+
+    def body():
+        from nfx import api
+
+        p = _printer()
+        r = api.inspect(data, p, patient_regex=patient_regex, labels=labels, frame=frame, workers=workers)
+        if as_json:
+            sys.stdout.write(json.dumps(r, indent=2) + "\n")
+            return
+        _inspect_summary(p, r)
+
+    _run(body)
+
+
+def _inspect_summary(p, r) -> None:
+    def fmt(d) -> str:
+        return ", ".join(f"{k} {v}" for k, v in d.items()) or "–"
+
+    sz = r["image_sizes"]
+    rows = [("files", f"{r['n_files']} found, {r['n_images']} usable, {len(r['bad_files'])} bad")]
+    rows += [(f"class {c}", f"{v['images']} images, {v['patients']} patients") for c, v in r["classes"].items()]
+    if r["splits"]:
+        rows += [(f"split {s}", f"{v['images']} images, {v['patients']} patients") for s, v in r["splits"].items()]
+    rows += [
+        ("patients", f"{r['n_patients']} (id from: {fmt(r['patient_id_source'])})"),
+        ("formats", fmt(r["formats"])),
+        ("modalities", fmt(r["modalities"])),
+        ("photometric", fmt(r["photometric_interpretations"])),
+        ("bit depths", fmt(r["bit_depths"])),
+        ("height px", "–" if sz["height"]["min"] is None else
+         f"min {sz['height']['min']}, median {sz['height']['median']}, max {sz['height']['max']}"),
+        ("width px", "–" if sz["width"]["min"] is None else
+         f"min {sz['width']['min']}, median {sz['width']['median']}, max {sz['width']['max']}"),
+        ("duplicates", f"{len(r['duplicates'])} set(s) of identical files, {len(r['duplicates_across_classes'])} "
+                       "across classes"),
+    ]
+    p.table("inspect " + r["root"], rows)
+    for b in r["bad_files"][:20]:
+        p.info(f"bad: {b['path']}: {b['reason']}")
+    if len(r["bad_files"]) > 20:
+        p.info(f"… and {len(r['bad_files']) - 20} more bad files (see --json)")
+    for g in r["duplicates_across_classes"][:10]:
+        p.info("identical, different labels: " + " = ".join(g))
+    for w in r["warnings"]:
+        p.warn(w)
+
+
 @app.command("sample-data")
 def sample_data(
     out: Path = typer.Argument(Path("sample_data"), help="Where to write the synthetic dataset."),

@@ -1,11 +1,19 @@
-"""albumentations presets, safe for medical images. Validation/test images are never augmented.
+"""albumentations presets, safe for medical images. Validation/test images are never augmented
+(they are only letterbox-resized, once, by the cache).
 
 - none:   nothing
-- light:  horizontal flip (fundus: OD/OS mirror; turn off with --no-flip for chest X-rays,
-          where the heart's side matters), small affine (±10°, ±5% scale, ±3% shift),
-          brightness/contrast ±10%
-- strong: light + larger affine (±20°, ±10%), gamma, gaussian blur, coarse dropout-free
-Inputs are float32 H×W×C in [0, 1] (the decoded-image contract); output the same.
+- light:  horizontal flip (fundus: OD/OS mirror; DataConfig.flip=False / --no-flip for chest
+          X-rays, where the heart's side matters), small affine (±10°, ±5% scale, ±3% shift,
+          zero fill like the letterbox), brightness/contrast ±10%
+- strong: flip as above, affine (±20°, ±10% scale, ±5% shift), brightness/contrast ±20%,
+          gamma 0.8–1.2, light gaussian blur, and CLAHE (p=0.3). Nothing that erases anatomy
+          (no cutout/dropout), no vertical flips, no colour shifts that invent pathology.
+
+Input and output: float32 H×W×C in [0, 1] (the decoded-image contract). CLAHE is defined on
+integers (albumentations/OpenCV accept uint8), so it runs inside a float → uint8 → CLAHE →
+float sequence that applies only when CLAHE fires (the quantisation costs < 1/255).
+The preset and flip setting are in config.json (data.aug, data.flip); `describe` lists the
+resolved transforms.
 """
 
 from __future__ import annotations
@@ -17,7 +25,31 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations would c
 
 
 def describe(preset: str, flip: bool = True) -> list[str]:
-    return [repr(t) for t in build(preset, flip).transforms] if preset != "none" else []
+    """Human-readable list of the transforms of a preset (for logs and reports)."""
+    if preset == "none":
+        return []
+    return [_name(t) for t in build(preset, flip).transforms]
+
+
+def _name(t: Any) -> str:
+    inner = getattr(t, "transforms", None)
+    if inner is not None:
+        return f"{type(t).__name__}(p={t.p})[" + ", ".join(_name(x) for x in inner) + "]"
+    return repr(t)
+
+
+def clahe_on_float(p: float = 0.3, clip_limit: float = 2.0, tile: int = 8) -> Any:
+    """CLAHE for float [0, 1] images: to uint8, CLAHE, back to float32 [0, 1]."""
+    import albumentations as A
+
+    return A.Sequential(
+        [
+            A.FromFloat(max_value=255, p=1.0),  # float [0,1] → uint8 [0,255]
+            A.CLAHE(clip_limit=(1.0, clip_limit), tile_grid_size=(tile, tile), p=1.0),
+            A.ToFloat(max_value=255, p=1.0),
+        ],
+        p=p,
+    )
 
 
 def build(preset: str, flip: bool = True) -> Any:
@@ -41,7 +73,8 @@ def build(preset: str, flip: bool = True) -> Any:
             A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.7),
             A.RandomGamma(gamma_limit=(80, 120), p=0.3),
             A.GaussianBlur(blur_limit=(3, 5), p=0.2),
+            clahe_on_float(p=0.3),
         ]
     else:
-        raise ValueError(f"unknown augmentation preset {preset!r}")
+        raise ValueError(f"unknown augmentation preset {preset!r}; use none, light or strong")
     return A.Compose(ts)

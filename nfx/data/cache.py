@@ -1,17 +1,26 @@
 """Decoded-image cache: decode + letterbox-resize once, reuse across epochs and runs.
 
-Key = file identity (absolute path, size, mtime) + preprocessing settings + PREPROC_VERSION,
-so a changed file or setting is a cache miss. Entries are float16 H×W×C .npy files written
-atomically. Decoding runs on a thread pool (pydicom/PIL/OpenCV release the GIL for the heavy
-parts).
+Key = file identity (absolute path, size, mtime) + preprocessing settings (input size, DICOM
+frame) + PREPROC_VERSION, so a changed file or setting is a cache miss (the old entry is simply
+never read again). Entries are float16 size×size×3 .npy files in [0, 1], written atomically
+(temp file + rename), so concurrent runs sharing a cache never see half-written entries.
+
+`fill` checks hits in the calling process (a stat, a hash and a size check per file: no
+decoding, no pool start-up), then decodes the misses on all cores. Pool choice, measured by
+benchmarks/bench_ingest.py on 2 cores (docs/BENCHMARKS.md, "Ingest"): a thread pool beat a
+process pool for both DICOM (RLE via pylibjpeg-rle, which releases the GIL) and PNG at 300
+images, because spawned worker processes pay ~1-2 s of interpreter + import start-up. So
+`pool="auto"` means threads; `pool="process"` stays available (and is tested) for larger
+machines where pure-Python decode steps dominate.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +30,7 @@ from nfx.data.images import decode_file
 from nfx.errors import BadFileError
 
 PREPROC_VERSION = 1
+POOLS = ("auto", "process", "thread", "serial")
 
 
 def default_cache_dir() -> Path:
@@ -29,6 +39,13 @@ def default_cache_dir() -> Path:
         return Path(env)
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "nfx"
+
+
+def default_workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def letterbox(img: np.ndarray, size: int) -> np.ndarray:
@@ -54,11 +71,21 @@ def preprocess(path: str | Path, size: int, frame: int | None = None) -> np.ndar
     return letterbox(intensity.to_channels(img, 3), size)
 
 
+def _reason(e: BaseException) -> str:
+    if isinstance(e, BadFileError):
+        return e.reason
+    # a decoder crash must become a reason, not a traceback
+    return f"could not be decoded ({type(e).__name__}: {str(e)[:120]}); remove or re-export it"
+
+
 class ImageCache:
     def __init__(self, cache_dir: str | Path | None, size: int, frame: int | None = None):
         self.dir = Path(cache_dir) if cache_dir else default_cache_dir()
-        self.size = size
+        self.size = int(size)
         self.frame = frame
+        self.last_stats: dict[str, object] = {}
+        # np.save of a float16 size×size×3 array: a ≥ 64-byte header + the data
+        self._min_bytes = self.size * self.size * 3 * 2 + 64
 
     def key(self, path: str | Path) -> str:
         p = Path(path).resolve()
@@ -69,6 +96,12 @@ class ImageCache:
     def entry(self, path: str | Path) -> Path:
         k = self.key(path)
         return self.dir / k[:2] / f"{k}.npy"
+
+    def _is_hit(self, e: Path) -> bool:
+        try:
+            return e.stat().st_size >= self._min_bytes
+        except OSError:
+            return False
 
     def get(self, path: str | Path) -> np.ndarray:
         """The cached array (decoding and storing it on a miss)."""
@@ -94,25 +127,99 @@ class ImageCache:
         paths: Sequence[str],
         workers: int | None = None,
         on_done: Callable[[], None] | None = None,
+        pool: str = "auto",
     ) -> tuple[list[Path | None], list[tuple[str, str]]]:
-        """Decode every path into the cache. Returns (entry per path or None, bad (path, reason))."""
+        """Decode every path into the cache. Returns (entry per path or None, bad (path, reason)).
+
+        Every path ends either with an entry or in `bad` with its reason. `last_stats` holds
+        hits, decoded, bad, seconds and the pool used.
+        """
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS}")
+        t0 = time.perf_counter()
         entries: list[Path | None] = [None] * len(paths)
         bad: list[tuple[str, str]] = []
-
-        def one(i: int) -> None:
+        misses: list[int] = []
+        hits = 0
+        for i, p in enumerate(paths):
             try:
-                self.get(paths[i])
-                entries[i] = self.entry(paths[i])
-            except BadFileError as e:
-                bad.append((paths[i], e.reason))
-            except Exception as e:  # a decoder crash must become a reason, not a traceback
-                bad.append((paths[i], f"could not be decoded ({type(e).__name__}: {str(e)[:120]}); remove or re-export it"))
-            finally:
+                e = self.entry(p)
+            except OSError as err:
+                bad.append((p, f"cannot be read ({err.strerror or err}); check the path and permissions"))
                 if on_done:
                     on_done()
+                continue
+            if self._is_hit(e):
+                entries[i] = e
+                hits += 1
+                if on_done:
+                    on_done()
+            else:
+                misses.append(i)
 
-        n = workers or max(1, os.cpu_count() or 1)
-        with ThreadPoolExecutor(max_workers=n) as ex:
-            list(ex.map(one, range(len(paths))))
+        n = max(1, workers or default_workers())
+        if pool == "auto":
+            pool = "thread"  # measured: see the module docstring
+        if n == 1 or len(misses) <= 1:
+            pool = "serial"
+        args = [(str(self.dir), self.size, self.frame, i, paths[i]) for i in misses]
+        if pool == "serial":
+            for a in args:
+                self._collect(_decode_one(a), paths, entries, bad, on_done)
+        else:
+            ex: Executor
+            if pool == "process":
+                import multiprocessing as mp
+
+                # spawn: the caller may hold torch/OpenMP threads, and fork after threads can hang
+                ex = ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context("spawn"),
+                                         initializer=_worker_init)
+            else:
+                ex = ThreadPoolExecutor(max_workers=n)
+            with ex:
+                futures = [ex.submit(_decode_one, a) for a in args]
+                for fut in as_completed(futures):
+                    self._collect(fut.result(), paths, entries, bad, on_done)
         bad.sort()
+        self.last_stats = {
+            "files": len(paths), "hits": hits,
+            "decoded": sum(1 for i in misses if entries[i] is not None), "bad": len(bad),
+            "seconds": round(time.perf_counter() - t0, 3), "pool": pool, "workers": n,
+        }
         return entries, bad
+
+    @staticmethod
+    def _collect(res, paths, entries, bad, on_done) -> None:
+        i, entry, reason = res
+        if entry is not None:
+            entries[i] = Path(entry)
+        else:
+            bad.append((paths[i], reason))
+        if on_done:
+            on_done()
+
+
+def _worker_init() -> None:
+    import warnings
+
+    # pydicom warns on odd files; the reason reaches the user through bad_files instead
+    warnings.filterwarnings("ignore", category=UserWarning, module="pydicom")
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)  # one image per process: no nested thread pools
+    except Exception:  # pragma: no cover
+        pass
+
+
+def _decode_one(args: tuple[str, int, int | None, int, str]) -> tuple[int, str | None, str | None]:
+    """Decode one file into the cache (module level: runs in worker processes too)."""
+    cache_dir, size, frame, i, path = args
+    cache = ImageCache(cache_dir, size, frame)
+    try:
+        e = cache.entry(path)
+        arr = preprocess(path, size, frame).astype(np.float16)
+        cache._store(e, arr)
+        return i, str(e), None
+    except Exception as err:
+        return i, None, _reason(err)

@@ -1,15 +1,30 @@
-"""Discovery: a data folder → samples (path, label, patient, user split), reading headers only.
+"""Discovery: a data folder (or a labels CSV) → samples (path, label, patient, user split),
+reading DICOM headers only (never pixel data).
 
 Layouts:
   DATA/<label>/**/<file>                       class per folder
   DATA/{train,valid,test}/<label>/**/<file>    class per folder, splits given by the user
-Patient id: DICOM PatientID (header only), else the first group of --patient-regex matched
-against the file name, else none (the split then goes per file, and nfx says so).
+  --labels FILE.csv                            columns path, label[, patient][, split]; relative
+                                               paths are taken from DATA (else the CSV's folder)
+Files: DICOM (.dcm, .dicom, extension-less files with the DICM marker), PNG, JPEG, TIFF, BMP.
+
+Patient id, first that exists: the CSV's patient column, the DICOM PatientID (header only), the
+first group of --patient-regex matched against the file name; else none (the split then goes per
+file, and nfx says so).
+
+Nothing is dropped silently: a file in a label folder that is not a supported image, a DICOM
+whose header cannot be read, an image lying outside the layout, a CSV row naming a missing
+file — each becomes a `bad` entry (path, reason) for bad_files.csv.
 """
 
 from __future__ import annotations
 
+import csv
+import os
 import re
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +33,15 @@ from nfx.data.images import IMAGE_SUFFIXES
 from nfx.errors import BadFileError, DataError
 
 SPLIT_DIRS = {"train": "train", "valid": "valid", "validation": "valid", "val": "valid", "test": "test"}
+SPLIT_VALUES = {**SPLIT_DIRS, "training": "train", "testing": "test", "holdout": "test"}
 IGNORED = {".DS_Store", "Thumbs.db", "desktop.ini"}
+CSV_COLUMNS = {
+    "path": ("path", "file", "filename", "file_name", "filepath", "image", "image_path"),
+    "label": ("label", "class", "target", "diagnosis"),
+    "patient": ("patient", "patient_id", "patientid", "subject", "subject_id"),
+    "split": ("split", "set", "subset", "partition"),
+}
+SUPPORTED = "DICOM (.dcm/.dicom or DICM marker), PNG, JPEG, TIFF or BMP"
 
 
 @dataclass(frozen=True)
@@ -27,6 +50,7 @@ class Sample:
     label: str
     patient: str | None = None
     split: str | None = None  # only when the user supplied splits
+    patient_source: str | None = None  # "csv" | "dicom" | "regex" | None
 
 
 @dataclass
@@ -36,73 +60,231 @@ class Discovery:
     classes: list[str]
     bad: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     user_splits: bool = False
+    n_files: int = 0  # every file considered: len(samples) + len(bad)
 
     @property
     def n_patients(self) -> int:
         return len({s.patient for s in self.samples if s.patient})
 
+    @property
+    def patient_sources(self) -> dict[str, int]:
+        return dict(Counter(s.patient_source or "none" for s in self.samples))
+
+
+def _visible_files(folder: Path) -> list[Path]:
+    return [
+        p for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name not in IGNORED and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    ]
+
+
+def _is_supported(p: Path) -> bool:
+    return p.suffix.lower() in IMAGE_SUFFIXES or is_dicom(p)
+
 
 def _candidate_files(folder: Path) -> list[Path]:
-    out = []
-    for p in sorted(folder.rglob("*")):
-        if not p.is_file() or p.name in IGNORED or p.name.startswith("."):
-            continue
-        if p.suffix.lower() in IMAGE_SUFFIXES or is_dicom(p):
-            out.append(p)
-    return out
+    """Supported image files under a folder (used by `predict` on folders)."""
+    return [p for p in _visible_files(folder) if _is_supported(p)]
 
 
-def discover(root: str | Path, patient_regex: str | None = None) -> Discovery:
+def _unsupported_reason(p: Path) -> str:
+    kind = f"{p.suffix}" if p.suffix else "no extension and no DICM marker"
+    return f"unsupported file type ({kind}); use {SUPPORTED}, or move it out of the data folder"
+
+
+def discover(
+    root: str | Path,
+    patient_regex: str | None = None,
+    labels: str | Path | None = None,
+    *,
+    min_classes: int = 2,
+    workers: int | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> Discovery:
+    """Find every sample. `on_progress(n)` is called as DICOM headers are read (parallel)."""
     root = Path(root)
-    if not root.exists():
-        raise DataError(f"{root}: data folder not found; pass a folder with one sub-folder per label")
-    if not root.is_dir():
-        raise DataError(f"{root}: not a folder; pass a folder with one sub-folder per label")
-    regex = None
-    if patient_regex:
-        try:
-            regex = re.compile(patient_regex)
-        except re.error as e:
-            raise DataError(f"--patient-regex {patient_regex!r} is not a valid regular expression ({e})") from e
+    if labels is None:
+        if not root.exists():
+            raise DataError(f"{root}: data folder not found; pass a folder with one sub-folder per label")
+        if not root.is_dir():
+            raise DataError(f"{root}: not a folder; pass a folder with one sub-folder per label")
+    regex = _compile(patient_regex)
 
-    subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    split_dirs = [d for d in subdirs if d.name.lower() in SPLIT_DIRS]
-    user_splits = bool(split_dirs)
-    layout: list[tuple[Path, str | None]] = (
-        [(d, SPLIT_DIRS[d.name.lower()]) for d in split_dirs] if user_splits else [(root, None)]
-    )
+    if labels is not None:
+        items, bad, user_splits = _from_csv(root, Path(labels))
+        where = str(labels)
+    else:
+        items, bad, user_splits = _from_folders(root)
+        where = str(root)
 
-    samples: list[Sample] = []
-    bad: list[tuple[str, str]] = []
-    loose = [p for p in root.iterdir() if p.is_file() and (p.suffix.lower() in IMAGE_SUFFIXES or is_dicom(p))]
-    for base, split in layout:
-        for label_dir in sorted(d for d in base.iterdir() if d.is_dir() and not d.name.startswith(".")):
-            for f in _candidate_files(label_dir):
-                try:
-                    pid = _patient_of(f, regex)
-                except BadFileError as e:
-                    bad.append((str(f), e.reason))
-                    continue
-                samples.append(Sample(str(f), label_dir.name, pid, split))
-
+    samples = _resolve_patients(items, regex, bad, workers, on_progress)
+    n_files = len(samples) + len(bad)
     if not samples and not bad:
+        loose = [p for p in root.iterdir() if p.is_file() and _is_supported(p)] if root.is_dir() else []
         hint = (
             f"found {len(loose)} image(s) directly in {root}, but labels come from sub-folder names"
             if loose
-            else f"no image files (DICOM, PNG, JPEG, TIFF, BMP) found in {root}"
+            else f"no image files (DICOM, PNG, JPEG, TIFF, BMP) found in {where}"
         )
         raise DataError(f"{hint}; put images in one sub-folder per label, e.g. {root}/normal/ and {root}/glaucoma/")
     classes = sorted({s.label for s in samples})
-    if len(classes) < 2:
+    if min_classes and len(classes) < min_classes:
+        if not samples:
+            raise DataError(
+                f"{where}: none of the {len(bad)} file(s) can be used (first: {bad[0][0]}: {bad[0][1]}); "
+                "fix them or run `nfx inspect` for the full list"
+            )
         only = classes[0] if classes else "(none)"
         raise DataError(
-            f"{root}: only one class ({only!r}) found; classification needs at least two label "
+            f"{where}: only one class ({only!r}) found; classification needs at least two label "
             f"sub-folders, e.g. {root}/normal/ and {root}/glaucoma/"
         )
-    return Discovery(str(root), samples, classes, bad, user_splits)
+    return Discovery(str(root), samples, classes, sorted(bad), user_splits, n_files)
+
+
+def _compile(patient_regex: str | None) -> re.Pattern | None:
+    if not patient_regex:
+        return None
+    try:
+        return re.compile(patient_regex)
+    except re.error as e:
+        raise DataError(f"--patient-regex {patient_regex!r} is not a valid regular expression ({e})") from e
+
+
+# (path, label, split, csv patient)
+_Item = tuple[Path, str, "str | None", "str | None"]
+
+
+def _from_folders(root: Path) -> tuple[list[_Item], list[tuple[str, str]], bool]:
+    subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    split_dirs = [d for d in subdirs if d.name.lower() in SPLIT_DIRS]
+    user_splits = bool(split_dirs)
+    items: list[_Item] = []
+    bad: list[tuple[str, str]] = []
+    label_dirs: list[tuple[Path, str | None]] = []
+    if user_splits:
+        for d in subdirs:
+            if d in split_dirs:
+                label_dirs += [(ld, SPLIT_DIRS[d.name.lower()]) for ld in sorted(d.iterdir())
+                               if ld.is_dir() and not ld.name.startswith(".")]
+                bad += [(str(p), f"directly in {d}, not in a label sub-folder; move it into {d}/<label>/")
+                        for p in sorted(d.iterdir()) if p.is_file() and _is_supported(p)]
+            else:
+                bad += [(str(p), f"outside the train/valid/test folders of {root}; move it into one of them")
+                        for p in _candidate_files(d)]
+    else:
+        label_dirs = [(d, None) for d in subdirs]
+    # loose images next to label folders would otherwise vanish without a word
+    if subdirs:
+        bad += [(str(p), f"directly in {root}, not in a label sub-folder; move it into one")
+                for p in sorted(root.iterdir()) if p.is_file() and p.name not in IGNORED and _is_supported(p)]
+    for label_dir, split in label_dirs:
+        for f in _visible_files(label_dir):
+            if _is_supported(f):
+                items.append((f, label_dir.name, split, None))
+            else:
+                bad.append((str(f), _unsupported_reason(f)))
+    return items, bad, user_splits
+
+
+def _from_csv(root: Path, csv_path: Path) -> tuple[list[_Item], list[tuple[str, str]], bool]:
+    if not csv_path.is_file():
+        raise DataError(f"{csv_path}: labels file not found; pass a CSV with path,label[,patient][,split] columns")
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            header = [h.strip() for h in (reader.fieldnames or [])]
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"{csv_path}: could not be read as CSV ({e}); save it as UTF-8 CSV") from e
+    lower = {h.lower(): h for h in header}
+    cols = {k: next((lower[a] for a in aliases if a in lower), None) for k, aliases in CSV_COLUMNS.items()}
+    for need in ("path", "label"):
+        if cols[need] is None:
+            raise DataError(
+                f"{csv_path}: no {need} column (found {header}); name the columns "
+                f"{'/'.join(CSV_COLUMNS[need][:3])} and label, with optional patient and split"
+            )
+    base = root if root.is_dir() else csv_path.parent
+    items: list[_Item] = []
+    bad: list[tuple[str, str]] = []
+    seen: dict[Path, int] = {}
+    user_splits = False
+    for n, row in enumerate(rows, start=2):  # row 1 is the header
+        row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
+        raw = row.get(cols["path"], "")
+        if not raw:
+            raise DataError(f"{csv_path}: row {n} has an empty {cols['path']!r}; fill it or delete the row")
+        p = Path(raw)
+        if not p.is_absolute():
+            p = base / raw
+            if not p.exists() and (csv_path.parent / raw).exists():
+                p = csv_path.parent / raw
+        label = row.get(cols["label"], "")
+        split = None
+        if cols["split"] and row.get(cols["split"]):
+            value = row[cols["split"]].lower()
+            if value not in SPLIT_VALUES:
+                raise DataError(f"{csv_path}: row {n}: split {row[cols['split']]!r} is not train, valid or test; fix it")
+            split = SPLIT_VALUES[value]
+            user_splits = True
+        pid = (row.get(cols["patient"]) or None) if cols["patient"] else None
+        key = p.resolve()
+        if key in seen:
+            bad.append((str(p), f"listed twice in {csv_path.name} (rows {seen[key]} and {n}); keep one row"))
+            continue
+        seen[key] = n
+        if not label:
+            bad.append((str(p), f"no label in {csv_path.name} row {n}; fill it in"))
+        elif not p.is_file():
+            bad.append((str(p), f"listed in {csv_path.name} row {n} but not found; fix the path"))
+        elif not _is_supported(p):
+            bad.append((str(p), _unsupported_reason(p)))
+        else:
+            items.append((p, label, split, pid))
+    return items, bad, user_splits
+
+
+def _resolve_patients(items: list[_Item], regex: re.Pattern | None, bad: list[tuple[str, str]],
+                      workers: int | None, on_progress: Callable[[int], None] | None) -> list[Sample]:
+    def one(item: _Item) -> Sample | tuple[str, str]:
+        f, label, split, pid = item
+        source = "csv" if pid else None
+        try:
+            if not pid and is_dicom(f):
+                pid = patient_id(read_header(f))
+                source = "dicom" if pid else None
+            if not pid and regex is not None:
+                m = regex.search(f.name)
+                if m:
+                    pid = (m.group(1) if m.groups() else m.group(0)) or None
+                    source = "regex" if pid else None
+        except BadFileError as e:
+            return (str(f), e.reason)
+        except Exception as e:  # a header parser crash must become a reason
+            return (str(f), f"DICOM header unreadable ({type(e).__name__}: {str(e)[:100]}); remove or re-export it")
+        finally:
+            if on_progress:
+                on_progress(1)
+        return Sample(str(f), label, pid, split, source)
+
+    n = workers or min(8, max(1, os.cpu_count() or 1))
+    if len(items) < 64 or n == 1:
+        results = [one(it) for it in items]
+    else:  # header reads are mostly file I/O: threads suffice
+        with ThreadPoolExecutor(max_workers=n) as ex:
+            results = list(ex.map(one, items))
+    samples = []
+    for r in results:
+        if isinstance(r, Sample):
+            samples.append(r)
+        else:
+            bad.append(r)
+    return samples
 
 
 def _patient_of(path: Path, regex: re.Pattern | None) -> str | None:
+    """Patient id of one file (DICOM header, then the regex on the file name)."""
     if is_dicom(path):
         pid = patient_id(read_header(path))
         if pid:

@@ -84,3 +84,47 @@ def check_no_leaks(groups: Sequence[str], splits: Sequence[str], allow: bool = F
             "move all of a patient's images into one split, or pass --allow-patient-leak"
         )
     return names
+
+
+def assign_splits(
+    labels: Sequence[str],
+    groups: Sequence[str],
+    user_splits: Sequence[str | None],
+    valid_pct: float,
+    seed: int,
+    allow_leak: bool = False,
+) -> tuple[list[str], list[str]]:
+    """Final 'train' / 'valid' / 'test' per item and the patients found in two splits.
+
+    - No user splits: a grouped, stratified split of everything.
+    - User splits with a 'valid' part: kept as given; items without a split go to training.
+    - User splits without 'valid' (e.g. train/ and test/ only): user 'test' stays test (never
+      trained on or used for model selection); validation is carved out of the rest, grouped.
+    A patient in two splits is a DataError unless allow_leak (then it is returned, for the
+    caller to warn about and record).
+    """
+    if not (len(labels) == len(groups) == len(user_splits)):
+        raise ValueError("labels, groups and user_splits differ in length")
+    final: list[str | None] = list(user_splits)
+    has_valid = "valid" in final
+    pool = [i for i, s in enumerate(final) if s is None or (s == "train" and not has_valid)]
+    if pool and not has_valid:
+        sub = grouped_stratified_split([labels[i] for i in pool], [groups[i] for i in pool], valid_pct, seed)
+        for i, s in zip(pool, sub, strict=True):
+            final[i] = s
+    out = [s or "train" for s in final]
+    leaks = check_no_leaks(groups, out, allow=allow_leak) if any(user_splits) else []
+    return out, leaks
+
+
+def split_summary(labels: Sequence[str], patients: Sequence[str | None], splits: Sequence[str]) -> dict:
+    """Per split: images, patients (with an id), images per label."""
+    out: dict[str, dict] = {}
+    for sp in sorted(set(splits)):
+        idx = [i for i, s in enumerate(splits) if s == sp]
+        out[sp] = {
+            "images": len(idx),
+            "patients": len({patients[i] for i in idx if patients[i]}),
+            "per_label": dict(sorted(Counter(labels[i] for i in idx).items())),
+        }
+    return out

@@ -118,11 +118,12 @@ class OnnxPredictor:
         e = np.exp(logits - logits.max(1, keepdims=True))
         return e / e.sum(1, keepdims=True)
 
-    def predict_files(self, paths: list[str], cache_dir: str | None = None, bs: int = 32):
+    def predict_files(self, paths: list[str], cache_dir: str | None = None, bs: int = 32,
+                      frame: int | None = None):
         from nfx.data.cache import ImageCache
         from nfx.data.intensity import normalise
 
-        cache = ImageCache(cache_dir, self.info["input_size"])
+        cache = ImageCache(cache_dir, self.info["input_size"], frame)
         entries, bad = cache.fill(paths)
         probs = np.full((len(paths), self.info["num_classes"]), np.nan)
         ok = [i for i, e in enumerate(entries) if e is not None]
