@@ -1,0 +1,53 @@
+"""Shared by nfx's benchmark scripts: environment description and writing one sub-section of
+docs/BENCHMARKS.md (`## <section>` → `### <key>…`) without touching anything else, atomically."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "BENCHMARKS.md"
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def device_line(device) -> str:
+    import timm
+    import torch
+
+    if device.type == "cuda":
+        dev = f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
+    else:
+        dev = f"{cpu_name()}, {torch.get_num_threads()} torch threads, {os.cpu_count()} cores visible"
+    return (f"{dev}; torch {torch.__version__}, timm {timm.__version__}, Python {platform.python_version()}; "
+            f"{dt.date.today().isoformat()}")
+
+
+def write_subsection(section: str, key: str, body: str, intro: str = "") -> None:
+    """Replace (or append) `### {key}` inside `## {section}` in docs/BENCHMARKS.md."""
+    text = DOC.read_text() if DOC.exists() else "# nfx benchmarks\n\n"
+    sec_re = re.compile(rf"^## {re.escape(section)}\n.*?(?=^## |\Z)", re.S | re.M)
+    m = sec_re.search(text)
+    sec = m.group(0) if m else f"## {section}\n\n{intro.strip()}\n\n"
+    block = f"### {key}\n\n{body.strip()}\n\n"
+    sub_re = re.compile(rf"^### {re.escape(key)}\n.*?(?=^### |^## |\Z)", re.S | re.M)
+    new_sec = sub_re.sub(lambda _: block, sec) if sub_re.search(sec) else sec.rstrip() + "\n\n" + block
+    if intro and m is None:
+        pass
+    text = text.replace(sec, new_sec) if m else text.rstrip() + "\n\n" + new_sec
+    DOC.parent.mkdir(parents=True, exist_ok=True)
+    tmp = DOC.with_name(f".{DOC.name}.tmp")
+    tmp.write_text(text.rstrip() + "\n")
+    os.replace(tmp, DOC)
