@@ -38,12 +38,13 @@ def finetune(cfg: RunConfig, printer: Printer | None = None) -> RunResult:
     pat = f"{disc.n_patients} patients" if disc.n_patients else "no patient ids"
     printer.info(f"found {len(disc.samples)} images in {len(disc.classes)} classes ({', '.join(disc.classes)}), {pat}")
 
-    import torch  # noqa: F401  (after cheap checks: a bad folder fails in well under a second)
+    import torch  # after cheap checks: a bad folder fails in well under a second
 
     from nfx.models.factory import create_model
     from nfx.train.learner import resolve_device, resolve_precision
 
     notes: list[str] = []
+    torch.manual_seed(cfg.train.seed)  # the new head's (or a from-scratch model's) initialisation
     model, prep, weights_source = create_model(
         cfg.model.arch, len(disc.classes), cfg.model.pretrained, cfg.model.weights, notes
     )

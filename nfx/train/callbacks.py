@@ -159,20 +159,20 @@ class RichProgress(Callback):
 
 
 class StopOnNaN(Callback):
-    """Stops with a clear error when the training loss is NaN or inf (checked per epoch from the
-    Recorder's smoothed loss, so no per-batch host sync)."""
+    """Stops with a clear error when the training loss is NaN or inf (checked at the end of each
+    training epoch from the Recorder's smoothed loss, which a NaN poisons for good; no per-batch
+    host sync)."""
 
     order = 55
 
-    def after_epoch(self) -> None:
-        if self.epoch < getattr(self.learn, "nfx_start_epoch", 0):
-            return
-        loss = self.recorder.log[1] if len(self.recorder.log) > 1 else None
+    def after_train(self) -> None:
+        # One host sync per epoch, before validation (whose metrics would choke on NaN outputs).
+        loss = getattr(self.learn, "smooth_loss", None)
         if loss is not None and not math.isfinite(float(loss)):
             from nfx.errors import TrainingError
 
             raise TrainingError(
-                f"training loss became {loss} in epoch {self.epoch + 1}; lower --lr, keep AGC on, "
+                f"training loss became {float(loss)} in epoch {self.epoch + 1}; lower --lr, keep AGC on, "
                 "or use --precision fp32; the last good checkpoint is kept"
             )
 

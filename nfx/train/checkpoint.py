@@ -133,6 +133,7 @@ class Checkpointer(Callback):
         if not improved:
             self.state["bad_epochs"] = self.state.get("bad_epochs", 0) + 1
         self.state["epochs_done"] = self.phase_offset + self.epoch + 1
+        self.state["phase"] = self.phase
         self.save_last()
         if self.patience and self.state["bad_epochs"] >= self.patience:
             self.state["early_stopped_at"] = row["epoch"]

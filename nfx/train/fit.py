@@ -98,7 +98,10 @@ def fit(cfg: RunConfig, model, prep, *, train, valid, num_classes: int, device: 
         learn.freeze() if phase == "frozen" else learn.unfreeze()
         start = max(0, done - offset)
         if not opt_restored:
-            learn.opt.load_state_dict(resume["opt"])
+            # freeze()/unfreeze() clear the optimizer state at a phase change, so the saved state
+            # only carries over when the run stopped inside this same phase.
+            if state.get("phase") == phase:
+                learn.opt.load_state_dict(resume["opt"])
             opt_restored = True
         learn.nfx_start_epoch = start
         cbs = [EpochSeed(t.seed, offset),

@@ -1,0 +1,121 @@
+"""EMA, early stopping, best checkpoint, class balancing, NaN handling — through api.finetune
+or a real Learner, on tiny data."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from nfx import api
+from nfx.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from nfx.console import Printer
+from nfx.data.dataloaders import class_weights
+
+
+def _cfg(data, out, name, **train):
+    base = dict(epochs=2, freeze_epochs=0, bs=4, accum=1, lr=1e-3, agc=0.16)
+    base.update(train)
+    return RunConfig(
+        data=DataConfig(path=str(data), size=64, num_workers=0),
+        model=ModelConfig(arch="test_nfnet", pretrained=False),
+        train=TrainConfig(**base), out=str(out), name=name,
+    )
+
+
+def test_ema_weights_are_validated_and_saved(tiny_data, tmp_path):
+    res = api.finetune(_cfg(tiny_data / "dicom", tmp_path, "ema", ema=0.9, epochs=2), Printer(quiet=True))
+    run = res.run_dir
+    saved = load_file(str(run / "model.safetensors"))
+    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
+    raw, ema = ckpt["model"], ckpt["ema"]["module"]
+    assert ckpt["ema"]["n_updates"] > 0
+    differs = [k for k in raw if raw[k].is_floating_point() and not torch.equal(raw[k], ema[k])]
+    assert differs, "EMA must differ from the raw weights"
+    best_epoch = res.metrics["selected_epoch"]
+    if best_epoch == res.metrics["epochs_run"]:  # the saved model is the last epoch's EMA
+        for k in saved:
+            assert torch.equal(saved[k], ema[k].cpu()), k
+    assert res.metrics["ema"] == 0.9
+
+
+def test_early_stopping_and_best_epoch(tiny_data, tmp_path):
+    # lr so small nothing changes: valid_loss never improves after epoch 1 → stop after epoch 2
+    res = api.finetune(_cfg(tiny_data / "dicom", tmp_path, "es", epochs=6, lr=1e-12, patience=1,
+                            monitor="valid_loss"), Printer(quiet=True))
+    m = res.metrics
+    assert m["early_stopped_at"] == 2 and m["epochs_run"] == 2
+    assert m["selected_epoch"] == 1 and m["monitor"] == "valid_loss"
+    best = load_file(str(res.run_dir / "checkpoints" / "best.safetensors"))
+    saved = load_file(str(res.run_dir / "model.safetensors"))
+    assert all(torch.equal(best[k], saved[k]) for k in best)
+    on_disk = json.loads((res.run_dir / "metrics.json").read_text())
+    assert on_disk["early_stopped_at"] == 2
+
+
+def test_class_weights():
+    assert class_weights([0, 0, 0, 1], 2) == pytest.approx([4 / 6, 2.0])
+    assert class_weights([0, 1, 0, 1], 2) == pytest.approx([1.0, 1.0])
+
+
+def test_balanced_sampler_draws_classes_equally():
+    from fastai.data.load import DataLoader  # noqa: F401  (fastai wiring under test)
+
+    from nfx.data.dataloaders import make_dataloaders
+
+    targets = [0] * 90 + [1] * 10
+    entries = [None] * 100
+    dls = make_dataloaders((entries, targets), (entries[:2], targets[:2]), bs=10, mean=(0, 0, 0), std=(1, 1, 1),
+                           aug="none", flip=False, num_workers=0, device=torch.device("cpu"), seed=0,
+                           balance="sampler", n_classes=2)
+    dl = dls.train
+    counts = Counter()
+    for _ in range(20):
+        dl.rng.seed(_)
+        counts.update(targets[i] for i in dl.get_idxs())
+    share = counts[1] / sum(counts.values())
+    assert 0.42 < share < 0.58  # ≈ 0.5 instead of 0.1
+
+
+def test_balance_loss_runs_and_is_recorded(tiny_data, tmp_path):
+    res = api.finetune(_cfg(tiny_data / "dicom", tmp_path, "bal", epochs=1, balance="loss"), Printer(quiet=True))
+    cfg = RunConfig.load(res.run_dir / "config.json")
+    assert cfg.train.balance == "loss"
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path):
+    """Divergence is simulated by poisoning one weight with NaN after epoch 1 (a real NaN forward)."""
+    from fastai.callback.core import Callback
+
+    from nfx.errors import TrainingError
+    from nfx.train import fit as fit_mod
+
+    class Poison(Callback):
+        order = 80
+
+        def after_epoch(self):
+            if self.epoch == 0:
+                with torch.no_grad():
+                    next(self.model.parameters()).fill_(float("nan"))
+
+    orig = fit_mod.build_learner
+
+    def build_with_poison(*a, **k):
+        w = orig(*a, **k)
+        w.learn.add_cb(Poison())
+        return w
+
+    fit_mod.build_learner = build_with_poison
+    try:
+        with pytest.raises(TrainingError, match="loss became"):
+            api.finetune(_cfg(tiny_data / "dicom", tmp_path, "nan", epochs=3), Printer(quiet=True))
+    finally:
+        fit_mod.build_learner = orig
+    ckpt = torch.load(tmp_path / "nan" / "checkpoints" / "last.pt", weights_only=False)
+    assert ckpt["state"]["epochs_done"] == 1
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    assert np.isfinite(ckpt["history"][0]["valid_loss"])
