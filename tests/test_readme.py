@@ -49,3 +49,8 @@ def test_readme_quickstart_reaches_08_accuracy(tmp_path):
     ev = json.loads((run / "evaluation.json").read_text())
     assert ev["accuracy"] >= 0.8
     assert (run / "model.onnx").is_file()
+    # the validation metric rises over epochs (issue 4): best AUC clearly above the first epoch's
+    import csv
+
+    auc = [float(r["valid_roc_auc"]) for r in csv.DictReader(open(run / "history.csv"))]
+    assert max(auc[1:]) > auc[0] + 0.05

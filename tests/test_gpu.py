@@ -1,0 +1,48 @@
+"""GPU-only checks (skipped without CUDA). Run on a GPU box with: pytest -q -m gpu tests/test_gpu.py"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; none on this machine")]
+
+
+def _grads(model, x, y, scaler=None, dtype=None):
+    model.zero_grad(set_to_none=True)
+    with torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)
+        scaler.unscale_(opt)  # what fastai's MixedPrecision does before AGC runs
+    else:
+        loss.backward()
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_fp16_agc_clip_decisions_match_fp32():
+    import timm
+
+    from nfx.models.factory import head_and_body
+    from nfx.train import agc
+
+    torch.manual_seed(0)
+    model = timm.create_model("test_nfnet", num_classes=2).cuda()
+    x = torch.randn(16, 3, 96, 96, device="cuda")
+    y = torch.randint(0, 2, (16,), device="cuda")
+    _, body = head_and_body(model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decisions = {}
+    for key, dtype, scaler in (("fp32", None, None), ("fp16", torch.float16, torch.amp.GradScaler("cuda", init_scale=2.0**16))):
+        g = _grads(model, x, y, scaler, dtype)
+        for p in body:
+            n = names[id(p)]
+            w = agc.unitwise_norm(p.detach().float()).clamp_min(1e-3) * 0.01
+            decisions.setdefault(key, {})[n] = (agc.unitwise_norm(g[n].float()) > w).flatten()
+    total = sum(v.numel() for v in decisions["fp32"].values())
+    differ = sum(int((decisions["fp32"][n] != decisions["fp16"][n]).sum()) for n in decisions["fp32"])
+    # fp16 rounding may flip a unit sitting exactly at the bound; more than 0.5% would mean
+    # AGC saw scaled (or otherwise wrong) gradients
+    assert differ <= max(1, 0.005 * total), f"{differ} of {total} clip decisions differ"
