@@ -92,8 +92,7 @@ class RichPrinter(Printer):
         self.console.print(f"[red]error:[/red] {_escape(text)}")
 
     def table(self, title: str, rows: Sequence[tuple[str, Any]]) -> None:
-        if self.quiet:
-            return
+        # final results: shown even with --quiet
         from rich.table import Table
 
         t = Table(title=title, show_header=False, title_justify="left")

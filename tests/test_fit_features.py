@@ -119,3 +119,44 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(ti
     assert ckpt["state"]["epochs_done"] == 1
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
     assert np.isfinite(ckpt["history"][0]["valid_loss"])
+
+
+def test_per_sample_agc_end_to_end(tiny_data, tmp_path):
+    res = api.finetune(_cfg(tiny_data / "dicom", tmp_path, "ps", epochs=1, freeze_epochs=1, accum=2,
+                            agc_mode="per-sample"), Printer(quiet=True))
+    m = res.metrics
+    assert m["agc_mode"] == "per-sample"
+    assert m["agc_calls"] > 0
+    frac = res.history[-1]["agc_clip_fraction"]
+    assert frac is not None and 0.0 <= frac <= 1.0
+
+
+def test_per_sample_agc_refuses_batchnorm_models(tiny_data, tmp_path):
+    from nfx.errors import NfxError
+
+    cfg = _cfg(tiny_data / "dicom", tmp_path, "bn", epochs=1, agc_mode="per-sample")
+    cfg = RunConfig.from_dict({**cfg.to_dict(), "model": {"arch": "resnet18", "pretrained": False, "weights": None}})
+    with pytest.raises(NfxError, match="(?i)batchnorm"):
+        api.finetune(cfg, Printer(quiet=True))
+
+
+def test_compile_is_in_place_and_keeps_state_dict_keys():
+    import timm
+    from fastai.data.core import DataLoaders
+    from fastai.data.load import DataLoader
+
+    from nfx.errors import ConfigError
+    from nfx.train.learner import build_learner
+
+    ds = [(torch.zeros(3, 32, 32), torch.tensor(0))] * 4
+    dls = DataLoaders(DataLoader(ds, bs=2), DataLoader(ds, bs=2), device=torch.device("cpu"))
+    model = timm.create_model("test_nfnet", num_classes=2)
+    keys = list(model.state_dict())
+    w = build_learner(dls, model, num_classes=2, wd=0.0, precision="fp32", accum=1, agc=0.1,
+                      device=torch.device("cpu"), compile_model=True)
+    assert w.learn.model is model and list(model.state_dict()) == keys
+    assert getattr(model, "_compiled_call_impl", None) is not None
+    with pytest.raises(ConfigError, match="per-sample"):
+        build_learner(dls, timm.create_model("test_nfnet", num_classes=2), num_classes=2, wd=0.0,
+                      precision="fp32", accum=1, agc=0.1, device=torch.device("cpu"), agc_mode="per-sample",
+                      compile_model=True)

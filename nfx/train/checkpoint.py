@@ -107,8 +107,9 @@ class EMACallback(Callback):
 
 class Checkpointer(Callback):
     """Contract: after_epoch, after EpochLog (60) has appended this epoch's row to `history`:
-    tracks the best value of `monitor`, saves best weights, writes last.pt, and stops the fit
-    (CancelFitException) after `patience` epochs without improvement."""
+    tracks the best value of `monitor` (ties broken by the lower valid_loss), saves best weights,
+    writes last.pt, and stops the fit (CancelFitException) after `patience` epochs without
+    improvement."""
 
     order = 70
 
@@ -126,9 +127,14 @@ class Checkpointer(Callback):
         if value is not None and isinstance(value, float) and math.isfinite(value):
             best = self.state.get("best_value")
             lower = self.monitor.endswith("loss")
-            if best is None or (value < best if lower else value > best):
+            # Ties (a small validation set saturates ROC AUC at 1.0 early) go to the lower
+            # validation loss, i.e. the better-calibrated epoch.
+            loss = row.get("valid_loss")
+            loss = loss if isinstance(loss, float) and math.isfinite(loss) else math.inf
+            tie_better = value == best and loss < self.state.get("best_valid_loss", math.inf)
+            if best is None or (value < best if lower else value > best) or (not lower and tie_better):
                 improved = True
-                self.state.update(best_value=value, best_epoch=row["epoch"], bad_epochs=0)
+                self.state.update(best_value=value, best_valid_loss=loss, best_epoch=row["epoch"], bad_epochs=0)
                 save_state_dict(self.weights(), self.run_dir / CKPT_DIR / BEST)
         if not improved:
             self.state["bad_epochs"] = self.state.get("bad_epochs", 0) + 1

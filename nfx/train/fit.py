@@ -51,7 +51,8 @@ def fit(cfg: RunConfig, model, prep, *, train, valid, num_classes: int, device: 
                            balance=t.balance, n_classes=num_classes)
     w = build_learner(dls, model, num_classes=num_classes, wd=t.wd, precision=precision,
                       accum=t.accum, agc=t.agc, device=device,
-                      class_weights=class_weights(train[1], num_classes) if t.balance == "loss" else None)
+                      class_weights=class_weights(train[1], num_classes) if t.balance == "loss" else None,
+                      agc_mode=t.agc_mode, persample_chunk=t.persample_chunk, compile_model=t.compile)
     learn = w.learn
     ema_cb = EMACallback(learn.model, t.ema) if t.ema else None
     if ema_cb:
@@ -79,8 +80,9 @@ def fit(cfg: RunConfig, model, prep, *, train, valid, num_classes: int, device: 
             f"auc {_fmt(row.get('valid_roc_auc'))}{agc_txt}"
         )
         if w.agc_cb and w.agc_cb.epoch_min_step_fraction is not None and w.agc_cb.epoch_min_step_fraction > 0.95:
+            what = "(sample, unit) pairs" if t.agc_mode == "per-sample" else "units"
             printer.warn(
-                f"AGC clipped more than 95% of units at every step of epoch {row['epoch']} "
+                f"AGC clipped more than 95% of {what} at every step of epoch {row['epoch']} "
                 f"(λ={t.agc}); raise --agc or lower --lr"
             )
 

@@ -51,7 +51,7 @@ def splitter_for(model: Any):
 def build_learner(dls, model, *, num_classes: int, wd: float, precision: str, accum: int,
                   agc: float | None, device: torch.device, opt_func: Any = None,
                   class_weights: list[float] | None = None, agc_mode: str = "batch",
-                  persample_chunk: int | None = None) -> Wiring:
+                  persample_chunk: int | None = None, compile_model: bool = False) -> Wiring:
     import fastai.callback.schedule  # noqa: F401  (adds Learner.fit_one_cycle)
     from fastai.callback.fp16 import MixedPrecision
     from fastai.callback.progress import ProgressCallback
@@ -63,6 +63,14 @@ def build_learner(dls, model, *, num_classes: int, wd: float, precision: str, ac
     model = model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
+    if compile_model:
+        if agc_mode == "per-sample":
+            from nfx.errors import ConfigError
+
+            raise ConfigError("--compile with --agc-mode per-sample is not supported (torch.func runs the "
+                              "eager model); drop one of them")
+        # in place (nn.Module.compile): parameters, state_dict keys and the head's identity stay the same
+        model.compile()
     metrics = [accuracy, RocAucBinary() if num_classes == 2 else RocAuc()]
     cbs: list[Any] = [StopOnNaN()]
     accum_cb = MicroBatchAccumulation(accum) if accum > 1 else None
