@@ -26,18 +26,9 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-ROOT = Path(__file__).resolve().parents[1]
-DOC = ROOT / "docs" / "BENCHMARKS.md"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from _doc import DOC, cpu_name  # noqa: E402
 
 
 def _versions() -> str:
@@ -143,7 +134,7 @@ def main() -> None:
         f"float16 .npy cache entry, {2 * args.patients} synthetic {args.src_size} px images per format, "
         f"pinned to {args.cores} cores; best of {args.repeats} runs, each into an empty cache. "
         "\"cached run\" is the same `ImageCache.fill` call again (every file a hit: stat + key + size check).\n\n"
-        f"- device: {_cpu_name()}, {os.cpu_count()} logical CPUs visible, {args.cores} used\n"
+        f"- device: {cpu_name()}, {os.cpu_count()} logical CPUs visible, {args.cores} used\n"
         f"- versions: {_versions()}\n"
         f"- date: {dt.date.today().isoformat()}\n"
         f"- command: `{cmd.strip()}`\n\n"

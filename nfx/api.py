@@ -712,19 +712,7 @@ def export(run_dir: str | Path, printer: Printer | None = None, tolerance: float
 def predict(run_dir: str | Path, images: list[str], printer: Printer | None = None) -> list[dict[str, Any]]:
     """Predict files with the run's ONNX model when exported (ONNX Runtime), else with torch."""
     printer = printer or Printer()
-    from nfx.data.discover import _candidate_files
-
-    paths: list[str] = []
-    for im in images:
-        p = Path(im)
-        if p.is_dir():
-            paths += [str(f) for f in _candidate_files(p)]
-        elif p.is_file():
-            paths.append(str(p))
-        else:
-            raise DataError(f"{im}: no such file or folder; pass image files or a folder of images")
-    if not paths:
-        raise DataError(f"no image files found in {', '.join(images)}")
+    paths = _image_paths(images)
     run_dir = Path(run_dir)
     onnx_path = run_dir / runs.ONNX
     if onnx_path.is_file():
