@@ -155,7 +155,16 @@ def test_compile_is_in_place_and_keeps_state_dict_keys():
     w = build_learner(dls, model, num_classes=2, wd=0.0, precision="fp32", accum=1, agc=0.1,
                       device=torch.device("cpu"), compile_model=True)
     assert w.learn.model is model and list(model.state_dict()) == keys
-    assert getattr(model, "_compiled_call_impl", None) is not None
+    compiled = getattr(model, "_compiled_call_impl", None)
+    assert compiled is not None
+    # validation runs eager (no recompilation for its batch sizes), training compiled again after
+    from nfx.train.callbacks import EagerValidation
+
+    ev = next(cb for cb in w.learn.cbs if isinstance(cb, EagerValidation))
+    ev.before_validate()
+    assert model._compiled_call_impl is None
+    ev.after_validate()
+    assert model._compiled_call_impl is compiled
     with pytest.raises(ConfigError, match="per-sample"):
         build_learner(dls, timm.create_model("test_nfnet", num_classes=2), num_classes=2, wd=0.0,
                       precision="fp32", accum=1, agc=0.1, device=torch.device("cpu"), agc_mode="per-sample",

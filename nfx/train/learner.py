@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from nfx.models.factory import head_and_body, no_decay_params
-from nfx.train.callbacks import AGCCallback, MicroBatchAccumulation, StopOnNaN
+from nfx.train.callbacks import AGCCallback, EagerValidation, MicroBatchAccumulation, StopOnNaN
 
 
 def resolve_device() -> torch.device:
@@ -72,7 +72,7 @@ def build_learner(dls, model, *, num_classes: int, wd: float, precision: str, ac
         # in place (nn.Module.compile): parameters, state_dict keys and the head's identity stay the same
         model.compile()
     metrics = [accuracy, RocAucBinary() if num_classes == 2 else RocAuc()]
-    cbs: list[Any] = [StopOnNaN()]
+    cbs: list[Any] = [StopOnNaN()] + ([EagerValidation()] if compile_model else [])
     accum_cb = MicroBatchAccumulation(accum) if accum > 1 else None
     if accum_cb:
         cbs.append(accum_cb)
