@@ -392,6 +392,9 @@ def evaluate(run_dir: str | Path, data: str | None = None, printer: Printer | No
             raise DataError(f"{data}: label folder(s) {unknown} are not classes of this model {classes}")
         items = [(s.path, s.label, s.patient) for s in disc.samples]
         source = f"all images of {data}"
+        if disc.bad:  # unsupported or unreadable files found while discovering: reported, not dropped silently
+            printer.warn(f"{len(disc.bad)} file(s) in {data} cannot be evaluated and are left out "
+                         f"(first: {disc.bad[0][0]}: {disc.bad[0][1]})")
     import numpy as np
 
     probs = _eval_probs(run, [p for p, _, _ in items], tta, printer)

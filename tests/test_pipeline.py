@@ -103,3 +103,16 @@ def test_missing_run_folder_is_a_clear_error(tmp_path):
     (tmp_path / "half" / runs.CONFIG).write_text("{}")
     with pytest.raises(RunError, match="model.safetensors"):
         api.export(tmp_path / "half", Printer(quiet=True))
+
+
+def test_evaluate_reports_files_it_cannot_use(tiny_run, tiny_data, tmp_path):
+    import shutil
+
+    data = tmp_path / "eval"
+    shutil.copytree(tiny_data / "png", data)
+    (data / "normal" / "notes.txt").write_text("not an image")
+    (data / "normal" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
+    ev = api.evaluate(tiny_run.run_dir, str(data), Printer(quiet=True), n_bootstrap=50)
+    assert ev["n_images"] == 24
+    text = " ".join(ev["warnings"])
+    assert "notes.txt" in text and "broken.png" in text
