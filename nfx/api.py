@@ -66,6 +66,9 @@ def finetune(cfg: RunConfig, printer: Printer | None = None) -> RunResult:
     cfg.save(run_dir / runs.CONFIG)
     env = runs.environment()
     env["precision"] = precision
+    from nfx.data.augment import describe
+
+    env["augmentation"] = describe(cfg.data.aug, cfg.data.flip)  # the preset's resolved transforms
     runs.atomic_write_json(run_dir / runs.ENV, env)
 
     samples, entries = _ingest(cfg, disc, run_dir, printer)

@@ -30,6 +30,7 @@ def test_finetune_writes_a_complete_run_folder(tiny_run):
     assert m["agc_calls"] == m["optimizer_steps"] > 0
     env = json.loads((d / "env.json").read_text())
     assert env["packages"]["torch"] and env["device"] == "cpu"
+    assert any("HorizontalFlip" in t for t in env["augmentation"])  # the resolved light preset
 
 
 def test_splits_are_patient_grouped(tiny_run):

@@ -17,10 +17,6 @@ from nfx.errors import BadFileError
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 
 
-def is_image_file(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES or is_dicom(path)
-
-
 def decode_image(path: Path) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
