@@ -60,6 +60,8 @@ def build_learner(dls, model, *, num_classes: int, wd: float, precision: str, ac
     from fastai.metrics import RocAuc, RocAucBinary, accuracy
     from fastai.optimizer import Adam
 
+    from nfx.train.optim import foreach_adam
+
     model = model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -94,7 +96,8 @@ def build_learner(dls, model, *, num_classes: int, wd: float, precision: str, ac
     if agc_cb:
         cbs.append(agc_cb)
     learn = Learner(
-        dls, model, loss_func=CrossEntropyLossFlat(weight=_weights(class_weights, device)), opt_func=opt_func or Adam, metrics=metrics,
+        dls, model, loss_func=CrossEntropyLossFlat(weight=_weights(class_weights, device)),
+        opt_func=opt_func or (foreach_adam if device.type == "cuda" else Adam), metrics=metrics,
         splitter=splitter_for(model), wd=wd, wd_bn_bias=False, train_bn=True, cbs=cbs,
     )
     learn.remove_cb(ProgressCallback)  # rich progress comes from nfx's own callback
