@@ -88,13 +88,19 @@ def finetune(
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue this run folder from its last completed epoch."),
 ) -> None:
     """Fine-tune a timm model (NFNet by default) on a folder of images."""
+    opts = dict(locals())
 
     def body():
         from nfx.config import RunConfig, parse_agc
 
         if resume is not None:
             from nfx import api
+            from nfx.errors import ConfigError
 
+            given = [f"--{k.rstrip('_').replace('_', '-')}" for k, v in opts.items() if v is not None and k != "resume"]
+            if given:
+                raise ConfigError(f"--resume continues a run with its own config.json; drop {', '.join(sorted(given))} "
+                                  "(or start a new run with --config RUN_DIR/config.json and your changes)")
             p = _printer()
             _finetune_summary(p, api.resume(resume, p))
             return

@@ -88,3 +88,7 @@ def test_finetune_command_end_to_end(tiny_data, tmp_path):
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "cli" / "model.safetensors").is_file()
     assert "nfx evaluate" in r.stderr  # the next command is suggested
+
+
+def test_resume_refuses_other_options(tiny_run):
+    _assert_one_line_error(nfx("finetune", "--resume", tiny_run.run_dir, "--epochs", "3"), "--epochs", "--config")
