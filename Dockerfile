@@ -2,7 +2,9 @@
 # Run:  docker run --gpus all --rm -v "$PWD/data:/data" -v "$PWD/runs:/runs" nfx \
 #         finetune /data --arch dm_nfnet_f1 --accum 8 --out /runs
 # The base image brings CUDA-enabled PyTorch; pip keeps that torch (nfx only states a minimum).
-FROM pytorch/pytorch:2.9.1-cuda12.8-cudnn9-runtime
+# Override with --build-arg BASE=... to match your driver (not built on the dev machines: no Docker engine).
+ARG BASE=pytorch/pytorch:2.7.1-cuda12.8-cudnn9-runtime
+FROM ${BASE}
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
