@@ -46,3 +46,24 @@ def tiny_run(tiny_data, tmp_path_factory):
         name="tiny",
     )
     return api.finetune(cfg, Printer(quiet=True))
+
+
+@pytest.fixture
+def with_learner_cb(monkeypatch):
+    """Install an extra fastai callback into every Learner nfx's fit builds (to simulate a
+    crash or divergence at a chosen point of a real training run). Returns a function that
+    removes it again."""
+    from nfx.train import fit as fit_mod
+
+    def install(cb):
+        orig = fit_mod.build_learner
+
+        def build(*a, **k):
+            w = orig(*a, **k)
+            w.learn.add_cb(cb)
+            return w
+
+        monkeypatch.setattr(fit_mod, "build_learner", build)
+        return monkeypatch.undo
+
+    return install

@@ -87,12 +87,11 @@ def test_balance_loss_runs_and_is_recorded(tiny_data, tmp_path):
     assert cfg.train.balance == "loss"
 
 
-def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path):
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path, with_learner_cb):
     """Divergence is simulated by poisoning one weight with NaN after epoch 1 (a real NaN forward)."""
     from fastai.callback.core import Callback
 
     from nfx.errors import TrainingError
-    from nfx.train import fit as fit_mod
 
     class Poison(Callback):
         order = 80
@@ -102,19 +101,9 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(ti
                 with torch.no_grad():
                     next(self.model.parameters()).fill_(float("nan"))
 
-    orig = fit_mod.build_learner
-
-    def build_with_poison(*a, **k):
-        w = orig(*a, **k)
-        w.learn.add_cb(Poison())
-        return w
-
-    fit_mod.build_learner = build_with_poison
-    try:
-        with pytest.raises(TrainingError, match="loss became"):
-            api.finetune(_cfg(tiny_data / "dicom", tmp_path, "nan", epochs=3), Printer(quiet=True))
-    finally:
-        fit_mod.build_learner = orig
+    with_learner_cb(Poison())
+    with pytest.raises(TrainingError, match="loss became"):
+        api.finetune(_cfg(tiny_data / "dicom", tmp_path, "nan", epochs=3), Printer(quiet=True))
     ckpt = torch.load(tmp_path / "nan" / "checkpoints" / "last.pt", weights_only=False)
     assert ckpt["state"]["epochs_done"] == 1
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())

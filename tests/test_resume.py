@@ -89,13 +89,12 @@ def test_resume_without_checkpoint_is_a_clear_error(tiny_run, tmp_path):
 
 
 @pytest.mark.parametrize("stop_after", [1, 3])  # 1 = at the frozen → unfrozen boundary
-def test_interrupted_in_process_then_resumed_replays_the_run(tiny_data, tmp_path, stop_after):
+def test_interrupted_in_process_then_resumed_replays_the_run(tiny_data, tmp_path, stop_after, with_learner_cb):
     from fastai.callback.core import Callback
 
     from nfx import api
     from nfx.config import DataConfig, ModelConfig, RunConfig, TrainConfig
     from nfx.console import Printer
-    from nfx.train import fit as fit_mod
 
     def cfg(name):
         return RunConfig(data=DataConfig(path=str(tiny_data / "dicom"), size=64, num_workers=0),
@@ -113,19 +112,10 @@ def test_interrupted_in_process_then_resumed_replays_the_run(tiny_data, tmp_path
                     len((tmp_path / "cut" / "history.csv").read_text().splitlines()) - 1 >= stop_after:
                 raise KeyboardInterrupt
 
-    orig = fit_mod.build_learner
-
-    def build(*a, **k):
-        w = orig(*a, **k)
-        w.learn.add_cb(Interrupt())
-        return w
-
-    fit_mod.build_learner = build
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            api.finetune(cfg("cut"), Printer(quiet=True))
-    finally:
-        fit_mod.build_learner = orig
+    remove = with_learner_cb(Interrupt())
+    with pytest.raises(KeyboardInterrupt):
+        api.finetune(cfg("cut"), Printer(quiet=True))
+    remove()
     assert load_last(tmp_path / "cut")["state"]["epochs_done"] == stop_after
     resumed = api.resume(tmp_path / "cut", Printer(quiet=True))
     assert [h["valid_loss"] for h in resumed.history] == pytest.approx([h["valid_loss"] for h in full.history],
