@@ -92,3 +92,19 @@ def test_finetune_command_end_to_end(tiny_data, tmp_path):
 
 def test_resume_refuses_other_options(tiny_run):
     _assert_one_line_error(nfx("finetune", "--resume", tiny_run.run_dir, "--epochs", "3"), "--epochs", "--config")
+
+
+def test_unreachable_hub_fails_fast_in_one_line(tiny_data, tmp_path):
+    """Without HF_HUB_OFFLINE, huggingface_hub alone would retry ~50 s and log extra lines."""
+    import socket
+
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=3).close()
+        pytest.skip("the hub is reachable from this machine; this test is about offline machines")
+    except OSError:
+        pass
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    r = subprocess.run([sys.executable, "-m", "nfx", "finetune", str(tiny_data / "png"), "--arch", "test_nfnet",
+                        "--out", str(tmp_path)], capture_output=True, text=True, env={**env, "COLUMNS": "200"},
+                       timeout=300)  # a hang guard only; tests do not judge wall-clock time
+    _assert_one_line_error(r, "unreachable", "--weights FILE")

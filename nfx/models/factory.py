@@ -112,11 +112,13 @@ def create_model(
                 "their random init); pass weights of the same architecture"
             )
     elif pretrained:
+        offline = _go_offline_if_hub_unreachable()
         try:
             model = timm.create_model(arch, pretrained=True, **kwargs)
         except Exception as e:
+            why = "the hub is unreachable from this machine and they are not in the local cache" if offline else _short(e)
             raise ModelError(
-                f"could not get pretrained weights for {arch} from the Hugging Face hub ({_short(e)}); "
+                f"could not get pretrained weights for {arch} from the Hugging Face hub ({why}); "
                 "offline, download them elsewhere and pass --weights FILE (safetensors or state dict), "
                 "or pass --no-pretrained to train from scratch"
             ) from e
@@ -126,6 +128,30 @@ def create_model(
         model = timm.create_model(arch, pretrained=False, **kwargs)
         source = "trained from scratch"
     return model, preprocessing_of(model), source
+
+
+def _go_offline_if_hub_unreachable(timeout: float = 3.0) -> bool:
+    """Without a route to the hub, huggingface_hub retries for ~50 s (measured here) and logs
+    a warning line before failing. Probe the endpoint once (direct TCP; skipped behind a proxy);
+    if it is unreachable switch huggingface_hub to offline mode for this process, so weights in the
+    local cache still load and a miss fails at once. Returns True when offline."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return True
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return False
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout).close()
+        return False
+    except OSError:
+        constants.HF_HUB_OFFLINE = True
+        return True
 
 
 def build_for_inference(arch: str, num_classes: int) -> Any:
