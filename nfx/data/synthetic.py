@@ -139,6 +139,6 @@ def _write_dicom(path: Path, img: np.ndarray, pid: str, eye: str, index: int) ->
     ds.HighBit = 7
     ds.PixelRepresentation = 0
     ds.PixelData = np.ascontiguousarray(img).tobytes()
-    ds.compress(RLELossless, encoding_plugin="pydicom")
+    ds.compress(RLELossless, encoding_plugin="pydicom", generate_instance_uid=False)  # keep the seeded UID
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
