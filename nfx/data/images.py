@@ -34,12 +34,47 @@ def decode_image(path: Path) -> np.ndarray:
             if mode in ("L", "1"):
                 arr = np.asarray(im.convert("L"))
                 return intensity.as_hwc(intensity.to_unit_range(arr, 0, 255))
+            if mode in ("RGB", "RGBA") and _deep_colour(im):
+                deep = _read_deep_colour(path)
+                if deep is not None:
+                    return deep
             arr = np.asarray(im.convert("RGB"))
             return intensity.to_unit_range(arr, 0, 255)
     except UnidentifiedImageError as e:
         raise BadFileError(path, "not a readable image (unknown or corrupt format); remove or re-export it") from e
     except (OSError, SyntaxError, ValueError) as e:
         raise BadFileError(path, f"image is truncated or corrupt ({str(e)[:120]}); remove or re-export it") from e
+
+
+def _deep_colour(im) -> bool:
+    """16-bit-per-channel colour (PNG bit depth 16, TIFF BitsPerSample 16): Pillow would
+    silently reduce it to 8 bits."""
+    if im.format == "PNG":
+        return _png_bit_depth(im) > 8
+    if im.format == "TIFF":
+        bps = im.tag_v2.get(258) if hasattr(im, "tag_v2") else None
+        return bool(bps) and max(bps if isinstance(bps, tuple) else (bps,)) > 8
+    return False
+
+
+def _png_bit_depth(im) -> int:
+    try:
+        with open(im.filename, "rb") as f:
+            head = f.read(26)
+        return head[24] if head[12:16] == b"IHDR" else 8  # IHDR: bit depth byte
+    except (OSError, IndexError, AttributeError):
+        return 8
+
+
+def _read_deep_colour(path: Path) -> np.ndarray | None:
+    """Full-precision read of 16-bit colour through OpenCV (BGR(A) → RGB), scaled by 65535."""
+    import cv2
+
+    arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if arr is None or arr.dtype != np.uint16 or arr.ndim != 3:
+        return None
+    rgb = cv2.cvtColor(arr, cv2.COLOR_BGRA2RGB if arr.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+    return intensity.to_unit_range(rgb, 0, 65535)
 
 
 def decode_file(path: Path, frame: int | None = None) -> np.ndarray:

@@ -1,0 +1,36 @@
+"""Ordinary image files keep their real bit depth: 16-bit colour and grey are not cut to 8 bits."""
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from nfx.data.images import decode_image
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_16_bit_colour_keeps_full_precision(tmp_path, suffix):
+    rgb = np.zeros((4, 5, 3), np.uint16)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 1000, 30000, 65535
+    rgb[0, 0] = [1, 2, 3]  # below 8-bit resolution: lost if the file were read as 8 bits
+    path = tmp_path / f"x{suffix}"
+    assert cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    out = decode_image(path)
+    assert out.dtype == np.float32 and out.shape == (4, 5, 3)
+    np.testing.assert_allclose(out * 65535, rgb, atol=1e-2)
+
+
+def test_16_bit_grey_png(tmp_path):
+    grey = (np.arange(20, dtype=np.uint16).reshape(4, 5) * 3000)
+    path = tmp_path / "g.png"
+    Image.fromarray(grey).save(path)
+    out = decode_image(path)
+    assert out.shape == (4, 5, 1)
+    np.testing.assert_allclose(out[..., 0] * 65535, grey, atol=1e-2)
+
+
+def test_8_bit_colour_unchanged(tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 256, (6, 7, 3), dtype=np.uint8)
+    path = tmp_path / "c.png"
+    Image.fromarray(rgb).save(path)
+    np.testing.assert_allclose(decode_image(path) * 255, rgb, atol=1e-3)
