@@ -282,15 +282,3 @@ def _resolve_patients(items: list[_Item], regex: re.Pattern | None, bad: list[tu
             bad.append(r)
     return samples
 
-
-def _patient_of(path: Path, regex: re.Pattern | None) -> str | None:
-    """Patient id of one file (DICOM header, then the regex on the file name)."""
-    if is_dicom(path):
-        pid = patient_id(read_header(path))
-        if pid:
-            return pid
-    if regex is not None:
-        m = regex.search(path.name)
-        if m:
-            return m.group(1) if m.groups() else m.group(0)
-    return None

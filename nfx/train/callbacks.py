@@ -55,6 +55,15 @@ class MicroBatchAccumulation(Callback):
         self.n_steps += 1
 
 
+def clip_stats(clipped: list[torch.Tensor], units: list[int]) -> tuple[float | None, float | None]:
+    """(mean, min) over an epoch's steps of the fraction of units clipped; one host sync.
+    The min is what "nearly every unit clipped at every step" is judged on."""
+    if not units:
+        return None, None
+    per_step = torch.stack([c.float() for c in clipped]).cpu() / torch.tensor(units, dtype=torch.float32)
+    return float(per_step.mean()), float(per_step.min())
+
+
 class AGCCallback(Callback):
     """Adaptive Gradient Clipping once per optimizer step, head excluded by identity.
 
@@ -77,7 +86,6 @@ class AGCCallback(Callback):
         self.n_calls = 0
         self.epoch_fraction: float | None = None
         self.epoch_min_step_fraction: float | None = None
-        self.history: list[float | None] = []
 
     def before_epoch(self) -> None:
         self._clipped: list[torch.Tensor] = []
@@ -91,16 +99,7 @@ class AGCCallback(Callback):
             self._units.append(units)
 
     def after_train(self) -> None:
-        if self._units:
-            per_step = torch.stack([c.float() for c in self._clipped]).cpu() / torch.tensor(
-                self._units, dtype=torch.float32
-            )
-            self.epoch_fraction = float(per_step.mean())
-            self.epoch_min_step_fraction = float(per_step.min())  # "nearly all, every step"
-        else:
-            self.epoch_fraction = None
-            self.epoch_min_step_fraction = None
-        self.history.append(self.epoch_fraction)
+        self.epoch_fraction, self.epoch_min_step_fraction = clip_stats(self._clipped, self._units)
 
 
 class EpochLog(Callback):
@@ -222,7 +221,6 @@ class PerSampleAGCCallback(Callback):
         self.n_calls = 0
         self.epoch_fraction: float | None = None
         self.epoch_min_step_fraction: float | None = None
-        self.history: list[float | None] = []
         self._active = False
         self._grad_was: bool | None = None
 
@@ -278,16 +276,7 @@ class PerSampleAGCCallback(Callback):
         self.clipper.flush_()
 
     def after_train(self) -> None:
-        if self._units:
-            per_step = torch.stack([c.float() for c in self._clipped]).cpu() / torch.tensor(
-                self._units, dtype=torch.float32
-            )
-            self.epoch_fraction = float(per_step.mean())
-            self.epoch_min_step_fraction = float(per_step.min())
-        else:
-            self.epoch_fraction = None
-            self.epoch_min_step_fraction = None
-        self.history.append(self.epoch_fraction)
+        self.epoch_fraction, self.epoch_min_step_fraction = clip_stats(self._clipped, self._units)
 
 
 def _per_sample_loss(loss_func: Any, y: torch.Tensor) -> tuple[Any, torch.Tensor | None]:
