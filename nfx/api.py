@@ -78,7 +78,7 @@ def finetune(cfg: RunConfig, printer: Printer | None = None) -> RunResult:
         [{"path": s.path, "label": s.label, "patient": s.patient or "", "split": split_of[i]}
          for i, s in enumerate(samples)],
     )
-    counts = _split_counts(samples, split_of)
+    counts = _split_counts([s.patient for s in samples], split_of)
     for sp, c in counts.items():
         printer.info(f"  {sp}: {c['images']} images, {c['patients']} patients")
 
@@ -174,8 +174,7 @@ def resume(run_dir: str | Path, printer: Printer | None = None) -> RunResult:
     model = build_for_inference(info["arch"], info["num_classes"])
     device = resolve_device()
     precision = resolve_precision(cfg.train.precision, device, printer.warn)
-    counts = {sp: {"images": len(ix), "patients": len({rows[i]["patient"] for i in ix if rows[i]["patient"]})}
-              for sp, ix in pick.items()}
+    counts = _split_counts([r["patient"] for r in rows], [r["split"] for r in rows])
     return _train(cfg, model, prep, info, train, valid, device, precision, run_dir, printer, counts,
                   t_start, [], resume=ckpt)
 
@@ -270,14 +269,15 @@ def _split(cfg: RunConfig, samples, printer: Printer, run_dir: Path | None = Non
     return splits
 
 
-def _split_counts(samples, split_of: list[str]) -> dict[str, dict[str, int]]:
+def _split_counts(patients, splits) -> dict[str, dict[str, int]]:
+    """Images and patients (with an id) per split, in train / valid / test order. One helper for
+    a fresh run (samples), a resumed run and the evaluation report (rows of splits.csv)."""
     out: dict[str, dict[str, int]] = {}
-    for sp in sorted(set(split_of)):
-        idx = [i for i, s in enumerate(split_of) if s == sp]
-        out[sp] = {
-            "images": len(idx),
-            "patients": len({samples[i].patient for i in idx if samples[i].patient}),
-        }
+    order = ["train", "valid", "test"] + sorted(set(splits) - {"train", "valid", "test"})
+    for sp in order:
+        idx = [i for i, s in enumerate(splits) if s == sp]
+        if idx:
+            out[sp] = {"images": len(idx), "patients": len({patients[i] for i in idx if patients[i]})}
     return out
 
 
@@ -329,26 +329,20 @@ def load_run(run_dir: str | Path) -> LoadedRun:
 def predict_probs(model, paths: list[str], info: dict[str, Any], cache_dir: str | None,
                   printer: Printer, bs: int = 32) -> tuple[Any, list[tuple[str, str]]]:
     """Softmax probabilities for files (through the same decode/letterbox/normalise path)."""
-    import numpy as np
     import torch
 
-    from nfx.data.cache import ImageCache
-    from nfx.data.intensity import normalise
+    from nfx.data.cache import predict_files
 
-    cache = ImageCache(cache_dir, int(info["input_size"]), info.get("frame"))
-    with printer.progress(len(paths), "decoding") as bar:
-        entries, bad = cache.fill(paths, on_done=lambda: bar.advance(1))
-    ok = [i for i, e in enumerate(entries) if e is not None]
-    probs = np.full((len(paths), int(info["num_classes"])), np.nan, dtype=np.float64)
     device = next(model.parameters()).device
-    with torch.inference_mode(), printer.progress(len(ok), "predicting") as bar:
-        for s in range(0, len(ok), bs):
-            idx = ok[s : s + bs]
-            x = np.stack([normalise(np.load(entries[i]), info["mean"], info["std"]) for i in idx])
-            logits = model(torch.from_numpy(x).to(device))
-            probs[idx] = torch.softmax(logits.float(), 1).cpu().numpy()
-            bar.advance(len(idx))
-    return probs, bad
+
+    def forward(x):
+        return torch.softmax(model(torch.from_numpy(x).to(device)).float(), 1).cpu().numpy()
+
+    # one bar, two passes over the files: decoding (cache), then prediction
+    with torch.inference_mode(), printer.progress(2 * len(paths), "decoding + predicting") as bar:
+        return predict_files(paths, forward, size=int(info["input_size"]), mean=info["mean"], std=info["std"],
+                             n_classes=int(info["num_classes"]), cache_dir=cache_dir, frame=info.get("frame"),
+                             bs=bs, on_decoded=bar.advance, on_batch=bar.advance)
 
 
 # --------------------------------------------------------------------------------------------
@@ -566,15 +560,6 @@ def _validation_scores(run: LoadedRun, split_rows, pos: int, tta: bool, printer:
     return y_pos, p_pos
 
 
-def _split_counts_csv(split_rows) -> dict[str, dict[str, int]]:
-    out: dict[str, dict[str, int]] = {}
-    for sp in ("train", "valid", "test"):
-        rs = [r for r in split_rows if r["split"] == sp]
-        if rs:
-            out[sp] = {"images": len(rs), "patients": len({r["patient"] for r in rs if r["patient"]})}
-    return out
-
-
 def _provenance(run: LoadedRun, split_rows) -> dict[str, Any]:
     from nfx import __version__
 
@@ -584,7 +569,7 @@ def _provenance(run: LoadedRun, split_rows) -> dict[str, Any]:
     t = run.cfg.train
     return {
         "dataset": run.cfg.data.path,
-        "splits": _split_counts_csv(split_rows),
+        "splits": _split_counts([r["patient"] for r in split_rows], [r["split"] for r in split_rows]),
         "model": {k: run.info.get(k) for k in ("arch", "weights_source", "input_size", "mean", "std", "resize")},
         "training": (f"{t.freeze_epochs} head-only + {t.epochs} full epochs, effective batch "
                      f"{t.effective_batch_size}, lr {t.lr:g}, AGC {t.agc if t.agc else 'off'}, "

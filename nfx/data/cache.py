@@ -223,3 +223,35 @@ def _decode_one(args: tuple[str, int, int | None, int, str]) -> tuple[int, str |
         return i, str(e), None
     except Exception as err:
         return i, None, _reason(err)
+
+
+def predict_files(
+    paths: Sequence[str],
+    predict: Callable[[np.ndarray], np.ndarray],
+    *,
+    size: int,
+    mean,
+    std,
+    n_classes: int,
+    cache_dir: str | Path | None = None,
+    frame: int | None = None,
+    bs: int = 32,
+    on_decoded: Callable[[], None] | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """Files → class probabilities through the one inference input path (cache: decode,
+    letterbox; normalise; N×3×size×size float32 batches) with any `predict` (torch or ONNX
+    Runtime). Rows of files that could not be decoded are NaN; those files come back in `bad`."""
+    from nfx.data.intensity import normalise
+
+    entries, bad = ImageCache(cache_dir, size, frame).fill(list(paths), on_done=on_decoded)
+    probs = np.full((len(paths), n_classes), np.nan, dtype=np.float64)
+    ok = [i for i, e in enumerate(entries) if e is not None]
+    for s in range(0, len(ok), bs):
+        idx = ok[s : s + bs]
+        x = np.stack([normalise(np.load(entries[i]), mean, std) for i in idx])
+        probs[idx] = predict(x)
+        if on_batch:
+            on_batch(len(idx))
+    return probs, bad
+

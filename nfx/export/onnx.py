@@ -120,15 +120,8 @@ class OnnxPredictor:
 
     def predict_files(self, paths: list[str], cache_dir: str | None = None, bs: int = 32,
                       frame: int | None = None):
-        from nfx.data.cache import ImageCache
-        from nfx.data.intensity import normalise
+        from nfx.data.cache import predict_files
 
-        cache = ImageCache(cache_dir, self.info["input_size"], frame)
-        entries, bad = cache.fill(paths)
-        probs = np.full((len(paths), self.info["num_classes"]), np.nan)
-        ok = [i for i, e in enumerate(entries) if e is not None]
-        for s in range(0, len(ok), bs):
-            idx = ok[s : s + bs]
-            x = np.stack([normalise(np.load(entries[i]), self.info["mean"], self.info["std"]) for i in idx])
-            probs[idx] = self.predict_arrays(x)
-        return probs, bad
+        return predict_files(paths, self.predict_arrays, size=self.info["input_size"], mean=self.info["mean"],
+                             std=self.info["std"], n_classes=self.info["num_classes"], cache_dir=cache_dir,
+                             frame=frame, bs=bs)
