@@ -127,18 +127,11 @@ def read(path: Path):
 # ---------------------------------------------------------------- every file: the contract
 
 
-@pytest.mark.parametrize("path", DATA_STORE_FILES, ids=lambda p: p.name)
-def test_every_data_store_file_decodes_or_is_a_bad_file(path):
-    out = outcome(path)
-    if isinstance(out, BadFileError):
-        assert out.reason.strip()
-    else:
-        assert_contract(out)
-
-
-@pytest.mark.parametrize("path", PYDICOM_FILES, ids=lambda p: p.name)
-def test_every_pydicom_test_file_decodes_or_is_a_bad_file(path):
-    """pydicom's own test files include truncated, mis-encoded and non-image objects."""
+@pytest.mark.parametrize("path", [*DATA_STORE_FILES, *PYDICOM_FILES],
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_real_file_decodes_or_is_a_bad_file(path):
+    """Every pydicom-data file, and pydicom's own test files (truncated, mis-encoded and
+    non-image objects among them)."""
     out = outcome(path)
     if isinstance(out, BadFileError):
         assert out.reason.strip()
