@@ -51,7 +51,7 @@ def measure(paths: list[str], size: int, pool: str, workers: int, repeats: int =
     for _ in range(repeats):
         d = tempfile.mkdtemp(prefix="nfx-bench-cache-")
         try:
-            cache = ImageCache(d, size)
+            cache = ImageCache(d, size, resize="letterbox")
             t = time.perf_counter()
             _, bad = cache.fill(paths, workers=workers, pool=pool)
             cold.append(time.perf_counter() - t)
@@ -105,7 +105,7 @@ def main() -> None:
         from nfx.data.cache import preprocess
 
         for paths in sets.values():  # import decoders once, outside the timings
-            preprocess(paths[0], args.size)
+            preprocess(paths[0], args.size, None, "letterbox")
         rows = []
         for fmt, paths in sets.items():
             for pool in ("serial", "thread", "process"):

@@ -56,10 +56,15 @@ def finetune(cfg: RunConfig, printer: Printer | None = None) -> RunResult:
     device = resolve_device()
     precision = resolve_precision(cfg.train.precision, device, printer.warn)
     size = cfg.data.size or prep.train_size
+    from nfx.config import resolve_schedule
+
+    train_cfg, schedule_line = resolve_schedule(cfg.train, from_scratch=weights_source == "trained from scratch")
+    printer.info(schedule_line)
     cfg = replace(
         cfg,
         data=replace(cfg.data, size=size, path=str(Path(cfg.data.path))),
         model=replace(cfg.model, arch=arch),
+        train=train_cfg,
     )
     run_dir = runs.new_run_dir(cfg.out, cfg.name, arch)
     cfg = replace(cfg, name=run_dir.name)
@@ -99,7 +104,7 @@ def finetune(cfg: RunConfig, printer: Printer | None = None) -> RunResult:
         "mean": list(prep.mean),
         "std": list(prep.std),
         "weights_source": weights_source,
-        "resize": "letterbox (longest side → input_size, zero padding)",
+        "resize": cfg.data.resize,
         "frame": cfg.data.frame,
     }
     runs.atomic_write_json(run_dir / MODEL_INFO, model_info)
@@ -148,6 +153,10 @@ def resume(run_dir: str | Path, printer: Printer | None = None) -> RunResult:
     if ckpt is None:
         raise RunError(f"{run_dir}: no checkpoint to resume from (it stopped before finishing an epoch); "
                        f"start it again with `nfx finetune --config {run_dir / runs.CONFIG}`")
+    if not cfg.train.resolved:  # a run from before the schedule was recorded: its values are explicit
+        from nfx.config import resolve_schedule
+
+        cfg = replace(cfg, train=resolve_schedule(cfg.train, info["weights_source"] == "trained from scratch")[0])
     total = cfg.train.freeze_epochs + cfg.train.epochs
     if int(ckpt["state"].get("epochs_done", 0)) >= total or ckpt["state"].get("early_stopped_at"):
         if (run_dir / runs.WEIGHTS).is_file() and (run_dir / runs.METRICS).is_file():
@@ -155,11 +164,12 @@ def resume(run_dir: str | Path, printer: Printer | None = None) -> RunResult:
     import torch  # noqa: F401
 
     from nfx.data.cache import ImageCache
+    from nfx.data.resize import policy_of
     from nfx.models.factory import Preprocessing, build_for_inference
     from nfx.train.learner import resolve_device, resolve_precision
 
     rows = runs.read_csv(run_dir / runs.SPLITS)
-    cache = ImageCache(cfg.data.cache_dir, cfg.data.size, cfg.data.frame)
+    cache = ImageCache(cfg.data.cache_dir, cfg.data.size, cfg.data.frame, resize=policy_of(info.get("resize")))
     paths = [r["path"] for r in rows]
     with printer.progress(len(paths), "checking cache") as bar:
         entries, bad = cache.fill(paths, on_done=lambda: bar.advance(1))
@@ -196,7 +206,7 @@ def _ingest(cfg: RunConfig, disc, run_dir: Path, printer: Printer):
     """
     from nfx.data.cache import ImageCache
 
-    cache = ImageCache(cfg.data.cache_dir, cfg.data.size, cfg.data.frame)
+    cache = ImageCache(cfg.data.cache_dir, cfg.data.size, cfg.data.frame, resize=cfg.data.resize)
     paths = [s.path for s in disc.samples]
     with printer.progress(len(paths), "decoding + caching") as bar:
         entries, bad = cache.fill(paths, workers=cfg.data.num_workers or None, on_done=lambda: bar.advance(1))
@@ -328,10 +338,11 @@ def load_run(run_dir: str | Path) -> LoadedRun:
 
 def predict_probs(model, paths: list[str], info: dict[str, Any], cache_dir: str | None,
                   printer: Printer, bs: int = 32) -> tuple[Any, list[tuple[str, str]]]:
-    """Softmax probabilities for files (through the same decode/letterbox/normalise path)."""
+    """Softmax probabilities for files (through the same decode/resize/normalise path)."""
     import torch
 
     from nfx.data.cache import predict_files
+    from nfx.data.resize import policy_of
 
     device = next(model.parameters()).device
 
@@ -342,7 +353,7 @@ def predict_probs(model, paths: list[str], info: dict[str, Any], cache_dir: str 
     with torch.inference_mode(), printer.progress(2 * len(paths), "decoding + predicting") as bar:
         return predict_files(paths, forward, size=int(info["input_size"]), mean=info["mean"], std=info["std"],
                              n_classes=int(info["num_classes"]), cache_dir=cache_dir, frame=info.get("frame"),
-                             bs=bs, on_decoded=bar.advance, on_batch=bar.advance)
+                             resize=policy_of(info.get("resize")), bs=bs, on_decoded=bar.advance, on_batch=bar.advance)
 
 
 # --------------------------------------------------------------------------------------------
@@ -571,8 +582,8 @@ def _provenance(run: LoadedRun, split_rows) -> dict[str, Any]:
         "dataset": run.cfg.data.path,
         "splits": _split_counts([r["patient"] for r in split_rows], [r["split"] for r in split_rows]),
         "model": {k: run.info.get(k) for k in ("arch", "weights_source", "input_size", "mean", "std", "resize")},
-        "training": (f"{t.freeze_epochs} head-only + {t.epochs} full epochs, effective batch "
-                     f"{t.effective_batch_size}, lr {t.lr:g}, AGC {t.agc if t.agc else 'off'}, "
+        "training": (f"{t.schedule or 'fine-tune'} schedule: {t.freeze_epochs} head-only + {t.epochs} full "
+                     f"epochs, effective batch {t.effective_batch_size}, lr {t.lr:g} (body lr/{t.body_lr_div:g}), AGC {t.agc if t.agc else 'off'}, "
                      f"precision {env.get('precision', '?')}, device {env.get('device', '?')}"),
         "nfx_version": __version__,
         "trained_with_nfx": env.get("nfx"),
@@ -644,8 +655,8 @@ def _evaluation_plots(run: LoadedRun, ev: dict[str, Any], curves: dict[str, Any]
 # --------------------------------------------------------------------------------------------
 def explain(run_dir: str | Path, images: list[str], out: str | Path, printer: Printer | None = None,
             target_class: str | None = None) -> list[dict[str, Any]]:
-    """Grad-CAM overlays (input | overlay PNG per image) into `out`, on the letterboxed input the
-    model sees. The explained class is the predicted one unless `target_class` is given."""
+    """Grad-CAM overlays (input | overlay PNG per image) into `out`, on the resized input the
+    model sees (the run's resize policy and DICOM frame). The explained class is the predicted one unless `target_class` is given."""
     printer = printer or Printer()
     run = load_run(run_dir)
     classes = run.info["classes"]
@@ -653,9 +664,11 @@ def explain(run_dir: str | Path, images: list[str], out: str | Path, printer: Pr
         raise ConfigError(f"--class {target_class!r}: not a class of this model {classes}")
     paths = _image_paths(images)
     from nfx.data.cache import ImageCache
+    from nfx.data.resize import policy_of
     from nfx.explain import gradcam_overlays
 
-    cache = ImageCache(run.cfg.data.cache_dir, int(run.info["input_size"]))
+    cache = ImageCache(run.cfg.data.cache_dir, int(run.info["input_size"]), run.info.get("frame"),
+                       resize=policy_of(run.info.get("resize")))
     with printer.progress(len(paths), "decoding") as bar:
         entries, bad = cache.fill(paths, on_done=lambda: bar.advance(1))
     res = gradcam_overlays(run.model, run.info, entries, paths, Path(out),
@@ -712,7 +725,7 @@ def predict(run_dir: str | Path, images: list[str], printer: Printer | None = No
         predictor = OnnxPredictor(onnx_path)
         info = predictor.info
         cfg = RunConfig.load(runs.require_run(run_dir) / runs.CONFIG)
-        probs, bad = predictor.predict_files(paths, cfg.data.cache_dir, frame=cfg.data.frame)
+        probs, bad = predictor.predict_files(paths, cfg.data.cache_dir)
         engine = "onnxruntime"
     else:
         run = load_run(run_dir)

@@ -23,6 +23,7 @@ AUG_PRESETS = ("none", "light", "strong")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 AGC_MODES = ("batch", "per-sample")
 BALANCE = ("none", "loss", "sampler")
+RESIZE = ("squish", "letterbox", "crop")  # nfx.data.resize.POLICIES (kept here: config imports no numpy)
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class DataConfig:
     frame: int | None = None  # frame to use from multi-frame DICOMs (None = skip them with a reason)
     allow_patient_leak: bool = False  # accept user splits that share a patient (recorded, warned)
     flip: bool = True  # horizontal flips in augmentation (off for chest X-rays)
+    resize: str = "squish"  # squish | letterbox | crop (nfx.data.resize); chosen on real data, docs/LEARNING.md
 
 
 @dataclass(frozen=True)
@@ -48,14 +50,31 @@ class ModelConfig:
     weights: str | None = None  # local weights file (safetensors or torch state dict)
 
 
+SCHEDULES = ("fine-tune", "from-scratch")
+# The schedule of each starting point (resolve_schedule); any value given explicitly wins.
+# fine-tune: fastai's fine_tune practice — a head-only warm-up epoch on the frozen pretrained body,
+#   then the whole network with the body at lr/10 (the head at lr/2 after the warm-up).
+# from-scratch: no frozen phase and one learning rate for every parameter (a random body has
+#   nothing to protect: freezing it trains a head on random features, and lr/10 starves it).
+#   Measured on real brain MRI (docs/LEARNING.md): the fine-tune schedule on a random body cost
+#   0.1-0.2 accuracy against a plain fastai Learner.
+SCHEDULE_DEFAULTS: dict[str, dict[str, float]] = {
+    "fine-tune": {"freeze_epochs": 1, "lr": 1e-3, "body_lr_div": 10.0},
+    "from-scratch": {"freeze_epochs": 0, "lr": 2e-3, "body_lr_div": 1.0},
+}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 10  # epochs with the whole network trainable
-    freeze_epochs: int = 1  # head-only warm-up epochs before unfreezing
+    # None below = chosen by the schedule (SCHEDULE_DEFAULTS) once nfx knows whether the body
+    # is pretrained; config.json always holds the resolved values.
+    freeze_epochs: int | None = None  # head-only warm-up epochs before unfreezing
     bs: int = 16  # samples per forward pass (micro-batch)
     accum: int = 1  # micro-batches per optimizer step
-    lr: float = 1e-3  # peak learning rate of the head; the body gets lr / body_lr_div
-    body_lr_div: float = 10.0
+    lr: float | None = None  # peak learning rate of the head; the body gets lr / body_lr_div
+    body_lr_div: float | None = None
+    schedule: str | None = None  # fine-tune | from-scratch; None = from the weights' starting point
     wd: float = 1e-2
     agc: float | None = None  # AGC clip factor λ; None = AGC off
     agc_auto: bool = True  # λ was chosen by nfx from the effective batch size
@@ -72,6 +91,32 @@ class TrainConfig:
     @property
     def effective_batch_size(self) -> int:
         return self.bs * self.accum
+
+    @property
+    def resolved(self) -> bool:
+        return None not in (self.schedule, self.freeze_epochs, self.lr, self.body_lr_div)
+
+
+def resolve_schedule(train: TrainConfig, from_scratch: bool) -> tuple[TrainConfig, str]:
+    """Fill the schedule's unset values for the run's starting point; explicit values win.
+
+    Returns the resolved TrainConfig and one line for the user saying what was chosen and why.
+    `from_scratch` is True when the body starts at random init (--no-pretrained); an explicit
+    `schedule` overrides that choice.
+    """
+    policy = train.schedule or ("from-scratch" if from_scratch else "fine-tune")
+    defaults = SCHEDULE_DEFAULTS[policy]
+    chosen = {k: getattr(train, k) if getattr(train, k) is not None else v for k, v in defaults.items()}
+    out = dataclasses.replace(train, schedule=policy, freeze_epochs=int(chosen["freeze_epochs"]),
+                              lr=float(chosen["lr"]), body_lr_div=float(chosen["body_lr_div"]))
+    validate_train(out)
+    why = ("given" if train.schedule else
+           "the body starts from random init" if from_scratch else "the body is pretrained")
+    given = [k for k in defaults if getattr(train, k) is not None]
+    body = "one lr for all layers" if out.body_lr_div == 1 else f"body lr/{out.body_lr_div:g}"
+    line = (f"schedule: {policy} ({why}): {out.freeze_epochs} head-only + {out.epochs} full epochs, "
+            f"lr {out.lr:g}, {body}" + (f"; given explicitly: {', '.join(given)}" if given else ""))
+    return out, line
 
 
 @dataclass(frozen=True)
@@ -161,23 +206,41 @@ def auto_agc_clip(effective_batch_size: int) -> float:
     return round(min(0.16, max(0.01, 0.01 * math.sqrt(4096 / b))), 4)
 
 
-def validate(cfg: RunConfig) -> RunConfig:
-    t, dcfg = cfg.train, cfg.data
+def _finite_pos(v: float | None) -> bool:
+    return v is None or (math.isfinite(v) and v > 0)
+
+
+def validate_train(t: TrainConfig) -> None:
     checks = [
         (t.epochs >= 0, f"--epochs must be >= 0 (got {t.epochs})"),
-        (t.freeze_epochs >= 0, f"--freeze-epochs must be >= 0 (got {t.freeze_epochs})"),
-        (t.epochs + t.freeze_epochs > 0, "--epochs and --freeze-epochs are both 0; nothing to train"),
+        (t.freeze_epochs is None or t.freeze_epochs >= 0, f"--freeze-epochs must be >= 0 (got {t.freeze_epochs})"),
+        (t.freeze_epochs is None or t.epochs + t.freeze_epochs > 0,
+         "--epochs and --freeze-epochs are both 0; nothing to train"),
         (t.bs >= 1, f"--bs must be >= 1 (got {t.bs})"),
         (t.accum >= 1, f"--accum must be >= 1 micro-batch (got {t.accum})"),
-        (t.lr > 0, f"--lr must be > 0 (got {t.lr})"),
+        (_finite_pos(t.lr), f"--lr must be a finite number > 0 (got {t.lr})"),
+        (t.body_lr_div is None or (math.isfinite(t.body_lr_div) and t.body_lr_div >= 1),
+         f"body_lr_div must be >= 1 (got {t.body_lr_div})"),
+        (t.schedule is None or t.schedule in SCHEDULES, f"--schedule must be one of {SCHEDULES} (got {t.schedule!r})"),
         (t.agc is None or t.agc > 0, f"--agc must be a positive clip factor, 'auto' or 'off' (got {t.agc})"),
         (t.precision in PRECISIONS, f"--precision must be one of {PRECISIONS} (got {t.precision!r})"),
-        (dcfg.aug in AUG_PRESETS, f"--aug must be one of {AUG_PRESETS} (got {dcfg.aug!r})"),
         (t.agc_mode in AGC_MODES, f"--agc-mode must be one of {AGC_MODES} (got {t.agc_mode!r})"),
         (t.balance in BALANCE, f"--balance must be one of {BALANCE} (got {t.balance!r})"),
         (t.ema is None or 0 < t.ema < 1, f"--ema must be a decay between 0 and 1, e.g. 0.999 (got {t.ema})"),
         (t.patience is None or t.patience >= 1, f"--patience must be >= 1 epoch (got {t.patience})"),
         (t.persample_chunk is None or t.persample_chunk >= 1, f"--persample-chunk must be >= 1 (got {t.persample_chunk})"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(msg)
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    t, dcfg = cfg.train, cfg.data
+    validate_train(t)
+    checks = [
+        (dcfg.resize in RESIZE, f"--resize must be one of {RESIZE} (got {dcfg.resize!r})"),
+        (dcfg.aug in AUG_PRESETS, f"--aug must be one of {AUG_PRESETS} (got {dcfg.aug!r})"),
         (0 < dcfg.valid_pct < 1, f"--valid-pct must be between 0 and 1 (got {dcfg.valid_pct})"),
         (dcfg.size is None or dcfg.size >= 32, f"--size must be >= 32 px (got {dcfg.size})"),
     ]

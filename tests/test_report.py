@@ -36,7 +36,8 @@ def test_report_states_provenance_and_warnings(evaluated):
     for text in (md, html):
         assert "trained from scratch" in text and "test_nfnet" in text
         assert "train: 20 images, 10 patients" in text and "valid: 4 images, 2 patients" in text
-        assert "nfx 0.1.0" in text and "letterbox" in text
+        assert "nfx 0.1.0" in text and "squish" in text  # the run's resize policy (the default)
+        assert "from-scratch schedule" in text
         assert "confidence intervals are wide" in text  # 2 validation patients
         assert "in-sample" in text  # the Youden threshold was chosen on these same images
         assert "Youden" in text and "ECE" in text and "Brier" in text

@@ -1,7 +1,7 @@
-"""Decoded-image cache: decode + letterbox-resize once, reuse across epochs and runs.
+"""Decoded-image cache: decode + resize (nfx.data.resize policy) once, reuse across epochs and runs.
 
-Key = file identity (absolute path, size, mtime) + preprocessing settings (input size, DICOM
-frame) + PREPROC_VERSION, so a changed file or setting is a cache miss (the old entry is simply
+Key = file identity (absolute path, size, mtime) + preprocessing settings (input size, resize
+policy, DICOM frame) + PREPROC_VERSION, so a changed file or setting is a cache miss (the old entry is simply
 never read again). Entries are float16 size×size×3 .npy files in [0, 1], written atomically
 (temp file + rename), so concurrent runs sharing a cache never see half-written entries.
 
@@ -48,27 +48,12 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def letterbox(img: np.ndarray, size: int) -> np.ndarray:
-    """Resize the longest side to `size` (area interpolation when shrinking) and pad with 0
-    to a centred size×size square. Keeps the whole field of view and the aspect ratio."""
-    import cv2
+def preprocess(path: str | Path, size: int, frame: int | None, resize: str) -> np.ndarray:
+    """decode → 3 channels → resize by `resize` policy: float32 size×size×3 in [0, 1]."""
+    from nfx.data.resize import resize as resize_to
 
-    h, w = img.shape[:2]
-    scale = size / max(h, w)
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    resized = cv2.resize(img.astype(np.float32), (nw, nh), interpolation=interp)
-    resized = intensity.as_hwc(resized)
-    out = np.zeros((size, size, img.shape[2]), dtype=np.float32)
-    top, left = (size - nh) // 2, (size - nw) // 2
-    out[top : top + nh, left : left + nw] = resized
-    return np.clip(out, 0.0, 1.0)
-
-
-def preprocess(path: str | Path, size: int, frame: int | None = None) -> np.ndarray:
-    """decode → 3 channels → letterbox: float32 size×size×3 in [0, 1]."""
     img = decode_file(Path(path), frame=frame)
-    return letterbox(intensity.to_channels(img, 3), size)
+    return resize_to(intensity.to_channels(img, 3), size, resize)
 
 
 def _reason(e: BaseException) -> str:
@@ -79,10 +64,15 @@ def _reason(e: BaseException) -> str:
 
 
 class ImageCache:
-    def __init__(self, cache_dir: str | Path | None, size: int, frame: int | None = None):
+    def __init__(self, cache_dir: str | Path | None, size: int, frame: int | None = None, *, resize: str):
+        from nfx.data.resize import POLICIES
+
+        if resize not in POLICIES:
+            raise ValueError(f"unknown resize policy {resize!r}; choose one of {POLICIES}")
         self.dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.size = int(size)
         self.frame = frame
+        self.resize = resize
         self.last_stats: dict[str, object] = {}
         # np.save of a float16 size×size×3 array: a ≥ 64-byte header + the data
         self._min_bytes = self.size * self.size * 3 * 2 + 64
@@ -90,7 +80,7 @@ class ImageCache:
     def key(self, path: str | Path) -> str:
         p = Path(path).resolve()
         st = p.stat()
-        ident = f"{p}|{st.st_size}|{st.st_mtime_ns}|{self.size}|{self.frame}|v{PREPROC_VERSION}"
+        ident = f"{p}|{st.st_size}|{st.st_mtime_ns}|{self.size}|{self.resize}|{self.frame}|v{PREPROC_VERSION}"
         return hashlib.sha256(ident.encode()).hexdigest()[:32]
 
     def entry(self, path: str | Path) -> Path:
@@ -111,7 +101,7 @@ class ImageCache:
                 return np.load(e)
             except (OSError, ValueError):
                 pass  # damaged entry: rebuild it
-        arr = preprocess(path, self.size, self.frame).astype(np.float16)
+        arr = preprocess(path, self.size, self.frame, self.resize).astype(np.float16)
         self._store(e, arr)
         return arr
 
@@ -162,7 +152,7 @@ class ImageCache:
             pool = "thread"  # measured: see the module docstring
         if n == 1 or len(misses) <= 1:
             pool = "serial"
-        args = [(str(self.dir), self.size, self.frame, i, paths[i]) for i in misses]
+        args = [(str(self.dir), self.size, self.frame, self.resize, i, paths[i]) for i in misses]
         if pool == "serial":
             for a in args:
                 self._collect(_decode_one(a), paths, entries, bad, on_done)
@@ -212,13 +202,13 @@ def _worker_init() -> None:
         pass
 
 
-def _decode_one(args: tuple[str, int, int | None, int, str]) -> tuple[int, str | None, str | None]:
+def _decode_one(args: tuple[str, int, int | None, str, int, str]) -> tuple[int, str | None, str | None]:
     """Decode one file into the cache (module level: runs in worker processes too)."""
-    cache_dir, size, frame, i, path = args
-    cache = ImageCache(cache_dir, size, frame)
+    cache_dir, size, frame, resize, i, path = args
+    cache = ImageCache(cache_dir, size, frame, resize=resize)
     try:
         e = cache.entry(path)
-        arr = preprocess(path, size, frame).astype(np.float16)
+        arr = preprocess(path, size, frame, resize).astype(np.float16)
         cache._store(e, arr)
         return i, str(e), None
     except Exception as err:
@@ -235,16 +225,17 @@ def predict_files(
     n_classes: int,
     cache_dir: str | Path | None = None,
     frame: int | None = None,
+    resize: str,
     bs: int = 32,
     on_decoded: Callable[[], None] | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> tuple[np.ndarray, list[tuple[str, str]]]:
     """Files → class probabilities through the one inference input path (cache: decode,
-    letterbox; normalise; N×3×size×size float32 batches) with any `predict` (torch or ONNX
+    resize by the run's policy; normalise; N×3×size×size float32 batches) with any `predict` (torch or ONNX
     Runtime). Rows of files that could not be decoded are NaN; those files come back in `bad`."""
     from nfx.data.intensity import normalise
 
-    entries, bad = ImageCache(cache_dir, size, frame).fill(list(paths), on_done=on_decoded)
+    entries, bad = ImageCache(cache_dir, size, frame, resize=resize).fill(list(paths), on_done=on_decoded)
     probs = np.full((len(paths), n_classes), np.nan, dtype=np.float64)
     ok = [i for i, e in enumerate(entries) if e is not None]
     for s in range(0, len(ok), bs):

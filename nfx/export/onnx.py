@@ -5,7 +5,7 @@ the max abs difference to the torch model is reported and above `tolerance` the 
 (the file is then not left in place). Height and width are fixed at the run's input size.
 
 Metadata (model.metadata_props): nfx_classes (JSON list), nfx_input_size, nfx_mean, nfx_std,
-nfx_arch, nfx_resize, nfx_version — everything needed to preprocess an image without nfx.
+nfx_arch, nfx_resize (squish | letterbox | crop), nfx_frame (DICOM frame or empty), nfx_version — everything needed to preprocess an image without nfx.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ def export_onnx(model: Any, info: dict[str, Any], out: Path, tolerance: float = 
     import torch
 
     from nfx import __version__
+    from nfx.data.resize import policy_of
 
     model = model.eval().float().cpu()
     size = int(info["input_size"])
@@ -50,7 +51,8 @@ def export_onnx(model: Any, info: dict[str, Any], out: Path, tolerance: float = 
             "nfx_mean": json.dumps(info["mean"]),
             "nfx_std": json.dumps(info["std"]),
             "nfx_arch": info["arch"],
-            "nfx_resize": info.get("resize", ""),
+            "nfx_resize": policy_of(info.get("resize")),  # squish | letterbox | crop (nfx.data.resize)
+            "nfx_frame": "" if info.get("frame") is None else str(info["frame"]),
             "nfx_version": __version__,
         }
         del m.metadata_props[:]
@@ -99,6 +101,8 @@ class OnnxPredictor:
     def __init__(self, path: Path):
         import onnxruntime as ort
 
+        from nfx.data.resize import policy_of
+
         self.path = Path(path)
         self.sess = ort.InferenceSession(str(self.path), providers=ort.get_available_providers())
         meta = self.sess.get_modelmeta().custom_metadata_map
@@ -109,6 +113,9 @@ class OnnxPredictor:
                 "mean": json.loads(meta["nfx_mean"]),
                 "std": json.loads(meta["nfx_std"]),
                 "num_classes": len(json.loads(meta["nfx_classes"])),
+                # exports made before these keys existed: letterbox, no frame
+                "resize": policy_of(meta.get("nfx_resize")),
+                "frame": int(meta["nfx_frame"]) if meta.get("nfx_frame") else None,
             }
         except KeyError as e:
             raise ExportError(f"{self.path}: not an nfx ONNX file (metadata {e} missing); re-export with `nfx export`") from e
@@ -118,10 +125,11 @@ class OnnxPredictor:
         e = np.exp(logits - logits.max(1, keepdims=True))
         return e / e.sum(1, keepdims=True)
 
-    def predict_files(self, paths: list[str], cache_dir: str | None = None, bs: int = 32,
-                      frame: int | None = None):
+    def predict_files(self, paths: list[str], cache_dir: str | None = None, bs: int = 32):
+        """Files → probabilities, preprocessed exactly as the metadata says (size, resize policy,
+        DICOM frame, mean/std) through nfx's one inference input path."""
         from nfx.data.cache import predict_files
 
         return predict_files(paths, self.predict_arrays, size=self.info["input_size"], mean=self.info["mean"],
                              std=self.info["std"], n_classes=self.info["num_classes"], cache_dir=cache_dir,
-                             frame=frame, bs=bs)
+                             frame=self.info["frame"], resize=self.info["resize"], bs=bs)

@@ -42,6 +42,8 @@ def fit(cfg: RunConfig, model, prep, *, train, valid, num_classes: int, device: 
     from nfx.data.dataloaders import class_weights, make_dataloaders
 
     t = cfg.train
+    if not t.resolved:
+        raise ValueError("fit() needs a resolved schedule: call nfx.config.resolve_schedule first")
     set_seed(t.seed, reproducible=True)
     workers = cfg.data.num_workers
     if workers is None:
