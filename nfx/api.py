@@ -17,6 +17,8 @@ from nfx.config import RunConfig
 from nfx.console import Printer
 from nfx.errors import ConfigError, DataError, RunError
 
+from nfx.workflows.compare import CompareConfig, compare  # noqa: E402,F401  (re-exported verb)
+
 MODEL_INFO = "model.json"
 
 
@@ -135,6 +137,10 @@ def _train(cfg, model, prep, model_info, train, valid, device, precision, run_di
         "splits": counts,
         "seconds": round(time.time() - t_start, 1),
     }
+    import torch
+
+    if device.type == "cuda":
+        metrics["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     runs.atomic_write_json(run_dir / runs.METRICS, metrics)
     return RunResult(run_dir, metrics, history, notes)
 

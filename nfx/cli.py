@@ -315,6 +315,68 @@ def _inspect_summary(p, r) -> None:
         p.warn(w)
 
 
+@app.command()
+def compare(
+    data: Path = typer.Argument(..., help="Data folder: one sub-folder per label."),
+    models: str = typer.Option("nf_resnet26,resnet26", "--models", help="Comma-separated timm architectures (an NF net and a BatchNorm net of similar size)."),
+    micro_batches: str = typer.Option("4,8,32", "--micro-batches", help="Comma-separated micro-batch sizes (--bs); --accum = effective / micro."),
+    effective_batch: int = typer.Option(32, "--effective-batch", help="Samples per optimizer step, kept fixed across the grid."),
+    agc: str = typer.Option("on,off", "--agc", help="on, off or on,off (on = --agc auto from the effective batch)."),
+    seeds: str = typer.Option("0,1,2", "--seeds", help="Comma-separated seeds (each seed: its own split and init)."),
+    size: int = typer.Option(64, "--size", help="Input size in px."),
+    epochs: int = typer.Option(6, "--epochs", help="Epochs per cell."),
+    pretrained: bool = typer.Option(False, "--pretrained/--no-pretrained", help="Start every cell from hub weights [default: from scratch]."),
+    out: str = typer.Option("runs", "--out", help="Parent folder of the comparison folder."),
+    name: str = typer.Option("compare", "--name", help="Comparison folder name (rerun the same command to resume)."),
+    extra: Optional[str] = typer.Option(None, "--finetune-args", help="Further `nfx finetune` options for every cell, e.g. '--aug none --workers 0'."),
+) -> None:
+    """Grid of finetune runs: NF vs BatchNorm model × micro-batch (same effective batch via --accum) × AGC × seeds."""
+
+    def body():
+        import shlex
+
+        from nfx import api
+        from nfx.errors import ConfigError
+
+        def ints(opt: str, v: str) -> tuple[int, ...]:
+            try:
+                return tuple(int(x) for x in v.split(",") if x.strip())
+            except ValueError:
+                raise ConfigError(f"{opt} {v!r}: expected comma-separated integers, e.g. 4,8,32") from None
+
+        agc_vals = {"on": True, "off": False}
+        try:
+            agc_t = tuple(agc_vals[x.strip()] for x in agc.split(","))
+        except KeyError:
+            raise ConfigError(f"--agc {agc!r}: expected on, off or on,off") from None
+        cfg = api.CompareConfig(
+            data=str(data), models=tuple(m.strip() for m in models.split(",") if m.strip()),
+            micro_batches=ints("--micro-batches", micro_batches), effective_batch=effective_batch, agc=agc_t,
+            seeds=ints("--seeds", seeds), size=size, epochs=epochs, pretrained=pretrained, out=out, name=name,
+            extra=tuple(shlex.split(extra)) if extra else (),
+        )
+        p = _printer()
+        res = api.compare(cfg, p)
+        header = ["model", "micro-batch × accum", "AGC", "accuracy", "ROC AUC", "images/s", "peak memory MB"]
+        mem = "peak_gpu_memory_mb" if any(r.get("peak_gpu_memory_mb") for r in res["rows"]) else "peak_rss_mb"
+        rows = [[r["arch"], f"{r['micro_batch']} × {r['accum']}", "on" if r["agc"] else "off",
+                 _pm(r["accuracy"], r["accuracy_sd"]), _pm(r["roc_auc"], r["roc_auc_sd"]),
+                 "n/a" if r["images_per_s"] is None else f"{r['images_per_s']:.1f}",
+                 "n/a" if r.get(mem) is None else f"{r[mem]:.0f}"] for r in res["rows"]]
+        p.grid(f"compare ({res['device']}, effective batch {cfg.effective_batch}, {len(cfg.seeds)} seeds)", header, rows)
+        p.table("compare finished", [("folder", res["out_dir"]), ("plot", Path(res["out_dir"]) / "compare.png"),
+                                     ("memory column", "peak GPU memory allocated" if mem == "peak_gpu_memory_mb"
+                                      else "peak RSS of the training process (CPU)")])
+
+    _run(body)
+
+
+def _pm(m, sd) -> str:
+    if m is None:
+        return "n/a"
+    return f"{m:.3f}" + ("" if sd is None else f" ± {sd:.3f}")
+
+
 @app.command("sample-data")
 def sample_data(
     out: Path = typer.Argument(Path("sample_data"), help="Where to write the synthetic dataset."),

@@ -50,6 +50,12 @@ class Printer:
         for k, v in rows:
             self._out(f"  {k}: {v}")
 
+    def grid(self, title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """A table with a header row (final results: shown even with --quiet, like `table`)."""
+        print(title, file=sys.stderr)
+        for r in [header, *rows]:
+            print("  " + " | ".join(str(c) for c in r), file=sys.stderr)
+
     @contextlib.contextmanager
     def progress(self, total: int | None, description: str) -> Iterator[Bar]:
         yield Bar()
@@ -100,6 +106,16 @@ class RichPrinter(Printer):
         t.add_column()
         for k, v in rows:
             t.add_row(_escape(str(k)), _escape(str(v)))
+        self.console.print(t)
+
+    def grid(self, title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        from rich.table import Table
+
+        t = Table(title=title, title_justify="left")
+        for h in header:
+            t.add_column(_escape(str(h)))
+        for r in rows:
+            t.add_row(*(_escape(str(c)) for c in r))
         self.console.print(t)
 
     @contextlib.contextmanager

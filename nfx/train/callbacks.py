@@ -116,6 +116,10 @@ class EpochLog(Callback):
 
     def before_epoch(self) -> None:
         self._t0 = time.time()
+        self._t_valid = None
+
+    def before_validate(self) -> None:
+        self._t_valid = time.time()
 
     def after_epoch(self) -> None:
         if self.epoch < getattr(self.learn, "nfx_start_epoch", 0):
@@ -130,7 +134,9 @@ class EpochLog(Callback):
         row["lr"] = _num(self.opt.hypers[-1]["lr"])
         if self.agc_cb is not None:
             row["agc_clip_fraction"] = self.agc_cb.epoch_fraction
-        row["seconds"] = round(time.time() - self._t0, 2)
+        now = time.time()
+        row["seconds"] = round(now - self._t0, 2)
+        row["train_seconds"] = round((self._t_valid or now) - self._t0, 2)  # the training pass alone
         self.on_epoch(row)
 
 

@@ -27,7 +27,7 @@ from nfx.train.checkpoint import (
 from nfx.train.learner import build_learner
 
 HISTORY_FIELDS = ["epoch", "phase", "train_loss", "valid_loss", "valid_accuracy", "valid_roc_auc",
-                  "lr", "agc_clip_fraction", "seconds"]
+                  "lr", "agc_clip_fraction", "seconds", "train_seconds"]
 
 
 def default_monitor(num_classes: int) -> str:

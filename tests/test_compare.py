@@ -1,0 +1,61 @@
+"""`nfx compare`: a tiny real grid (test_nfnet vs timm's BatchNorm test_byobnet × two
+micro-batches at one effective batch), resumable, with its table, plot and JSON."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from nfx import api
+from nfx.console import Printer
+from nfx.errors import ConfigError, RunError
+
+
+def _cfg(data, out, **kw):
+    base = dict(data=str(data), models=("test_nfnet", "test_byobnet"), micro_batches=(2, 4), effective_batch=4,
+                agc=(True,), seeds=(1,), size=64, epochs=1, out=str(out), name="grid",
+                extra=("--workers", "0", "--aug", "none"))
+    base.update(kw)
+    return api.CompareConfig(**base)
+
+
+@pytest.mark.slow
+def test_compare_runs_the_grid_and_resumes(tiny_data, tmp_path):
+    cfg = _cfg(tiny_data / "png", tmp_path)
+    res = api.compare(cfg, Printer(quiet=True))
+    d = tmp_path / "grid"
+    assert len(res["cells"]) == 4 and len(res["rows"]) == 4
+    for c in res["cells"]:
+        run = d / "runs" / c["cell"]
+        saved = json.loads((run / "config.json").read_text())["train"]
+        # the effective batch is kept by --accum, AGC λ from that effective batch
+        assert saved["bs"] * saved["accum"] == 4 and saved["bs"] == c["micro_batch"]
+        assert saved["agc"] == pytest.approx(0.16) and c["agc_lambda"] == pytest.approx(0.16)
+        assert 0 <= c["accuracy"] <= 1 and c["images_per_s"] > 0 and c["peak_rss_mb"] > 50
+    assert {(r["arch"], r["micro_batch"], r["accum"]) for r in res["rows"]} == {
+        ("test_nfnet", 2, 2), ("test_nfnet", 4, 1), ("test_byobnet", 2, 2), ("test_byobnet", 4, 1)}
+    assert (d / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((d / "compare.json").read_text())["rows"] == res["rows"]
+    assert (d / "compare.csv").read_text().splitlines()[0].startswith("arch,micro_batch,accum,agc")
+    # resumable: a finished cell is never trained again (its run folder stays untouched)
+    stamp = {c["cell"]: (d / "runs" / c["cell"] / "model.safetensors").stat().st_mtime_ns for c in res["cells"]}
+    again = api.compare(cfg, Printer(quiet=True))
+    assert again["cells"] == res["cells"]
+    assert stamp == {c: (d / "runs" / c / "model.safetensors").stat().st_mtime_ns for c in stamp}
+    # other settings in the same folder are refused, not mixed in
+    with pytest.raises(ConfigError, match="other settings"):
+        api.compare(_cfg(tiny_data / "png", tmp_path, epochs=2), Printer(quiet=True))
+
+
+def test_compare_validates_the_grid(tiny_data, tmp_path):
+    with pytest.raises(ConfigError, match="must divide"):
+        api.compare(_cfg(tiny_data / "png", tmp_path, micro_batches=(3,)), Printer(quiet=True))
+    with pytest.raises(ConfigError, match="not a folder"):
+        api.compare(_cfg(tmp_path / "missing", tmp_path), Printer(quiet=True))
+
+
+def test_a_failing_cell_names_the_cell_and_the_command(tiny_data, tmp_path):
+    cfg = _cfg(tiny_data / "png", tmp_path, models=("no_such_arch",), micro_batches=(4,), name="bad")
+    with pytest.raises(RunError, match=r"no_such_arch-bs4x1-agcon-s1 failed: .*no_such_arch.*reproduce with: nfx finetune"):
+        api.compare(cfg, Printer(quiet=True))
