@@ -54,7 +54,14 @@ ABLATIONS = {
 
 def nfx_run(data: Path, start: str, weights: Path | None, args, seed: int, over: dict, work: Path) -> dict:
     from nfx import api
-    from nfx.config import DataConfig, ModelConfig, RunConfig, TrainConfig, auto_agc_clip, resolve_schedule
+    from nfx.config import (
+        DataConfig,
+        ModelConfig,
+        RunConfig,
+        TrainConfig,
+        auto_agc_clip,
+        resolve_schedule,
+    )
     from nfx.console import Printer
 
     name = f"{start}-nfx-{_slug(over)}-s{seed}"
@@ -234,7 +241,19 @@ def render(results, args, data: Path, device) -> str:
             lines.append(f"| {vname} | {_ms(acc)} | {_ms(auc)} | {', '.join(f'{a:.2f}' for a in acc)} | "
                          f"{', '.join(f'{a:.2f}' for a in auc)} | {statistics.mean(r['seconds'] for r in rs):.0f} |")
         lines.append("")
+        clip = [c for r in by_variant.get("nfx defaults", []) for c in (r.get("agc_clip_fraction") or [])
+                if c is not None]
+        if clip:
+            lines += [f"AGC (`--agc auto`, λ = {_auto_lambda(args.bs)} at effective batch {args.bs}) clipped "
+                      f"{min(clip):.1%}–{max(clip):.1%} of the units per epoch (mean {statistics.mean(clip):.1%}) "
+                      "in the nfx-defaults runs.", ""]
     return "\n".join(lines) + "\n"
+
+
+def _auto_lambda(bs: int) -> float:
+    from nfx.config import auto_agc_clip
+
+    return auto_agc_clip(bs)
 
 
 def _slug(over: dict) -> str:

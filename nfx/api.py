@@ -16,7 +16,6 @@ from nfx import runs
 from nfx.config import RunConfig
 from nfx.console import Printer
 from nfx.errors import ConfigError, DataError, RunError
-
 from nfx.workflows.compare import CompareConfig, compare  # noqa: E402,F401  (re-exported verb)
 
 MODEL_INFO = "model.json"

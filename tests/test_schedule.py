@@ -9,7 +9,14 @@ import json
 import pytest
 
 from nfx import api
-from nfx.config import SCHEDULE_DEFAULTS, DataConfig, ModelConfig, RunConfig, TrainConfig, resolve_schedule
+from nfx.config import (
+    SCHEDULE_DEFAULTS,
+    DataConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+    resolve_schedule,
+)
 from nfx.console import Printer
 from nfx.errors import ConfigError
 

@@ -8,7 +8,9 @@ done. Accumulation windows never span epochs, so no partial gradient has to be s
 
 The last checkpoint (`checkpoints/last.pt`: model, optimizer, EMA, history, best-so-far) is
 written atomically at the end of every epoch; the best weights by the monitored metric go to
-`checkpoints/best.safetensors`.
+`checkpoints/best.safetensors`. last.pt holds plain types only (tensors, numbers, strings,
+lists, dicts: fastai's `L` becomes a list), so it is read with `torch.load(weights_only=True)`:
+a crafted checkpoint cannot run code when a run is resumed.
 """
 
 from __future__ import annotations
@@ -149,13 +151,13 @@ class Checkpointer(Callback):
         return self.ema_cb.weights() if self.ema_cb else self.learn.model.state_dict()
 
     def save_last(self) -> None:
-        payload = {
+        payload = _plain({
             "state": dict(self.state),
             "history": list(self.history),
             "model": {k: v.detach().cpu() for k, v in self.learn.model.state_dict().items()},
             "opt": self.learn.opt.state_dict(),
             "ema": self.ema_cb.state_dict() if self.ema_cb else None,
-        }
+        })
         buf = io.BytesIO()
         torch.save(payload, buf)
         runs.atomic_write_bytes(self.run_dir / CKPT_DIR / LAST, buf.getvalue())
@@ -178,8 +180,45 @@ def save_state_dict(state: dict[str, torch.Tensor], path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _plain(obj: Any) -> Any:
+    """Containers → dict / list of plain values (fastai's L and tuples become lists), so that
+    the unpickler allowed by `weights_only=True` can read every checkpoint nfx writes."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)) or type(obj).__name__ == "L":
+        return [_plain(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, np.generic):  # before float: np.float64 is a float subclass but pickles as numpy
+        return obj.item()
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"checkpoint value of type {type(obj).__name__} is not a plain type")
+
+
 def load_last(run_dir: Path) -> dict[str, Any] | None:
+    """The resume state, read without running code (`weights_only=True`). A file that is not a
+    plain nfx checkpoint (truncated, random bytes, or a pickle asking to import and call
+    something) is refused with a RunError instead of being executed."""
+    from nfx.errors import RunError
+
     p = Path(run_dir) / CKPT_DIR / LAST
     if not p.is_file():
         return None
-    return torch.load(p, map_location="cpu", weights_only=False)
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:
+        why = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise RunError(f"{p}: not a readable nfx checkpoint ({why}); it was not loaded (nfx never unpickles "
+                       f"code). Delete it and start the run again with `nfx finetune --config "
+                       f"{Path(run_dir) / runs.CONFIG}`") from e
+    if not isinstance(ckpt, dict) or not {"state", "history", "model", "opt"} <= set(ckpt):
+        raise RunError(f"{p}: not an nfx checkpoint (keys missing); delete it and start the run again")
+    return ckpt
+
+
+def load_opt_state(opt, sd: dict[str, Any]) -> None:
+    """fastai's Optimizer.load_state_dict with the hypers back in an L (saved as a plain list)."""
+    from fastcore.foundation import L
+
+    opt.load_state_dict({"state": sd["state"], "hypers": L(sd["hypers"])})

@@ -22,6 +22,7 @@ from nfx.train.checkpoint import (
     Checkpointer,
     EMACallback,
     EpochSeed,
+    load_opt_state,
     save_state_dict,
 )
 from nfx.train.learner import build_learner
@@ -105,7 +106,7 @@ def fit(cfg: RunConfig, model, prep, *, train, valid, num_classes: int, device: 
             # freeze()/unfreeze() clear the optimizer state at a phase change, so the saved state
             # only carries over when the run stopped inside this same phase.
             if state.get("phase") == phase:
-                learn.opt.load_state_dict(resume["opt"])
+                load_opt_state(learn.opt, resume["opt"])
             opt_restored = True
         learn.nfx_start_epoch = start
         cbs = [EpochSeed(t.seed, offset),
