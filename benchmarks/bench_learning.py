@@ -177,6 +177,7 @@ def main(argv=None) -> int:
     ap.add_argument("--starts", default="scratch,local", help="scratch and/or local (weights pretrained here)")
     ap.add_argument("--pretrain-epochs", type=int, default=12)
     ap.add_argument("--ablations", action="store_true", help="also nfx with one default changed at a time")
+    ap.add_argument("--ablate-starts", default="scratch,local", help="the starting points the ablations run for")
     ap.add_argument("--work", type=Path, default=CACHE / "bench_learning")
     ap.add_argument("--no-doc", action="store_true", help="print only; do not write docs/LEARNING.md")
     args = ap.parse_args(argv)
@@ -187,10 +188,11 @@ def main(argv=None) -> int:
     work = args.work / f"{args.arch}-{args.size}px-{args.epochs}ep-bs{args.bs}-{data.name}"
     work.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",")]
-    variants = {**VARIANTS, **(ABLATIONS if args.ablations else {})}
     results: dict[str, dict[str, list[dict]]] = {}
     for start in args.starts.split(","):
         weights = pretrain(args, work) if start == "local" else None
+        ablate = args.ablations and start in args.ablate_starts.split(",")
+        variants = {**VARIANTS, **(ABLATIONS if ablate else {})}
         for seed in seeds:
             ref = nfx_run(data, start, weights, args, seed, {}, work)  # makes the seed's split
             for vname, (kind, over) in variants.items():

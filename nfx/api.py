@@ -16,9 +16,8 @@ from nfx import runs
 from nfx.config import RunConfig
 from nfx.console import Printer
 from nfx.errors import ConfigError, DataError, RunError
+from nfx.records import MODEL_INFO, InputSpec, ModelInfo
 from nfx.workflows.compare import CompareConfig, compare  # noqa: E402,F401  (re-exported verb)
-
-MODEL_INFO = "model.json"
 
 
 @dataclass
@@ -97,18 +96,10 @@ def finetune(cfg: RunConfig, printer: Printer | None = None) -> RunResult:
             f"{cfg.data.path}: the training split has {len(sel['train'])} images, fewer than --bs "
             f"{cfg.train.bs}; lower --bs"
         )
-    model_info = {
-        "arch": arch,
-        "classes": disc.classes,
-        "num_classes": len(disc.classes),
-        "input_size": size,
-        "mean": list(prep.mean),
-        "std": list(prep.std),
-        "weights_source": weights_source,
-        "resize": cfg.data.resize,
-        "frame": cfg.data.frame,
-    }
-    runs.atomic_write_json(run_dir / MODEL_INFO, model_info)
+    model_info = ModelInfo(arch=arch, classes=tuple(disc.classes), weights_source=weights_source,
+                           input=InputSpec(size=size, mean=tuple(prep.mean), std=tuple(prep.std),
+                                           resize=cfg.data.resize, frame=cfg.data.frame))
+    model_info.write(run_dir)
 
     train = ([entries[i] for i in sel["train"]], [cls_idx[samples[i].label] for i in sel["train"]])
     valid = ([entries[i] for i in sel["valid"]], [cls_idx[samples[i].label] for i in sel["valid"]])
@@ -121,13 +112,13 @@ def _train(cfg, model, prep, model_info, train, valid, device, precision, run_di
     from nfx.train.fit import fit
 
     history, final = fit(
-        cfg, model, prep, train=train, valid=valid, num_classes=model_info["num_classes"],
+        cfg, model, prep, train=train, valid=valid, num_classes=model_info.num_classes,
         device=device, precision=precision, run_dir=run_dir, printer=printer, resume=resume,
     )
     metrics = {
         **final,
-        "arch": model_info["arch"],
-        "weights_source": model_info["weights_source"],
+        "arch": model_info.arch,
+        "weights_source": model_info.weights_source,
         "precision": precision,
         "device": str(device),
         "effective_batch_size": cfg.train.effective_batch_size,
@@ -151,7 +142,7 @@ def resume(run_dir: str | Path, printer: Printer | None = None) -> RunResult:
     t_start = time.time()
     run_dir = runs.require_run(Path(run_dir), runs.SPLITS, MODEL_INFO)
     cfg = RunConfig.load(run_dir / runs.CONFIG)
-    info = json.loads((run_dir / MODEL_INFO).read_text())
+    info = ModelInfo.read(run_dir)
     from nfx.train.checkpoint import load_last
 
     ckpt = load_last(run_dir)
@@ -161,7 +152,7 @@ def resume(run_dir: str | Path, printer: Printer | None = None) -> RunResult:
     if not cfg.train.resolved:  # a run from before the schedule was recorded: its values are explicit
         from nfx.config import resolve_schedule
 
-        cfg = replace(cfg, train=resolve_schedule(cfg.train, info["weights_source"] == "trained from scratch")[0])
+        cfg = replace(cfg, train=resolve_schedule(cfg.train, info.from_scratch)[0])
     total = cfg.train.freeze_epochs + cfg.train.epochs
     if int(ckpt["state"].get("epochs_done", 0)) >= total or ckpt["state"].get("early_stopped_at"):
         if (run_dir / runs.WEIGHTS).is_file() and (run_dir / runs.METRICS).is_file():
@@ -169,24 +160,24 @@ def resume(run_dir: str | Path, printer: Printer | None = None) -> RunResult:
     import torch  # noqa: F401
 
     from nfx.data.cache import ImageCache
-    from nfx.data.resize import policy_of
     from nfx.models.factory import Preprocessing, build_for_inference
     from nfx.train.learner import resolve_device, resolve_precision
 
     rows = runs.read_csv(run_dir / runs.SPLITS)
-    cache = ImageCache(cfg.data.cache_dir, cfg.data.size, cfg.data.frame, resize=policy_of(info.get("resize")))
+    spec = info.input  # the preprocessing the model was trained with, as recorded
+    cache = ImageCache(cfg.data.cache_dir, spec.size, spec.frame, resize=spec.resize)
     paths = [r["path"] for r in rows]
     with printer.progress(len(paths), "checking cache") as bar:
         entries, bad = cache.fill(paths, on_done=lambda: bar.advance(1))
     if bad:
         raise DataError(f"{bad[0][0]}: {bad[0][1]} (a file of this run changed or vanished; "
                         "restore the data folder to resume)")
-    classes = info["classes"]
+    classes = list(info.classes)
     pick = {sp: [i for i, r in enumerate(rows) if r["split"] == sp] for sp in ("train", "valid")}
     train = ([entries[i] for i in pick["train"]], [classes.index(rows[i]["label"]) for i in pick["train"]])
     valid = ([entries[i] for i in pick["valid"]], [classes.index(rows[i]["label"]) for i in pick["valid"]])
-    prep = Preprocessing(cfg.data.size, cfg.data.size, tuple(info["mean"]), tuple(info["std"]), "")
-    model = build_for_inference(info["arch"], info["num_classes"])
+    prep = Preprocessing(spec.size, spec.size, spec.mean, spec.std, "")
+    model = build_for_inference(info.arch, info.num_classes)
     device = resolve_device()
     precision = resolve_precision(cfg.train.precision, device, printer.warn)
     counts = _split_counts([r["patient"] for r in rows], [r["split"] for r in rows])
@@ -319,19 +310,19 @@ def inspect(data: str | Path, printer: Printer | None = None, patient_regex: str
 class LoadedRun:
     run_dir: Path
     cfg: RunConfig
-    info: dict[str, Any]
+    info: ModelInfo
     model: Any
 
 
 def load_run(run_dir: str | Path) -> LoadedRun:
     run_dir = runs.require_run(Path(run_dir), runs.WEIGHTS, MODEL_INFO)
     cfg = RunConfig.load(run_dir / runs.CONFIG)
-    info = json.loads((run_dir / MODEL_INFO).read_text())
+    info = ModelInfo.read(run_dir)
     from safetensors.torch import load_file
 
     from nfx.models.factory import build_for_inference
 
-    model = build_for_inference(info["arch"], info["num_classes"])
+    model = build_for_inference(info.arch, info.num_classes)
     try:
         state = load_file(str(run_dir / runs.WEIGHTS))
         model.load_state_dict(state)
@@ -341,13 +332,12 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     return LoadedRun(run_dir, cfg, info, model)
 
 
-def predict_probs(model, paths: list[str], info: dict[str, Any], cache_dir: str | None,
+def predict_probs(model, paths: list[str], info: ModelInfo, cache_dir: str | None,
                   printer: Printer, bs: int = 32) -> tuple[Any, list[tuple[str, str]]]:
     """Softmax probabilities for files (through the same decode/resize/normalise path)."""
     import torch
 
     from nfx.data.cache import predict_files
-    from nfx.data.resize import policy_of
 
     device = next(model.parameters()).device
 
@@ -356,9 +346,8 @@ def predict_probs(model, paths: list[str], info: dict[str, Any], cache_dir: str 
 
     # one bar, two passes over the files: decoding (cache), then prediction
     with torch.inference_mode(), printer.progress(2 * len(paths), "decoding + predicting") as bar:
-        return predict_files(paths, forward, size=int(info["input_size"]), mean=info["mean"], std=info["std"],
-                             n_classes=int(info["num_classes"]), cache_dir=cache_dir, frame=info.get("frame"),
-                             resize=policy_of(info.get("resize")), bs=bs, on_decoded=bar.advance, on_batch=bar.advance)
+        return predict_files(paths, forward, spec=info.input, n_classes=info.num_classes, cache_dir=cache_dir,
+                             bs=bs, on_decoded=bar.advance, on_batch=bar.advance)
 
 
 # --------------------------------------------------------------------------------------------
@@ -386,7 +375,7 @@ def evaluate(run_dir: str | Path, data: str | None = None, printer: Printer | No
     if split not in ("valid", "test", "train"):
         raise ConfigError(f"--split {split!r}: choose valid or test")
     run = load_run(run_dir)
-    classes = run.info["classes"]
+    classes = list(run.info.classes)
     split_rows = runs.read_csv(run.run_dir / runs.SPLITS)
     if data is None:
         rows = [r for r in split_rows if r["split"] == split]
@@ -468,7 +457,7 @@ def evaluate(run_dir: str | Path, data: str | None = None, printer: Printer | No
     else:
         result["threshold_source"] = threshold_source
     result.update(run=run.run_dir.name, data=source, split=split if data is None else None, tta=tta,
-                  weights_source=run.info["weights_source"], arch=run.info["arch"])
+                  weights_source=run.info.weights_source, arch=run.info.arch)
     if per_patient:
         try:
             py, pp, pids = aggregate_by_patient(y, probs, patients,
@@ -569,7 +558,7 @@ def _validation_scores(run: LoadedRun, split_rows, pos: int, tta: bool, printer:
     probs = _eval_probs(run, paths, tta, Printer(quiet=True))
     label_of = {r["path"]: r["label"] for r in rows}
     ok = np.isfinite(probs).all(1)
-    classes = run.info["classes"]
+    classes = list(run.info.classes)
     y_pos = np.array([classes.index(label_of[p]) == pos for p in paths], dtype=int)[ok]
     p_pos = probs[ok, pos]
     runs.atomic_write_json(cache, {"key": key, "y_pos": y_pos.tolist(), "p_pos": p_pos.tolist()})
@@ -586,7 +575,7 @@ def _provenance(run: LoadedRun, split_rows) -> dict[str, Any]:
     return {
         "dataset": run.cfg.data.path,
         "splits": _split_counts([r["patient"] for r in split_rows], [r["split"] for r in split_rows]),
-        "model": {k: run.info.get(k) for k in ("arch", "weights_source", "input_size", "mean", "std", "resize")},
+        "model": {k: run.info.to_json()[k] for k in ("arch", "weights_source", "input_size", "mean", "std", "resize")},
         "training": (f"{t.schedule or 'fine-tune'} schedule: {t.freeze_epochs} head-only + {t.epochs} full "
                      f"epochs, effective batch {t.effective_batch_size}, lr {t.lr:g} (body lr/{t.body_lr_div:g}), AGC {t.agc if t.agc else 'off'}, "
                      f"precision {env.get('precision', '?')}, device {env.get('device', '?')}"),
@@ -633,7 +622,7 @@ def _evaluation_warnings(run: LoadedRun, split_rows, items, result, data, printe
         if fr and max(fr) > 0.5:
             printer.warn(f"heavy AGC clipping: up to {max(fr):.0%} of units clipped per epoch "
                          f"(λ={run.cfg.train.agc}); training may have been throttled — try a larger --agc")
-    if run.info.get("weights_source") == "trained from scratch":
+    if run.info.from_scratch:
         printer.warn("the model was trained from scratch (no pretrained weights)")
 
 
@@ -664,16 +653,15 @@ def explain(run_dir: str | Path, images: list[str], out: str | Path, printer: Pr
     model sees (the run's resize policy and DICOM frame). The explained class is the predicted one unless `target_class` is given."""
     printer = printer or Printer()
     run = load_run(run_dir)
-    classes = run.info["classes"]
+    classes = list(run.info.classes)
     if target_class is not None and target_class not in classes:
         raise ConfigError(f"--class {target_class!r}: not a class of this model {classes}")
     paths = _image_paths(images)
     from nfx.data.cache import ImageCache
-    from nfx.data.resize import policy_of
     from nfx.explain import gradcam_overlays
 
-    cache = ImageCache(run.cfg.data.cache_dir, int(run.info["input_size"]), run.info.get("frame"),
-                       resize=policy_of(run.info.get("resize")))
+    spec = run.info.input
+    cache = ImageCache(run.cfg.data.cache_dir, spec.size, spec.frame, resize=spec.resize)
     with printer.progress(len(paths), "decoding") as bar:
         entries, bad = cache.fill(paths, on_done=lambda: bar.advance(1))
     res = gradcam_overlays(run.model, run.info, entries, paths, Path(out),
@@ -744,7 +732,7 @@ def predict(run_dir: str | Path, images: list[str], printer: Printer | None = No
             out.append({"file": p, "error": bad_of[p]})
             continue
         k = int(pr.argmax())
-        out.append({"file": p, "prediction": info["classes"][k], "probability": round(float(pr[k]), 6),
-                    "probabilities": {c: round(float(v), 6) for c, v in zip(info["classes"], pr)},
+        out.append({"file": p, "prediction": info.classes[k], "probability": round(float(pr[k]), 6),
+                    "probabilities": {c: round(float(v), 6) for c, v in zip(info.classes, pr)},
                     "engine": engine})
     return out

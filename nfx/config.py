@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from nfx.errors import ConfigError
+from nfx.records import RESIZE_POLICIES
 
 AUG_PRESETS = ("none", "light", "strong")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 AGC_MODES = ("batch", "per-sample")
 BALANCE = ("none", "loss", "sampler")
-RESIZE = ("squish", "letterbox", "crop")  # nfx.data.resize.POLICIES (kept here: config imports no numpy)
+RESIZE = RESIZE_POLICIES  # nfx.data.resize applies them
 
 
 @dataclass(frozen=True)

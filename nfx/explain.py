@@ -6,8 +6,8 @@ user wants them; nfx only has to pick the layer and prepare the image exactly as
 
 Target layer: the last feature stage, found generically — timm's `feature_info[-1]['module']`
 (`final_conv` for NFNets, `layer4` for ResNets), else the last module producing a 4-D map while
-`forward_features` runs. The image is decoded, letterboxed and normalised by the same cache path
-as training and evaluation, and the overlay is drawn on that letterboxed input.
+`forward_features` runs. The image is decoded, resized (the run's policy) and normalised by the same cache path
+as training and evaluation, and the overlay is drawn on that resized input.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from nfx.records import ModelInfo
 
 
 def find_target_layer(model: torch.nn.Module, input_size: int = 64) -> tuple[str, torch.nn.Module]:
@@ -51,10 +53,10 @@ def find_target_layer(model: torch.nn.Module, input_size: int = 64) -> tuple[str
     return last, model.get_submodule(last)
 
 
-def gradcam_overlays(model: torch.nn.Module, info: dict[str, Any], entries: list[str | None],
+def gradcam_overlays(model: torch.nn.Module, info: ModelInfo, entries: list[str | None],
                      paths: list[str], out_dir: Path, target_class: int | None = None,
                      min_size: int = 256) -> list[dict[str, Any]]:
-    """For each decoded cache entry (.npy, H×W×3 float in [0, 1], letterboxed to the input size):
+    """For each decoded cache entry (.npy, H×W×3 float in [0, 1], resized to the input size):
     a PNG with the input and its Grad-CAM overlay side by side. Returns one dict per path."""
     from PIL import Image
     from pytorch_grad_cam import GradCAM
@@ -66,8 +68,8 @@ def gradcam_overlays(model: torch.nn.Module, info: dict[str, Any], entries: list
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.eval()
-    layer_name, layer = find_target_layer(model, int(info["input_size"]))
-    classes = info["classes"]
+    layer_name, layer = find_target_layer(model, info.input.size)
+    classes = info.classes
     results: list[dict[str, Any]] = []
     with GradCAM(model=model, target_layers=[layer]) as cam:
         for i, (path, entry) in enumerate(zip(paths, entries)):
@@ -75,7 +77,7 @@ def gradcam_overlays(model: torch.nn.Module, info: dict[str, Any], entries: list
                 results.append({"file": path, "error": "could not be decoded"})
                 continue
             img = np.clip(np.load(entry).astype(np.float32), 0, 1)
-            x = torch.from_numpy(normalise(img, info["mean"], info["std"])[None])
+            x = torch.from_numpy(normalise(img, info.input.mean, info.input.std)[None])
             x = x.to(next(model.parameters()).device)
             with torch.no_grad():
                 probs = torch.softmax(model(x).float(), 1)[0].cpu().numpy()

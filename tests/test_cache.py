@@ -29,7 +29,7 @@ def pngs(tiny_data, tmp_path):
 
 
 def test_fill_then_all_hits(pngs, tmp_path):
-    cache = ImageCache(tmp_path / "c", SIZE)
+    cache = ImageCache(tmp_path / "c", SIZE, resize="letterbox")
     entries, bad = cache.fill(pngs[:6], workers=2, pool="thread")
     assert not bad and all(e is not None and e.is_file() for e in entries)
     assert cache.last_stats["decoded"] == 6 and cache.last_stats["hits"] == 0
@@ -42,11 +42,11 @@ def test_fill_then_all_hits(pngs, tmp_path):
 
 
 def test_changed_file_or_setting_is_a_miss(pngs, tmp_path):
-    cache = ImageCache(tmp_path / "c", SIZE)
+    cache = ImageCache(tmp_path / "c", SIZE, resize="letterbox")
     p = pngs[0]
     k = cache.key(p)
-    assert ImageCache(tmp_path / "c", SIZE + 32).key(p) != k  # input size
-    assert ImageCache(tmp_path / "c", SIZE, frame=0).key(p) != k  # DICOM frame
+    assert ImageCache(tmp_path / "c", SIZE + 32, resize="letterbox").key(p) != k  # input size
+    assert ImageCache(tmp_path / "c", SIZE, frame=0, resize="letterbox").key(p) != k  # DICOM frame
     cache.fill([p], workers=1)
     shutil.copy(pngs[1], p)  # new content
     st = os.stat(p)
@@ -57,7 +57,7 @@ def test_changed_file_or_setting_is_a_miss(pngs, tmp_path):
 
 
 def test_damaged_entry_is_rebuilt(pngs, tmp_path):
-    cache = ImageCache(tmp_path / "c", SIZE)
+    cache = ImageCache(tmp_path / "c", SIZE, resize="letterbox")
     (e,), _ = cache.fill(pngs[:1], workers=1)
     good = np.load(e)
     e.write_bytes(e.read_bytes()[:100])  # e.g. a disk that filled up
@@ -73,7 +73,7 @@ def test_process_and_thread_pools_agree_and_report_every_bad_file(pngs, tmp_path
     paths = pngs[:4] + [str(broken), multi]
     out = {}
     for pool in ("thread", "process"):
-        cache = ImageCache(tmp_path / pool, SIZE)
+        cache = ImageCache(tmp_path / pool, SIZE, resize="letterbox")
         entries, bad = cache.fill(paths, workers=2, pool=pool)
         assert cache.last_stats["pool"] == pool
         assert [p for p, _ in bad] == sorted([str(broken), multi])
@@ -87,9 +87,9 @@ def test_process_and_thread_pools_agree_and_report_every_bad_file(pngs, tmp_path
 
 def test_frame_reaches_the_decoder(tmp_path):
     multi = get_testdata_file("emri_small.dcm")
-    _, bad = ImageCache(tmp_path, SIZE).fill([multi], workers=1)
+    _, bad = ImageCache(tmp_path, SIZE, resize="letterbox").fill([multi], workers=1)
     assert bad
-    c0, c5 = ImageCache(tmp_path, SIZE, frame=0), ImageCache(tmp_path, SIZE, frame=5)
+    c0, c5 = ImageCache(tmp_path, SIZE, frame=0, resize="letterbox"), ImageCache(tmp_path, SIZE, frame=5, resize="letterbox")
     (e0,), bad0 = c0.fill([multi], workers=1)
     (e5,), bad5 = c5.fill([multi], workers=1)
     assert not bad0 and not bad5 and e0 != e5

@@ -93,7 +93,7 @@ def test_export_onnx_matches_torch_and_predicts(tiny_run, tiny_data):
     run = api.load_run(tiny_run.run_dir)
     probs, bad = api.predict_probs(run.model, files, run.info, None, Printer(quiet=True))
     assert not bad
-    got = np.array([[r["probabilities"][c] for c in run.info["classes"]] for r in onnx_res])
+    got = np.array([[r["probabilities"][c] for c in run.info.classes] for r in onnx_res])
     np.testing.assert_allclose(got, probs, atol=1e-4)
 
 

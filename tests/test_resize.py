@@ -3,6 +3,7 @@ train → evaluate → predict (torch) → predict (ONNX) through one preprocess
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -54,6 +55,12 @@ def test_every_policy_keeps_the_decoding_contract(policy):
     out = resize(img, 48, policy)
     assert out.shape == (48, 48, 3) and out.dtype == np.float32
     assert np.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
+
+
+def test_one_list_of_policies():
+    from nfx.config import RESIZE
+
+    assert RESIZE == POLICIES == ("squish", "letterbox", "crop")
 
 
 def test_policy_names_and_old_runs():
@@ -113,7 +120,7 @@ def test_round_trip_train_evaluate_torch_onnx_same_preprocessing(wide_data, tmp_
     run = api.load_run(d)
     p_torch, bad = api.predict_probs(run.model, files, run.info, None, Printer(quiet=True))
     assert not bad
-    for k, c in enumerate(run.info["classes"]):
+    for k, c in enumerate(run.info.classes):
         np.testing.assert_allclose(p_torch[:, k], [float(rows[f][f"p_{c}"]) for f in files], atol=2e-6)
     # the ONNX file carries the policy and ONNX Runtime reproduces torch from its metadata alone
     api.export(d, Printer(quiet=True))
@@ -121,11 +128,12 @@ def test_round_trip_train_evaluate_torch_onnx_same_preprocessing(wide_data, tmp_
     assert meta["nfx_resize"] == policy
     onnx_res = api.predict(d, files, Printer(quiet=True))
     assert {r["engine"] for r in onnx_res} == {"onnxruntime"}
-    got = np.array([[r["probabilities"][c] for c in run.info["classes"]] for r in onnx_res])
+    got = np.array([[r["probabilities"][c] for c in run.info.classes] for r in onnx_res])
     np.testing.assert_allclose(got, p_torch, atol=1e-4)
     # and another policy would have given other inputs: the policy really is applied
     other = "squish"
-    p_other, _ = api.predict_probs(run.model, files, {**run.info, "resize": other}, None, Printer(quiet=True))
+    info_other = dataclasses.replace(run.info, input=dataclasses.replace(run.info.input, resize=other))
+    p_other, _ = api.predict_probs(run.model, files, info_other, None, Printer(quiet=True))
     assert np.abs(p_other - p_torch).max() > 1e-6
 
 

@@ -1,10 +1,10 @@
 """albumentations presets, safe for medical images. Validation/test images are never augmented
-(they are only letterbox-resized, once, by the cache).
+(they are only resized, once, by the cache, with the run's resize policy).
 
 - none:   nothing
 - light:  horizontal flip (fundus: OD/OS mirror; DataConfig.flip=False / --no-flip for chest
           X-rays, where the heart's side matters), small affine (±10°, ±5% scale, ±3% shift,
-          zero fill like the letterbox), brightness/contrast ±10%
+          zero fill), brightness/contrast ±10%
 - strong: flip as above, affine (±20°, ±10% scale, ±5% shift), brightness/contrast ±20%,
           gamma 0.8–1.2, light gaussian blur, and CLAHE (p=0.3). Nothing that erases anatomy
           (no cutout/dropout), no vertical flips, no colour shifts that invent pathology.

@@ -28,6 +28,7 @@ import numpy as np
 from nfx.data import intensity
 from nfx.data.images import decode_file
 from nfx.errors import BadFileError
+from nfx.records import InputSpec
 
 PREPROC_VERSION = 1
 POOLS = ("auto", "process", "thread", "serial")
@@ -219,28 +220,24 @@ def predict_files(
     paths: Sequence[str],
     predict: Callable[[np.ndarray], np.ndarray],
     *,
-    size: int,
-    mean,
-    std,
+    spec: InputSpec,
     n_classes: int,
     cache_dir: str | Path | None = None,
-    frame: int | None = None,
-    resize: str,
     bs: int = 32,
     on_decoded: Callable[[], None] | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> tuple[np.ndarray, list[tuple[str, str]]]:
-    """Files → class probabilities through the one inference input path (cache: decode,
-    resize by the run's policy; normalise; N×3×size×size float32 batches) with any `predict` (torch or ONNX
+    """Files → class probabilities through the one inference input path (cache: decode the
+    spec's frame, resize by its policy; normalise by its mean/std; N×3×size×size float32 batches) with any `predict` (torch or ONNX
     Runtime). Rows of files that could not be decoded are NaN; those files come back in `bad`."""
     from nfx.data.intensity import normalise
 
-    entries, bad = ImageCache(cache_dir, size, frame, resize=resize).fill(list(paths), on_done=on_decoded)
+    entries, bad = ImageCache(cache_dir, spec.size, spec.frame, resize=spec.resize).fill(list(paths), on_done=on_decoded)
     probs = np.full((len(paths), n_classes), np.nan, dtype=np.float64)
     ok = [i for i, e in enumerate(entries) if e is not None]
     for s in range(0, len(ok), bs):
         idx = ok[s : s + bs]
-        x = np.stack([normalise(np.load(entries[i]), mean, std) for i in idx])
+        x = np.stack([normalise(np.load(entries[i]), spec.mean, spec.std) for i in idx])
         probs[idx] = predict(x)
         if on_batch:
             on_batch(len(idx))

@@ -19,8 +19,8 @@ from __future__ import annotations
 import numpy as np
 
 from nfx.data import intensity
-
-POLICIES = ("squish", "letterbox", "crop")
+from nfx.records import RESIZE_POLICIES as POLICIES
+from nfx.records import policy_of  # noqa: F401  (re-exported: the one parser of recorded policies)
 
 
 def _scaled(img: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -63,14 +63,3 @@ def resize(img: np.ndarray, size: int, policy: str) -> np.ndarray:
     except KeyError:
         raise ValueError(f"unknown resize policy {policy!r}; choose one of {POLICIES}") from None
     return np.clip(fn(intensity.as_hwc(img), int(size)), 0.0, 1.0)
-
-
-def policy_of(recorded: str | None) -> str:
-    """The policy name from a model.json / ONNX metadata value. Runs made before the policy was
-    an option recorded a sentence starting with 'letterbox'; they keep letterbox."""
-    if not recorded:
-        return "letterbox"
-    word = recorded.split()[0].strip().lower()
-    if word not in POLICIES:
-        raise ValueError(f"unknown resize policy {recorded!r}; expected one of {POLICIES}")
-    return word

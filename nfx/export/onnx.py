@@ -10,7 +10,6 @@ nfx_arch, nfx_resize (squish | letterbox | crop), nfx_frame (DICOM frame or empt
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from pathlib import Path
@@ -19,19 +18,19 @@ from typing import Any
 import numpy as np
 
 from nfx.errors import ExportError
+from nfx.records import ModelInfo
 
 INPUT, OUTPUT = "image", "logits"
 
 
-def export_onnx(model: Any, info: dict[str, Any], out: Path, tolerance: float = 1e-4, opset: int = 18) -> dict[str, Any]:
+def export_onnx(model: Any, info: ModelInfo, out: Path, tolerance: float = 1e-4, opset: int = 18) -> dict[str, Any]:
     import onnx
     import torch
 
     from nfx import __version__
-    from nfx.data.resize import policy_of
 
     model = model.eval().float().cpu()
-    size = int(info["input_size"])
+    size = info.input.size
     example = torch.randn(2, 3, size, size)
     tmp = out.with_name(f".{out.name}.tmp")
     try:
@@ -45,16 +44,7 @@ def export_onnx(model: Any, info: dict[str, Any], out: Path, tolerance: float = 
             )
             prog.save(str(tmp), external_data=False)
         m = onnx.load(str(tmp))
-        meta = {
-            "nfx_classes": json.dumps(info["classes"]),
-            "nfx_input_size": str(size),
-            "nfx_mean": json.dumps(info["mean"]),
-            "nfx_std": json.dumps(info["std"]),
-            "nfx_arch": info["arch"],
-            "nfx_resize": policy_of(info.get("resize")),  # squish | letterbox | crop (nfx.data.resize)
-            "nfx_frame": "" if info.get("frame") is None else str(info["frame"]),
-            "nfx_version": __version__,
-        }
+        meta = {**info.onnx_metadata(), "nfx_weights_source": info.weights_source, "nfx_version": __version__}
         del m.metadata_props[:]
         for k, v in meta.items():
             m.metadata_props.add(key=k, value=v)
@@ -101,22 +91,11 @@ class OnnxPredictor:
     def __init__(self, path: Path):
         import onnxruntime as ort
 
-        from nfx.data.resize import policy_of
-
         self.path = Path(path)
         self.sess = ort.InferenceSession(str(self.path), providers=ort.get_available_providers())
         meta = self.sess.get_modelmeta().custom_metadata_map
         try:
-            self.info = {
-                "classes": json.loads(meta["nfx_classes"]),
-                "input_size": int(meta["nfx_input_size"]),
-                "mean": json.loads(meta["nfx_mean"]),
-                "std": json.loads(meta["nfx_std"]),
-                "num_classes": len(json.loads(meta["nfx_classes"])),
-                # exports made before these keys existed: letterbox, no frame
-                "resize": policy_of(meta.get("nfx_resize")),
-                "frame": int(meta["nfx_frame"]) if meta.get("nfx_frame") else None,
-            }
+            self.info = ModelInfo.from_onnx_metadata(meta)
         except KeyError as e:
             raise ExportError(f"{self.path}: not an nfx ONNX file (metadata {e} missing); re-export with `nfx export`") from e
 
@@ -130,6 +109,5 @@ class OnnxPredictor:
         DICOM frame, mean/std) through nfx's one inference input path."""
         from nfx.data.cache import predict_files
 
-        return predict_files(paths, self.predict_arrays, size=self.info["input_size"], mean=self.info["mean"],
-                             std=self.info["std"], n_classes=self.info["num_classes"], cache_dir=cache_dir,
-                             frame=self.info["frame"], resize=self.info["resize"], bs=bs)
+        return predict_files(paths, self.predict_arrays, spec=self.info.input, n_classes=self.info.num_classes,
+                             cache_dir=cache_dir, bs=bs)

@@ -159,7 +159,7 @@ class Checkpointer(Callback):
             "ema": self.ema_cb.state_dict() if self.ema_cb else None,
         })
         buf = io.BytesIO()
-        torch.save(payload, buf)
+        torch.save(payload, buf)  # default protocol: what the weights_only reader expects
         runs.atomic_write_bytes(self.run_dir / CKPT_DIR / LAST, buf.getvalue())
 
 

@@ -1,0 +1,117 @@
+"""Typed records that cross modules: what a trained model is (`ModelInfo`) and how an image
+becomes its input (`InputSpec`). Read and written here only — model.json in the run folder and
+the metadata of an exported ONNX file — so no consumer parses either by string keys.
+
+Pure: imports no torch, numpy, fastai or onnx.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nfx.errors import RunError
+
+MODEL_INFO = "model.json"
+RESIZE_POLICIES = ("squish", "letterbox", "crop")
+SCRATCH = "trained from scratch"  # ModelInfo.weights_source of a run with a random-init body
+
+
+def policy_of(recorded: str | None) -> str:
+    """The resize policy from a recorded value. Runs made before the policy was an option
+    recorded a sentence starting with 'letterbox' (or nothing, in ONNX files); they keep it."""
+    if not recorded:
+        return "letterbox"
+    word = recorded.split()[0].strip().lower()
+    if word not in RESIZE_POLICIES:
+        raise ValueError(f"unknown resize policy {recorded!r}; expected one of {RESIZE_POLICIES}")
+    return word
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """decode (DICOM `frame`) → resize to size×size by `resize` → normalise by mean/std."""
+
+    size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    resize: str = "letterbox"
+    frame: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.resize not in RESIZE_POLICIES:
+            raise ValueError(f"unknown resize policy {self.resize!r}; expected one of {RESIZE_POLICIES}")
+
+    def onnx_metadata(self) -> dict[str, str]:
+        return {
+            "nfx_input_size": str(self.size),
+            "nfx_mean": json.dumps(list(self.mean)),
+            "nfx_std": json.dumps(list(self.std)),
+            "nfx_resize": self.resize,
+            "nfx_frame": "" if self.frame is None else str(self.frame),
+        }
+
+    @classmethod
+    def from_onnx_metadata(cls, meta: dict[str, str]) -> InputSpec:
+        """KeyError when a required key is missing (the caller names the file)."""
+        return cls(size=int(meta["nfx_input_size"]), mean=tuple(json.loads(meta["nfx_mean"])),
+                   std=tuple(json.loads(meta["nfx_std"])), resize=policy_of(meta.get("nfx_resize")),
+                   frame=int(meta["nfx_frame"]) if meta.get("nfx_frame") else None)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    arch: str
+    classes: tuple[str, ...]
+    input: InputSpec
+    weights_source: str = ""
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def from_scratch(self) -> bool:
+        return self.weights_source == SCRATCH
+
+    # -- model.json ----------------------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "arch": self.arch, "classes": list(self.classes), "num_classes": self.num_classes,
+            "input_size": self.input.size, "mean": list(self.input.mean), "std": list(self.input.std),
+            "weights_source": self.weights_source, "resize": self.input.resize, "frame": self.input.frame,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ModelInfo:
+        spec = InputSpec(size=int(d["input_size"]), mean=tuple(d["mean"]), std=tuple(d["std"]),
+                         resize=policy_of(d.get("resize")), frame=d.get("frame"))
+        return cls(arch=d["arch"], classes=tuple(d["classes"]), input=spec,
+                   weights_source=d.get("weights_source", ""))
+
+    def write(self, run_dir: Path) -> None:
+        from nfx.runs import atomic_write_json
+
+        atomic_write_json(Path(run_dir) / MODEL_INFO, self.to_json())
+
+    @classmethod
+    def read(cls, run_dir: Path) -> ModelInfo:
+        p = Path(run_dir) / MODEL_INFO
+        try:
+            return cls.from_json(json.loads(p.read_text()))
+        except FileNotFoundError:
+            raise RunError(f"{p}: missing; is this a run folder made by `nfx finetune`?") from None
+        except (ValueError, KeyError, TypeError) as e:
+            raise RunError(f"{p}: unreadable ({type(e).__name__}: {str(e)[:120]}); restore it from a backup "
+                           "or re-run training") from e
+
+    # -- ONNX metadata -------------------------------------------------------------------
+    def onnx_metadata(self) -> dict[str, str]:
+        return {"nfx_classes": json.dumps(list(self.classes)), "nfx_arch": self.arch, **self.input.onnx_metadata()}
+
+    @classmethod
+    def from_onnx_metadata(cls, meta: dict[str, str]) -> ModelInfo:
+        return cls(arch=meta.get("nfx_arch", ""), classes=tuple(json.loads(meta["nfx_classes"])),
+                   input=InputSpec.from_onnx_metadata(meta), weights_source=meta.get("nfx_weights_source", ""))

@@ -1,0 +1,56 @@
+"""ModelInfo / InputSpec: one reader and writer for model.json and the ONNX metadata."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from nfx.errors import RunError
+from nfx.records import InputSpec, ModelInfo
+
+INFO = ModelInfo(arch="test_nfnet", classes=("glaucoma", "normal"), weights_source="trained from scratch",
+                 input=InputSpec(size=64, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), resize="crop", frame=2))
+
+
+def test_model_json_round_trip(tmp_path):
+    INFO.write(tmp_path)
+    d = json.loads((tmp_path / "model.json").read_text())
+    assert d["num_classes"] == 2 and d["resize"] == "crop" and d["frame"] == 2 and d["input_size"] == 64
+    assert ModelInfo.read(tmp_path) == INFO
+    assert INFO.from_scratch and INFO.num_classes == 2
+
+
+def test_onnx_metadata_round_trip_keeps_frame_and_policy():
+    meta = INFO.onnx_metadata()
+    assert all(isinstance(v, str) for v in meta.values())
+    back = ModelInfo.from_onnx_metadata(meta)
+    assert back.input == INFO.input and back.classes == INFO.classes and back.arch == INFO.arch
+
+
+def test_records_written_before_the_policy_existed_mean_letterbox(tmp_path):
+    old = {"arch": "test_nfnet", "classes": ["a", "b"], "num_classes": 2, "input_size": 64, "mean": [0.5] * 3,
+           "std": [0.5] * 3, "weights_source": "x", "resize": "letterbox (longest side → input_size, zero padding)"}
+    (tmp_path / "model.json").write_text(json.dumps(old))
+    info = ModelInfo.read(tmp_path)
+    assert info.input.resize == "letterbox" and info.input.frame is None
+    meta = {"nfx_classes": '["a", "b"]', "nfx_input_size": "64", "nfx_mean": "[0.5, 0.5, 0.5]",
+            "nfx_std": "[0.5, 0.5, 0.5]", "nfx_arch": "test_nfnet", "nfx_resize": ""}
+    assert ModelInfo.from_onnx_metadata(meta).input.resize == "letterbox"
+
+
+@pytest.mark.parametrize("content", ["{not json", '{"arch": "x"}', "[]"])
+def test_a_corrupt_model_json_is_one_clear_error(tmp_path, content):
+    (tmp_path / "model.json").write_text(content)
+    with pytest.raises(RunError, match=r"model\.json: unreadable"):
+        ModelInfo.read(tmp_path)
+
+
+def test_missing_model_json(tmp_path):
+    with pytest.raises(RunError, match=r"model\.json: missing"):
+        ModelInfo.read(tmp_path)
+
+
+def test_unknown_policy_is_refused():
+    with pytest.raises(ValueError, match="unknown resize policy"):
+        InputSpec(size=64, mean=(0,) * 3, std=(1,) * 3, resize="stretch")
