@@ -1,4 +1,5 @@
-"""Everything the user sees. The only module that knows rich.
+"""Everything the user sees: the Printer passed into api functions (plain or rich), and the final
+table each command prints (show_*). The only module besides cli.py that knows rich.
 
 API functions take a `Printer`; the CLI passes a `RichPrinter`, notebooks and tests may pass
 the plain `Printer` (plain text to stderr) or `Printer(quiet=True)`.
@@ -149,3 +150,108 @@ def _escape(text: str) -> str:
     from rich.markup import escape
 
     return escape(text)
+
+
+# --------------------------------------------------------------------------------------------
+# the final table each command prints
+# --------------------------------------------------------------------------------------------
+def show_evaluation(p: Printer, ev: dict[str, Any], run_dir: Any) -> None:
+    from pathlib import Path
+
+    rows = [
+        ("data", f"{ev['data']} ({ev['n_images']} images, {ev['n_patients']} patients)"),
+        ("accuracy", _fmt(ev["accuracy"])),
+        ("balanced accuracy", _fmt(ev["balanced_accuracy"])),
+        ("ROC AUC", _fmt(ev["roc_auc"]) + _ci(ev.get("roc_auc_ci"))),
+    ]
+    if ev.get("positive_class"):
+        rows += [
+            (f"sensitivity ({ev['positive_class']})", _fmt(ev["sensitivity"]) + _ci(ev.get("sensitivity_ci"))),
+            ("specificity", _fmt(ev["specificity"]) + _ci(ev.get("specificity_ci"))),
+            ("threshold", f"{ev['threshold']:.4g} ({ev.get('threshold_source', '')})"),
+        ]
+        yd = (ev.get("operating_points") or {}).get("Youden")
+        if yd:
+            rows.append(("Youden threshold", f"{yd['threshold']:.4g} (chosen on {yd['chosen_on']}): "
+                                             f"sensitivity {_fmt(yd['sensitivity'])}, specificity {_fmt(yd['specificity'])}"))
+    rows += [("calibration", f"ECE {_fmt(ev.get('ece'))}, Brier {_fmt(ev.get('brier'))}"),
+             ("confusion matrix", ev["confusion_matrix"]), ("report", Path(run_dir) / "report.html"),
+             ("next", f"nfx explain {run_dir} IMAGES... --out gradcam  |  nfx export {run_dir} --onnx")]
+    p.table("evaluation", rows)
+
+
+def show_compare(p: Printer, res: dict[str, Any], cfg: Any) -> None:
+    from pathlib import Path
+
+    header = ["model", "micro-batch × accum", "AGC", "accuracy", "ROC AUC", "images/s", "peak memory MB"]
+    mem = "peak_gpu_memory_mb" if any(r.get("peak_gpu_memory_mb") for r in res["rows"]) else "peak_rss_mb"
+    rows = [[r["arch"], f"{r['micro_batch']} × {r['accum']}", "on" if r["agc"] else "off",
+             _pm(r["accuracy"], r["accuracy_sd"]), _pm(r["roc_auc"], r["roc_auc_sd"]),
+             "n/a" if r["images_per_s"] is None else f"{r['images_per_s']:.1f}",
+             "n/a" if r.get(mem) is None else f"{r[mem]:.0f}"] for r in res["rows"]]
+    p.grid(f"compare ({res['device']}, effective batch {cfg.effective_batch}, {len(cfg.seeds)} seeds)", header, rows)
+    p.table("compare finished", [("folder", res["out_dir"]), ("plot", Path(res["out_dir"]) / "compare.png"),
+                                 ("memory column", "peak GPU memory allocated" if mem == "peak_gpu_memory_mb"
+                                  else "peak RSS of the training process (CPU)")])
+
+
+def show_inspect(p: Printer, r: dict[str, Any]) -> None:
+    def fmt(d) -> str:
+        return ", ".join(f"{k} {v}" for k, v in d.items()) or "–"
+
+    sz = r["image_sizes"]
+    rows = [("files", f"{r['n_files']} found, {r['n_images']} usable, {len(r['bad_files'])} bad")]
+    rows += [(f"class {c}", f"{v['images']} images, {v['patients']} patients") for c, v in r["classes"].items()]
+    if r["splits"]:
+        rows += [(f"split {s}", f"{v['images']} images, {v['patients']} patients") for s, v in r["splits"].items()]
+    rows += [
+        ("patients", f"{r['n_patients']} (id from: {fmt(r['patient_id_source'])})"),
+        ("formats", fmt(r["formats"])),
+        ("modalities", fmt(r["modalities"])),
+        ("photometric", fmt(r["photometric_interpretations"])),
+        ("bit depths", fmt(r["bit_depths"])),
+        ("height px", "–" if sz["height"]["min"] is None else
+         f"min {sz['height']['min']}, median {sz['height']['median']}, max {sz['height']['max']}"),
+        ("width px", "–" if sz["width"]["min"] is None else
+         f"min {sz['width']['min']}, median {sz['width']['median']}, max {sz['width']['max']}"),
+        ("duplicates", f"{len(r['duplicates'])} set(s) of identical files, {len(r['duplicates_across_classes'])} "
+                       "across classes"),
+    ]
+    p.table("inspect " + r["root"], rows)
+    for b in r["bad_files"][:20]:
+        p.info(f"bad: {b['path']}: {b['reason']}")
+    if len(r["bad_files"]) > 20:
+        p.info(f"… and {len(r['bad_files']) - 20} more bad files (see --json)")
+    for g in r["duplicates_across_classes"][:10]:
+        p.info("identical, different labels: " + " = ".join(g))
+    for w in r["warnings"]:
+        p.warn(w)
+
+
+def show_finetune(p: Printer, res: Any) -> None:
+    m = res.metrics
+    p.table(
+        "finetune finished",
+        [
+            ("run folder", res.run_dir),
+            ("model", f"{m['arch']} ({m['weights_source']})"),
+            (f"valid accuracy (epoch {m.get('selected_epoch')})", _fmt(m.get("valid_accuracy"))),
+            ("valid ROC AUC", _fmt(m.get("valid_roc_auc"))),
+            ("time", f"{m['seconds']} s on {m['device']} ({m['precision']})"),
+            ("next", f"nfx evaluate {res.run_dir}"),
+        ],
+    )
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def _ci(v) -> str:
+    return f"  (95% CI {v[0]:.3f}–{v[1]:.3f})" if v else ""
+
+
+def _pm(m, sd) -> str:
+    if m is None:
+        return "n/a"
+    return f"{m:.3f}" + ("" if sd is None else f" ± {sd:.3f}")

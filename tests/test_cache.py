@@ -1,4 +1,4 @@
-"""The decoded-image cache (keys, invalidation, pools, frames) and api._ingest's bad-file handling."""
+"""The decoded-image cache (keys, invalidation, pools, frames) and the finetune ingest step's bad-file handling."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from pydicom.data import get_testdata_file
 
-from nfx import api
 from nfx.config import DataConfig, RunConfig
 from nfx.console import Printer
 from nfx.data.cache import ImageCache
 from nfx.data.discover import discover
 from nfx.errors import DataError
+from nfx.workflows.finetune import ingest
 
 SIZE = 64
 
@@ -97,7 +97,7 @@ def test_frame_reaches_the_decoder(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# api._ingest
+# nfx.workflows.finetune.ingest
 # ---------------------------------------------------------------------------------------------
 def _bad_folder(tiny_data, tmp_path) -> Path:
     root = tmp_path / "d"
@@ -122,7 +122,7 @@ def test_ingest_stops_with_one_message_pointing_at_bad_files_csv(tiny_data, tmp_
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     with pytest.raises(DataError) as err:
-        api._ingest(cfg, disc, run_dir, Printer(quiet=True))
+        ingest(cfg, disc, run_dir, Printer(quiet=True))
     msg = str(err.value)
     assert "4 file(s)" in msg and "bad_files.csv" in msg and "--skip-bad" in msg and "\n" not in msg
     rows = _bad_rows(run_dir)
@@ -139,12 +139,12 @@ def test_ingest_skip_bad_continues_and_records(tiny_data, tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     p = Printer(quiet=True)
-    samples, entries = api._ingest(cfg, disc, run_dir, p)
+    samples, entries = ingest(cfg, disc, run_dir, p)
     assert len(samples) == len(entries) == 23 and all(e.is_file() for e in entries)
     assert len(_bad_rows(run_dir)) == 4
     assert any("skipping 4" in w for w in p.warnings)
     # with --frame the multi-frame file is used, and the other three stay bad
     cfg2 = RunConfig(data=DataConfig(path=str(root), size=SIZE, cache_dir=str(tmp_path / "c"), skip_bad=True,
                                      frame=0))
-    samples2, _ = api._ingest(cfg2, disc, run_dir, p)
+    samples2, _ = ingest(cfg2, disc, run_dir, p)
     assert len(samples2) == 24 and "multi.dcm" not in _bad_rows(run_dir)

@@ -108,3 +108,19 @@ def test_unreachable_hub_fails_fast_in_one_line(tiny_data, tmp_path):
                         "--out", str(tmp_path)], capture_output=True, text=True, env={**env, "COLUMNS": "200"},
                        timeout=300)  # a hang guard only; tests do not judge wall-clock time
     _assert_one_line_error(r, "unreachable", "--weights FILE")
+
+
+def test_every_finetune_flag_maps_to_a_config_field():
+    import inspect as ins
+    from dataclasses import fields
+
+    from nfx.cli.train import FINETUNE_FLAGS, finetune
+    from nfx.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+
+    params = set(ins.signature(finetune).parameters)
+    # --config, --resume and --agc (parsed into agc + agc_auto) are handled apart
+    assert params - set(FINETUNE_FLAGS) == {"config", "resume", "agc"}
+    known = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+    for flag, (section, key) in FINETUNE_FLAGS.items():
+        names = {f.name for f in fields(known[section] if section in known else RunConfig)}
+        assert key in names, (flag, section, key)

@@ -1,5 +1,5 @@
 """Discovery (folders, train/valid/test, labels CSV, bad files) and the patient-level split
-path of finetune (api._split): no patient in two splits; leaking user splits refused."""
+path of finetune (nfx.workflows.finetune.split): no patient in two splits; leaking user splits refused."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from nfx import api
 from nfx.config import DataConfig, RunConfig
 from nfx.console import Printer
 from nfx.data.discover import discover
 from nfx.errors import DataError
+from nfx.workflows.finetune import split
 
 
 def _copy(src_root: Path, dst: Path, fmt: str = "png") -> Path:
@@ -145,7 +145,7 @@ def test_grouped_split_no_patient_in_two_splits(tiny_data, tmp_path):
     cfg = _cfg(tiny_data / "dicom", valid_pct=0.3)
     d = discover(cfg.data.path)
     p = Printer(quiet=True)
-    splits = api._split(cfg, d.samples, p, tmp_path)
+    splits = split(cfg, d.samples, p, tmp_path)
     assert set(splits) == {"train", "valid"}
     assert all(len(v) == 1 for v in _patients_per_split(d.samples, splits).values())
     summary = json.loads((tmp_path / "split_summary.json").read_text())
@@ -157,7 +157,7 @@ def test_grouped_split_no_patient_in_two_splits(tiny_data, tmp_path):
 def test_no_patient_id_says_so(tiny_data):
     cfg = _cfg(tiny_data / "png")
     p = Printer(quiet=True)
-    api._split(cfg, discover(cfg.data.path).samples, p)
+    split(cfg, discover(cfg.data.path).samples, p)
     assert any("no patient id" in w for w in p.warnings)
 
 
@@ -176,14 +176,14 @@ def test_leaking_user_split_is_refused_csv(tiny_data, tmp_path):
     d = discover(cfg.data.path, labels=cfg.data.labels)
     assert d.user_splits
     with pytest.raises(DataError, match=r"1 patient\(s\).*SYN0001.*--allow-patient-leak"):
-        api._split(cfg, d.samples, Printer(quiet=True), tmp_path)
+        split(cfg, d.samples, Printer(quiet=True), tmp_path)
 
 
 def test_leaking_user_split_allowed_is_warned_and_recorded(tiny_data, tmp_path):
     cfg = _cfg(tiny_data / "dicom", labels=str(_leaky_csv(tiny_data, tmp_path)), allow_patient_leak=True)
     d = discover(cfg.data.path, labels=cfg.data.labels)
     p = Printer(quiet=True)
-    splits = api._split(cfg, d.samples, p, tmp_path)
+    splits = split(cfg, d.samples, p, tmp_path)
     assert any("SYN0001" in w and "--allow-patient-leak" in w for w in p.warnings)
     summary = json.loads((tmp_path / "split_summary.json").read_text())
     assert summary["patient_leaks"] == ["SYN0001"] and summary["source"] == "user"
@@ -199,7 +199,7 @@ def test_leaking_train_valid_folders_refused(tiny_data, tmp_path):
         shutil.copy(f, dst)
     cfg = _cfg(root)
     with pytest.raises(DataError, match="SYN0002"):
-        api._split(cfg, discover(root).samples, Printer(quiet=True))
+        split(cfg, discover(root).samples, Printer(quiet=True))
 
 
 def test_user_test_split_is_kept_out_and_valid_carved_from_train(tiny_data, tmp_path):
@@ -208,7 +208,7 @@ def test_user_test_split_is_kept_out_and_valid_carved_from_train(tiny_data, tmp_
         rows.append((str(f), f.parent.name, "", "test" if int(f.name[3:7]) > 9 else "train"))
     cfg = _cfg(tiny_data / "dicom", labels=str(_write_csv(tmp_path / "t.csv", rows)), valid_pct=0.3)
     d = discover(cfg.data.path, labels=cfg.data.labels)
-    splits = api._split(cfg, d.samples, Printer(quiet=True), tmp_path)
+    splits = split(cfg, d.samples, Printer(quiet=True), tmp_path)
     assert set(splits) == {"train", "valid", "test"}
     for s, sp in zip(d.samples, splits, strict=True):
         assert (sp == "test") == (s.split == "test")

@@ -11,9 +11,10 @@ PKG = Path(__file__).resolve().parents[1] / "nfx"
 FASTAI_OK = ("api.py", "train/learner.py", "train/callbacks.py", "train/fit.py", "train/checkpoint.py",
              "train/optim.py",
              "data/dataloaders.py")
-UI_OK = ("cli.py", "console.py")
+UI_OK = ("cli/", "console.py")
 ONNX_OK = ("export/",)
-PURE = ("data/intensity.py", "data/split.py", "train/agc.py", "evaluate/metrics.py",
+PURE = ("data/intensity.py", "data/split.py", "train/agc.py", "evaluate/metrics.py", "evaluate/thresholds.py",
+        "evaluate/calibration.py", "records.py", "data/resize.py",
         "evaluate/bootstrap.py", "config.py", "errors.py")
 PURE_FORBIDDEN = {"fastai", "typer", "rich", "onnx", "onnxruntime", "timm", "pydicom", "albumentations"}
 
@@ -37,7 +38,8 @@ def test_layering_rules():
     problems = []
     for rel, imps in _modules():
         roots = {i.split(".")[0] for i in imps}
-        if "nfx.cli" in imps and rel != "__main__.py":
+        if any(i == "nfx.cli" or i.startswith("nfx.cli.") for i in imps) and rel != "__main__.py" \
+                and not rel.startswith("cli/"):
             problems.append(f"{rel} imports nfx.cli")
         if "fastai" in roots and not rel.startswith(FASTAI_OK):
             problems.append(f"{rel} imports fastai")
@@ -59,11 +61,52 @@ def test_the_checker_sees_violations(tmp_path):
 
 
 def test_cli_has_no_module_level_heavy_imports():
-    tree = ast.parse((PKG / "cli.py").read_text())
     top = set()
-    for node in tree.body:
+    for node in [n for p in sorted((PKG / "cli").glob("*.py")) for n in ast.parse(p.read_text()).body]:
         if isinstance(node, ast.Import):
             top |= {a.name.split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module:
             top.add(node.module.split(".")[0])
     assert not top & {"torch", "fastai", "timm", "numpy", "pydicom", "onnx", "rich"}
+
+
+def _from_imports(path: Path) -> list[tuple[str, list[str]]]:
+    tree = ast.parse(path.read_text())
+    return [(n.module, [a.name for a in n.names]) for n in ast.walk(tree)
+            if isinstance(n, ast.ImportFrom) and n.module and n.level == 0]
+
+
+def test_rules_inside_nfx():
+    """Only cli/api (and the workflows themselves) import the workflows; the data, train and
+    evaluate layers never do; no module imports another module's _private names."""
+    problems = []
+    for path in sorted(PKG.rglob("*.py")):
+        rel = path.relative_to(PKG).as_posix()
+        for mod, names in _from_imports(path):
+            if (mod.startswith("nfx.workflows") or (mod == "nfx" and "workflows" in names)) and not (
+                    rel == "api.py" or rel.startswith(("cli/", "workflows/"))):
+                problems.append(f"{rel} imports {mod}")
+            if mod.startswith("nfx.") or mod == "nfx":
+                private = [n for n in names if n.startswith("_") and not n.startswith("__")]
+                if private:
+                    problems.append(f"{rel} imports private {private} from {mod}")
+    assert not problems, problems
+
+
+def test_the_inner_checker_sees_violations(tmp_path):
+    bad = tmp_path / "x.py"
+    bad.write_text("from nfx.workflows.finetune import finetune\nfrom nfx.data.discover import _candidate\n")
+    assert ("nfx.data.discover", ["_candidate"]) in _from_imports(bad)
+    assert ("nfx.workflows.finetune", ["finetune"]) in _from_imports(bad)
+
+
+def test_api_only_re_exports():
+    tree = ast.parse((PKG / "api.py").read_text())
+    kinds = {type(n).__name__ for n in tree.body}
+    assert kinds <= {"Expr", "ImportFrom", "Assign"}, kinds  # docstring, imports, __all__
+
+
+def test_no_module_over_about_300_lines():
+    long = {p.relative_to(PKG).as_posix(): n for p in PKG.rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > 330}
+    assert not long, long

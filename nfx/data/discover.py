@@ -82,7 +82,7 @@ def _is_supported(p: Path) -> bool:
     return p.suffix.lower() in IMAGE_SUFFIXES or is_dicom(p)
 
 
-def _candidate_files(folder: Path) -> list[Path]:
+def candidate_files(folder: Path) -> list[Path]:
     """Supported image files under a folder (used by `predict` on folders)."""
     return [p for p in _visible_files(folder) if _is_supported(p)]
 
@@ -171,7 +171,7 @@ def _from_folders(root: Path) -> tuple[list[_Item], list[tuple[str, str]], bool]
                         for p in sorted(d.iterdir()) if p.is_file() and _is_supported(p)]
             else:
                 bad += [(str(p), f"outside the train/valid/test folders of {root}; move it into one of them")
-                        for p in _candidate_files(d)]
+                        for p in candidate_files(d)]
     else:
         label_dirs = [(d, None) for d in subdirs]
     # loose images next to label folders would otherwise vanish without a word

@@ -128,3 +128,15 @@ def split_summary(labels: Sequence[str], patients: Sequence[str | None], splits:
             "per_label": dict(sorted(Counter(labels[i] for i in idx).items())),
         }
     return out
+
+
+def split_counts(patients, splits) -> dict[str, dict[str, int]]:
+    """Images and patients (with an id) per split, in train / valid / test order. One helper for
+    a fresh run (samples), a resumed run and the evaluation report (rows of splits.csv)."""
+    out: dict[str, dict[str, int]] = {}
+    order = ["train", "valid", "test"] + sorted(set(splits) - {"train", "valid", "test"})
+    for sp in order:
+        idx = [i for i, s in enumerate(splits) if s == sp]
+        if idx:
+            out[sp] = {"images": len(idx), "patients": len({patients[i] for i in idx if patients[i]})}
+    return out

@@ -11,6 +11,9 @@ from typing import Any
 
 import numpy as np
 
+from nfx.evaluate.calibration import calibration  # noqa: F401,E402  (re-exported)
+from nfx.evaluate.thresholds import threshold_for_sensitivity, youden_threshold  # noqa: F401,E402
+
 NEGATIVE_NAMES = {"normal", "healthy", "negative", "control", "controls", "benign", "no", "none", "0", "absent"}
 
 
@@ -133,35 +136,6 @@ def operating_point(y_pos: np.ndarray, p_pos: np.ndarray, threshold: float) -> d
     return out
 
 
-def youden_threshold(y_pos: np.ndarray, p_pos: np.ndarray) -> float | None:
-    """Threshold maximising sensitivity + specificity − 1 (Youden's J) on these predictions
-    (scikit-learn's ROC curve); None when only one class is present."""
-    from sklearn.metrics import roc_curve
-
-    y_pos = np.asarray(y_pos, dtype=int)
-    if len(np.unique(y_pos)) < 2:
-        return None
-    fpr, tpr, thr = roc_curve(y_pos, p_pos, drop_intermediate=False)
-    ok = np.isfinite(thr)  # thr[0] is +inf (nothing predicted positive)
-    k = int(np.argmax(np.where(ok, tpr - fpr, -np.inf)))
-    return float(thr[k])
-
-
-def threshold_for_sensitivity(y_pos: np.ndarray, p_pos: np.ndarray, target: float) -> float | None:
-    """The highest threshold whose sensitivity on these predictions is ≥ `target` (so the most
-    specific operating point that still reaches the target); None without positives."""
-    from sklearn.metrics import roc_curve
-
-    if not 0.0 < target <= 1.0:
-        raise ValueError("target sensitivity must be in (0, 1]")
-    y_pos = np.asarray(y_pos, dtype=int)
-    if len(np.unique(y_pos)) < 2:
-        return None
-    _, tpr, thr = roc_curve(y_pos, p_pos, drop_intermediate=False)
-    ok = np.flatnonzero((tpr >= target - 1e-12) & np.isfinite(thr))
-    return float(thr[ok[0]]) if len(ok) else None
-
-
 # ---------------------------------------------------------------------------------------------
 # curves, calibration, per class
 # ---------------------------------------------------------------------------------------------
@@ -200,46 +174,6 @@ def pr_auc(y: np.ndarray, probs: np.ndarray, pos: int | None) -> float | None:
         return None
     onehot = np.eye(probs.shape[1], dtype=int)[y]
     return float(average_precision_score(onehot, probs, average="macro"))
-
-
-def calibration(y: np.ndarray, probs: np.ndarray, pos: int | None, n_bins: int = 10) -> dict[str, Any]:
-    """Expected calibration error, Brier score and the reliability-diagram bins.
-
-    Binary: bins of P(positive) against the observed fraction of positives (what a clinician
-    reads as "of the cases given 80%, how many had the disease"); the Brier score is
-    scikit-learn's on P(positive). More classes: bins of the top-class confidence against the
-    accuracy (the usual multi-class ECE); Brier = mean squared error of the probability vector.
-    ECE = Σ_b (n_b / N) · |mean predicted_b − observed_b| over equal-width bins on [0, 1].
-    """
-    from sklearn.metrics import brier_score_loss
-
-    y = np.asarray(y, dtype=int)
-    probs = np.asarray(probs, dtype=np.float64)
-    if pos is not None:
-        conf = probs[:, pos]
-        hit = (y == pos).astype(float)
-        brier = float(brier_score_loss((y == pos).astype(int), conf, pos_label=1))
-        kind = "P(positive) vs observed positive fraction"
-    else:
-        conf = probs.max(1)
-        hit = (probs.argmax(1) == y).astype(float)
-        brier = float(np.mean(np.sum((probs - np.eye(probs.shape[1])[y]) ** 2, axis=1)))
-        kind = "top-class confidence vs accuracy"
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    # right-closed bins like scikit-learn's calibration_curve (0 goes to the first bin)
-    which = np.clip(np.searchsorted(edges[1:-1], conf, side="left"), 0, n_bins - 1)
-    bins, ece = [], 0.0
-    for b in range(n_bins):
-        m = which == b
-        n = int(m.sum())
-        mp = float(conf[m].mean()) if n else None
-        ob = float(hit[m].mean()) if n else None
-        if n:
-            ece += n / len(y) * abs(mp - ob)
-        bins.append({"lo": float(edges[b]), "hi": float(edges[b + 1]), "n": n,
-                     "mean_predicted": mp, "observed": ob})
-    return {"ece": float(ece) if len(y) else None, "brier": brier, "n_bins": n_bins, "kind": kind,
-            "bins": bins}
 
 
 def per_class_metrics(y: np.ndarray, pred: np.ndarray, probs: np.ndarray,

@@ -1,0 +1,116 @@
+"""The `nfx` command: parse options → RunConfig → nfx.api call → print. This package holds the
+Typer app, the error boundary and `main`; the commands live in cli/train.py (finetune,
+compare), cli/runs.py (evaluate, explain, export, predict) and cli/data.py (inspect,
+sample-data).
+
+Only this module and nfx.console know typer/rich. NfxError becomes a one-line message and exit
+code 1; any other exception too (no traceback: tracebacks can carry patient data in locals)
+unless --debug (or NFX_DEBUG=1) is given. Nothing heavy is imported at module level, so
+`nfx --help` answers fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from nfx import __version__
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts contain [default: …] literally
+    help="Fine-tune normalizer-free networks (NFNets) on small medical imaging datasets.",
+)
+_state = {"debug": os.environ.get("NFX_DEBUG") == "1", "quiet": False}
+
+
+def printer():
+    from nfx.console import RichPrinter
+
+    return RichPrinter(quiet=_state["quiet"])
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"nfx {__version__}")
+        raise typer.Exit()
+
+
+def boundary(command):
+    """The error boundary of every command: NfxError → one line, exit 1; anything else too, with
+    no traceback unless --debug. functools.wraps keeps the signature Typer reads the options from."""
+    import functools
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        _run(lambda: command(*args, **kwargs))
+
+    return run
+
+
+def _run(fn) -> None:
+    from nfx.errors import NfxError
+
+    try:
+        fn()
+    except NfxError as e:
+        if _state["debug"]:
+            raise
+        _fail(str(e))
+    except KeyboardInterrupt:
+        _fail("interrupted")
+    except Exception as e:  # noqa: BLE001 - the boundary: no traceback unless --debug
+        if _state["debug"]:
+            raise
+        _fail(f"internal error: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''} "
+              "(run again with --debug for the traceback, and report it)")
+
+
+def _fail(msg: str) -> None:
+    try:
+        from rich.console import Console
+        from rich.markup import escape
+
+        Console(stderr=True, highlight=False, soft_wrap=True).print(f"[red]error:[/red] {escape(msg)}")
+    except Exception:
+        print(f"error: {msg}", file=sys.stderr)
+    raise typer.Exit(1)
+
+
+@app.callback()
+def _main(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors and final results."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    _state["debug"] = _state["debug"] or debug
+    _state["quiet"] = quiet
+
+
+# finetune option (parameter name) → (config section, field): the one place the two meet
+def main() -> None:
+    import warnings
+
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    # Library deprecation chatter (torch.jit, fastai) is not actionable for nfx users.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    app()
+
+
+if __name__ == "__main__":
+    main()
+
+
+# the commands register themselves on `app` when their modules are imported (in help order)
+# isort: off
+from nfx.cli import train  # noqa: E402,F401
+from nfx.cli import runs  # noqa: E402,F401
+from nfx.cli import data  # noqa: E402,F401
+# isort: on
+
+__all__ = ["app", "boundary", "main", "printer"]

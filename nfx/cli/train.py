@@ -1,0 +1,150 @@
+"""`nfx finetune` and `nfx compare`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from nfx.cli import app, boundary, printer
+from nfx.console import show_compare, show_finetune
+
+# finetune option (parameter name) → (config section, field): the one place the two meet
+FINETUNE_FLAGS = {
+    "data": ("data", "path"), "size": ("data", "size"), "valid_pct": ("data", "valid_pct"),
+    "patient_regex": ("data", "patient_regex"), "skip_bad": ("data", "skip_bad"), "aug": ("data", "aug"),
+    "cache_dir": ("data", "cache_dir"), "workers": ("data", "num_workers"), "labels": ("data", "labels"),
+    "frame": ("data", "frame"), "allow_patient_leak": ("data", "allow_patient_leak"), "flip": ("data", "flip"),
+    "resize": ("data", "resize"),
+    "arch": ("model", "arch"), "pretrained": ("model", "pretrained"), "weights": ("model", "weights"),
+    "epochs": ("train", "epochs"), "freeze_epochs": ("train", "freeze_epochs"), "bs": ("train", "bs"),
+    "accum": ("train", "accum"), "lr": ("train", "lr"), "schedule": ("train", "schedule"),
+    "body_lr_div": ("train", "body_lr_div"), "precision": ("train", "precision"), "seed": ("train", "seed"),
+    "agc_mode": ("train", "agc_mode"), "persample_chunk": ("train", "persample_chunk"), "ema": ("train", "ema"),
+    "balance": ("train", "balance"), "patience": ("train", "patience"), "monitor": ("train", "monitor"),
+    "compile_": ("train", "compile"),
+    "out": ("top", "out"), "name": ("top", "name"),
+}
+
+
+@app.command()
+@boundary
+def finetune(
+    data: Path | None = typer.Argument(None, help="Data folder: one sub-folder per label (optionally under train/ valid/ test/)."),
+    config: Path | None = typer.Option(None, "--config", help="Start from a run's config.json (options below override it)."),
+    arch: str | None = typer.Option(None, "--arch", help="timm architecture [default: dm_nfnet_f0]."),
+    pretrained: bool | None = typer.Option(None, "--pretrained/--no-pretrained", help="Start from pretrained weights [default: pretrained]."),
+    weights: Path | None = typer.Option(None, "--weights", help="Local weights file (safetensors or state dict) for offline use."),
+    epochs: int | None = typer.Option(None, "--epochs", help="Epochs with the whole network trainable [default: 10]."),
+    freeze_epochs: int | None = typer.Option(None, "--freeze-epochs", help="Head-only warm-up epochs [default: 1 when fine-tuning, 0 from scratch]."),
+    schedule: str | None = typer.Option(None, "--schedule", help="fine-tune (warm-up, body lr/10) or from-scratch (one lr) [default: from the weights]."),
+    body_lr_div: float | None = typer.Option(None, "--body-lr-div", help="Body lr = lr / this [default: 10 when fine-tuning, 1 from scratch]."),
+    resize: str | None = typer.Option(None, "--resize", help="squish, letterbox or crop [default: squish]."),
+    bs: int | None = typer.Option(None, "--bs", help="Samples per forward pass [default: 16]."),
+    accum: int | None = typer.Option(None, "--accum", help="Micro-batches per optimizer step [default: 1]."),
+    lr: float | None = typer.Option(None, "--lr", help="Peak learning rate of the head [default: 1e-3 fine-tuning, 2e-3 from scratch]."),
+    agc: str | None = typer.Option(None, "--agc", help="AGC clip factor: auto (from the effective batch size), off, or a number."),
+    size: int | None = typer.Option(None, "--size", help="Input size in px [default: the checkpoint's train size]."),
+    seed: int | None = typer.Option(None, "--seed", help="Random seed [default: 42]."),
+    out: str | None = typer.Option(None, "--out", help="Parent folder of run folders [default: runs]."),
+    name: str | None = typer.Option(None, "--name", help="Run folder name [default: <arch>-<time>]."),
+    valid_pct: float | None = typer.Option(None, "--valid-pct", help="Share of patients for validation [default: 0.2]."),
+    patient_regex: str | None = typer.Option(None, "--patient-regex", help="Regex on file names; group 1 = patient id (when no DICOM PatientID)."),
+    skip_bad: bool | None = typer.Option(None, "--skip-bad/--no-skip-bad", help="Continue past unreadable files (listed in bad_files.csv)."),
+    aug: str | None = typer.Option(None, "--aug", help="Augmentation preset: none, light, strong [default: light]."),
+    precision: str | None = typer.Option(None, "--precision", help="auto, bf16, fp16 or fp32 [default: auto]."),
+    workers: int | None = typer.Option(None, "--workers", help="DataLoader workers [default: 0 on CPU, up to 8 on GPU]."),
+    cache_dir: str | None = typer.Option(None, "--cache-dir", help="Decoded-image cache [default: ~/.cache/nfx]."),
+    labels: Path | None = typer.Option(None, "--labels", help="CSV with path,label[,patient][,split] columns instead of label folders."),
+    frame: int | None = typer.Option(None, "--frame", help="Frame to use from multi-frame DICOMs (default: skip them with a reason)."),
+    allow_patient_leak: bool | None = typer.Option(None, "--allow-patient-leak", help="Accept user splits that share a patient (warned, recorded)."),
+    flip: bool | None = typer.Option(None, "--flip/--no-flip", help="Horizontal flips in augmentation (use --no-flip for chest X-rays)."),
+    agc_mode: str | None = typer.Option(None, "--agc-mode", help="batch (clip the mean gradient) or per-sample (clip each sample's)."),
+    persample_chunk: int | None = typer.Option(None, "--persample-chunk", help="Samples per chunk in per-sample AGC [default: auto]."),
+    ema: float | None = typer.Option(None, "--ema", help="EMA decay of the weights, e.g. 0.999 (validation and saved model use the EMA)."),
+    balance: str | None = typer.Option(None, "--balance", help="Class imbalance: none, loss (weighted loss) or sampler (weighted sampling)."),
+    patience: int | None = typer.Option(None, "--patience", help="Stop after this many epochs without improvement of the monitor."),
+    monitor: str | None = typer.Option(None, "--monitor", help="Metric for best checkpoint / early stop [default: valid_roc_auc (binary) else valid_loss]."),
+    compile_: bool | None = typer.Option(None, "--compile/--no-compile", help="torch.compile the model for training."),
+    resume: Path | None = typer.Option(None, "--resume", help="Continue this run folder from its last completed epoch."),
+) -> None:
+    """Fine-tune a timm model (NFNet by default) on a folder of images."""
+    opts = dict(locals())
+
+    from nfx.config import RunConfig, parse_agc
+
+    if resume is not None:
+        from nfx import api
+        from nfx.errors import ConfigError
+
+        given = [f"--{k.rstrip('_').replace('_', '-')}" for k, v in opts.items() if v is not None and k != "resume"]
+        if given:
+            raise ConfigError(f"--resume continues a run with its own config.json; drop {', '.join(sorted(given))} "
+                              "(or start a new run with --config RUN_DIR/config.json and your changes)")
+        p = printer()
+        show_finetune(p, api.resume(resume, p))
+        return
+    base = RunConfig.load(config) if config else RunConfig()
+    if data is None and not base.data.path:
+        from nfx.errors import ConfigError
+
+        raise ConfigError("no data folder given; usage: nfx finetune DATA [options]")
+    sections: dict[str, dict] = {"data": {}, "model": {}, "train": {}, "top": {}}
+    for flag, (section, key) in FINETUNE_FLAGS.items():
+        v = opts[flag]
+        sections[section][key] = str(v) if isinstance(v, Path) else v
+    cfg = base.override(**sections)
+    if agc is not None or cfg.train.agc_auto:
+        from dataclasses import replace
+
+        value, auto = parse_agc(agc, cfg.train.effective_batch_size)
+        cfg = replace(cfg, train=replace(cfg.train, agc=value, agc_auto=auto))
+    from nfx import api
+
+    p = printer()
+    show_finetune(p, api.finetune(cfg, p))
+
+
+@app.command()
+@boundary
+def compare(
+    data: Path = typer.Argument(..., help="Data folder: one sub-folder per label."),
+    models: str = typer.Option("nf_resnet26,resnet26", "--models", help="Comma-separated timm architectures (an NF net and a BatchNorm net of similar size)."),
+    micro_batches: str = typer.Option("4,8,32", "--micro-batches", help="Comma-separated micro-batch sizes (--bs); --accum = effective / micro."),
+    effective_batch: int = typer.Option(32, "--effective-batch", help="Samples per optimizer step, kept fixed across the grid."),
+    agc: str = typer.Option("on,off", "--agc", help="on, off or on,off (on = --agc auto from the effective batch)."),
+    seeds: str = typer.Option("0,1,2", "--seeds", help="Comma-separated seeds (each seed: its own split and init)."),
+    size: int = typer.Option(64, "--size", help="Input size in px."),
+    epochs: int = typer.Option(6, "--epochs", help="Epochs per cell."),
+    pretrained: bool = typer.Option(False, "--pretrained/--no-pretrained", help="Start every cell from hub weights [default: from scratch]."),
+    out: str = typer.Option("runs", "--out", help="Parent folder of the comparison folder."),
+    name: str = typer.Option("compare", "--name", help="Comparison folder name (rerun the same command to resume)."),
+    extra: str | None = typer.Option(None, "--finetune-args", help="Further `nfx finetune` options for every cell, e.g. '--aug none --workers 0'."),
+) -> None:
+    """Grid of finetune runs: NF vs BatchNorm model × micro-batch (same effective batch via --accum) × AGC × seeds."""
+
+    import shlex
+
+    from nfx import api
+    from nfx.errors import ConfigError
+
+    def ints(opt: str, v: str) -> tuple[int, ...]:
+        try:
+            return tuple(int(x) for x in v.split(",") if x.strip())
+        except ValueError:
+            raise ConfigError(f"{opt} {v!r}: expected comma-separated integers, e.g. 4,8,32") from None
+
+    agc_vals = {"on": True, "off": False}
+    try:
+        agc_t = tuple(agc_vals[x.strip()] for x in agc.split(","))
+    except KeyError:
+        raise ConfigError(f"--agc {agc!r}: expected on, off or on,off") from None
+    cfg = api.CompareConfig(
+        data=str(data), models=tuple(m.strip() for m in models.split(",") if m.strip()),
+        micro_batches=ints("--micro-batches", micro_batches), effective_batch=effective_batch, agc=agc_t,
+        seeds=ints("--seeds", seeds), size=size, epochs=epochs, pretrained=pretrained, out=out, name=name,
+        extra=tuple(shlex.split(extra)) if extra else (),
+    )
+    p = printer()
+    res = api.compare(cfg, p)
+    show_compare(p, res, cfg)

@@ -1,0 +1,306 @@
+"""evaluate: select the images → score them → choose thresholds (on the validation split) →
+metrics with patient-bootstrap intervals → warnings and provenance → write evaluation.json,
+predictions.csv, plots and the reports (rendered from the JSON as written)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from nfx import runs
+from nfx.console import Printer
+from nfx.data.split import split_counts
+from nfx.errors import ConfigError, DataError
+from nfx.workflows.loading import LoadedRun, load_run, predict_probs
+
+
+def evaluate(run_dir: str | Path, data: str | None = None, printer: Printer | None = None,
+             threshold: float | None = None, n_bootstrap: int = 1000, *, split: str = "valid",
+             tta: bool = False, target_sensitivity: float | None = None, per_patient: bool = False,
+             plots: bool = True) -> dict[str, Any]:
+    """Evaluate a run on its validation/test split or on a DATA folder.
+
+    Writes evaluation.json, predictions.csv, plots/*.png, report.md and report.html into the run
+    folder. The headline threshold is `threshold`, else the one reaching `target_sensitivity` on
+    the validation split, else 0.5. Youden's threshold is always chosen on the validation split
+    and applied unchanged to other data (said to be in-sample when evaluating 'valid' itself).
+    """
+    printer = printer or Printer()
+    n_warn = len(printer.warnings)
+    if threshold is not None and target_sensitivity is not None:
+        raise ConfigError("pass either --threshold or --target-sensitivity, not both")
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise ConfigError(f"--threshold {threshold}: must be a probability in [0, 1]")
+    if target_sensitivity is not None and not 0.0 < target_sensitivity <= 1.0:
+        raise ConfigError(f"--target-sensitivity {target_sensitivity}: must be in (0, 1], e.g. 0.9")
+    if split not in ("valid", "test", "train"):
+        raise ConfigError(f"--split {split!r}: choose valid or test")
+    run = load_run(run_dir)
+    classes = list(run.info.classes)
+    split_rows = runs.read_csv(run.run_dir / runs.SPLITS)
+    if data is None:
+        rows = [r for r in split_rows if r["split"] == split]
+        if not rows:
+            have = sorted({r["split"] for r in split_rows})
+            raise DataError(f"{run.run_dir / runs.SPLITS}: no images in split {split!r} (this run has "
+                            f"{', '.join(have)}); use --split valid or pass a DATA folder")
+        source = f"{split} split of {run.cfg.data.path}"
+        items = _existing_items(run, rows)
+    else:
+        from nfx.data.discover import discover
+
+        disc = discover(data, run.cfg.data.patient_regex)
+        unknown = sorted(set(disc.classes) - set(classes))
+        if unknown:
+            raise DataError(f"{data}: label folder(s) {unknown} are not classes of this model {classes}")
+        items = [(s.path, s.label, s.patient) for s in disc.samples]
+        source = f"all images of {data}"
+        if disc.bad:  # unsupported or unreadable files found while discovering: reported, not dropped silently
+            printer.warn(f"{len(disc.bad)} file(s) in {data} cannot be evaluated and are left out "
+                         f"(first: {disc.bad[0][0]}: {disc.bad[0][1]})")
+    import numpy as np
+
+    probs = _eval_probs(run, [p for p, _, _ in items], tta, printer)
+    keep = [i for i in range(len(items)) if np.isfinite(probs[i]).all()]
+    if not keep:
+        raise DataError("no image could be evaluated; see the warnings above")
+    items = [items[i] for i in keep]
+    probs = probs[keep]
+    y = np.array([classes.index(lbl) for _, lbl, _ in items])
+    patients = [pid or f"file:{p}" for p, _, pid in items]
+
+    from nfx.evaluate.metrics import (
+        aggregate_by_patient,
+        evaluate_predictions,
+        positive_index,
+        threshold_for_sensitivity,
+        youden_threshold,
+    )
+
+    in_sample = data is None and split == "valid"
+    ops: dict[str, tuple[float, str]] = {}
+    threshold_source = "default"
+    head = 0.5 if threshold is None else float(threshold)
+    if threshold is not None:
+        threshold_source = "given by the user (--threshold)"
+    if len(classes) == 2:
+        pos = positive_index(classes)
+        if in_sample:
+            vy, vp = (y == pos).astype(int), probs[:, pos]
+        else:
+            vy, vp = _validation_scores(run, split_rows, pos, tta, printer)
+        where = "valid split (in-sample: these same images)" if in_sample else "valid split"
+        ops["default 0.5"] = (0.5, "fixed")
+        yt = youden_threshold(vy, vp) if vy is not None else None
+        if yt is not None:
+            ops["Youden"] = (yt, where)
+        else:
+            printer.warn("Youden threshold not available: the validation split has images of one class only "
+                         "or could not be read")
+        if target_sensitivity is not None:
+            ts = threshold_for_sensitivity(vy, vp, target_sensitivity) if vy is not None else None
+            if ts is None:
+                raise DataError("--target-sensitivity needs validation images of both classes; "
+                                "pass --threshold instead")
+            head = ts
+            ops[f"sensitivity ≥ {target_sensitivity:g}"] = (ts, where)
+            threshold_source = f"highest threshold reaching sensitivity {target_sensitivity:g} on the {where}"
+        elif threshold is not None:
+            ops["user"] = (head, "given (--threshold)")
+        if in_sample and ("Youden" in ops or target_sensitivity is not None):
+            printer.warn("thresholds chosen on the validation split are evaluated on that same split "
+                         "(in-sample): their sensitivity/specificity are optimistic; evaluate --split test "
+                         "or a DATA folder for an unbiased estimate")
+
+    result, pred, curves = evaluate_predictions(y, probs, classes, patients, head, ops, n_bootstrap, seed=0)
+    if len(classes) != 2:
+        result["threshold"] = None
+    else:
+        result["threshold_source"] = threshold_source
+    result.update(run=run.run_dir.name, data=source, split=split if data is None else None, tta=tta,
+                  weights_source=run.info.weights_source, arch=run.info.arch)
+    if per_patient:
+        try:
+            py, pp, pids = aggregate_by_patient(y, probs, patients,
+                                                positive_index(classes) if len(classes) == 2 else None)
+            pl, _, _ = evaluate_predictions(py, pp, classes, pids, head, None, n_bootstrap, seed=0)
+            result["patient_level"] = {k: pl.get(k) for k in (
+                "n_patients", "accuracy", "balanced_accuracy", "roc_auc", "roc_auc_ci", "sensitivity",
+                "sensitivity_ci", "specificity", "specificity_ci", "positive_class", "confusion_matrix",
+                "ece", "brier")}
+        except ValueError as e:
+            printer.warn(f"per-patient aggregation skipped: {e}")
+    _evaluation_warnings(run, split_rows, items, result, data, printer)
+    result["warnings"] = printer.warnings[n_warn:]
+    result["provenance"] = _provenance(run, split_rows)
+
+    images: dict[str, bytes] = {}
+    if plots:
+        images = _evaluation_plots(run, result, curves)
+        (run.run_dir / "plots").mkdir(exist_ok=True)
+        for name, png in images.items():
+            runs.atomic_write_bytes(run.run_dir / "plots" / f"{name}.png", png)
+        result["plots"] = {name: f"plots/{name}.png" for name in images}
+    runs.atomic_write_json(run.run_dir / runs.EVALUATION, result)
+    rows = []
+    for (path, label, pid), pr, pd in zip(items, probs, pred):
+        row = {"file": path, "patient": pid or "", "label": label}
+        row.update({f"p_{c}": round(float(v), 6) for c, v in zip(classes, pr)})
+        row["prediction"] = classes[int(pd)]
+        rows.append(row)
+    runs.atomic_write_csv(run.run_dir / runs.PREDICTIONS, rows)
+    from nfx.evaluate.report import render_html, render_markdown
+
+    # rendered from the JSON as written (habit 10): what the report says is what the file holds
+    written = json.loads((run.run_dir / runs.EVALUATION).read_text())
+    runs.atomic_write_text(run.run_dir / runs.REPORT, render_markdown(written))
+    runs.atomic_write_text(run.run_dir / REPORT_HTML, render_html(written, images))
+    return result
+
+
+REPORT_HTML = "report.html"
+VALID_SCORES = "valid_scores.json"
+
+
+def _existing_items(run: LoadedRun, rows: list[dict[str, str]]) -> list[tuple[str, str, str | None]]:
+    items = [(r["path"], r["label"], r["patient"] or None) for r in rows]
+    missing = [p for p, _, _ in items if not Path(p).is_file()]
+    if missing:
+        raise DataError(
+            f"{missing[0]}: listed in {run.run_dir / runs.SPLITS} but missing ({len(missing)} files); "
+            "restore the data folder or pass DATA explicitly"
+        )
+    return items
+
+
+class _Flipped:
+    """Model wrapper for horizontal-flip TTA (flip the width axis of NCHW input)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def parameters(self):
+        return self.model.parameters()
+
+    def __call__(self, x):
+        return self.model(x.flip(-1))
+
+
+def _eval_probs(run: LoadedRun, paths: list[str], tta: bool, printer: Printer):
+    probs, bad = predict_probs(run.model, paths, run.info, run.cfg.data.cache_dir, printer)
+    if bad:
+        printer.warn(f"{len(bad)} file(s) could not be decoded and are left out (first: {bad[0][0]}: {bad[0][1]})")
+    if tta:
+        flipped, _ = predict_probs(_Flipped(run.model), paths, run.info, run.cfg.data.cache_dir, printer)
+        probs = (probs + flipped) / 2
+    return probs
+
+
+def _validation_scores(run: LoadedRun, split_rows, pos: int, tta: bool, printer: Printer):
+    """(is-positive labels, P(positive)) on the validation split, for choosing thresholds that are
+    then applied to other data. Cached in valid_scores.json, keyed by the weights file and TTA."""
+    import numpy as np
+
+    w = (run.run_dir / runs.WEIGHTS).stat()
+    key = {"weights_size": w.st_size, "weights_mtime_ns": w.st_mtime_ns, "tta": tta}
+    cache = run.run_dir / VALID_SCORES
+    if cache.is_file():
+        try:
+            c = json.loads(cache.read_text())
+            if c.get("key") == key:
+                return np.array(c["y_pos"], dtype=int), np.array(c["p_pos"], dtype=np.float64)
+        except (ValueError, KeyError):
+            pass
+    rows = [r for r in split_rows if r["split"] == "valid"]
+    paths = [r["path"] for r in rows if Path(r["path"]).is_file()]
+    if not paths:
+        return None, None
+    printer.info(f"choosing thresholds on the validation split ({len(paths)} images)")
+    probs = _eval_probs(run, paths, tta, Printer(quiet=True))
+    label_of = {r["path"]: r["label"] for r in rows}
+    ok = np.isfinite(probs).all(1)
+    classes = list(run.info.classes)
+    y_pos = np.array([classes.index(label_of[p]) == pos for p in paths], dtype=int)[ok]
+    p_pos = probs[ok, pos]
+    runs.atomic_write_json(cache, {"key": key, "y_pos": y_pos.tolist(), "p_pos": p_pos.tolist()})
+    return y_pos, p_pos
+
+
+def _provenance(run: LoadedRun, split_rows) -> dict[str, Any]:
+    from nfx import __version__
+
+    env = {}
+    if (run.run_dir / runs.ENV).is_file():
+        env = json.loads((run.run_dir / runs.ENV).read_text())
+    t = run.cfg.train
+    return {
+        "dataset": run.cfg.data.path,
+        "splits": split_counts([r["patient"] for r in split_rows], [r["split"] for r in split_rows]),
+        "model": {k: run.info.to_json()[k] for k in ("arch", "weights_source", "input_size", "mean", "std", "resize")},
+        "training": (f"{t.schedule or 'fine-tune'} schedule: {t.freeze_epochs} head-only + {t.epochs} full "
+                     f"epochs, effective batch {t.effective_batch_size}, lr {t.lr:g} (body lr/{t.body_lr_div:g}), AGC {t.agc if t.agc else 'off'}, "
+                     f"precision {env.get('precision', '?')}, device {env.get('device', '?')}"),
+        "nfx_version": __version__,
+        "trained_with_nfx": env.get("nfx"),
+        "packages": {k: (env.get("packages") or {}).get(k) for k in ("torch", "timm", "fastai")},
+    }
+
+
+def _evaluation_warnings(run: LoadedRun, split_rows, items, result, data, printer: Printer) -> None:
+    """Things a reader of the report must know: small samples, patient leakage, no patient ids,
+    heavy AGC clipping, training from scratch."""
+    n_pat = result["n_patients"]
+    if n_pat < 30:
+        printer.warn(f"only {n_pat} patients evaluated: confidence intervals are wide and the point "
+                     "estimates unstable")
+    ci = result.get("sensitivity_ci") or result.get("roc_auc_ci")
+    if ci and ci[1] - ci[0] > 0.3:
+        printer.warn(f"a 95% interval is {ci[1] - ci[0]:.2f} wide: too few patients to judge the model")
+    if result.get("positive_class") and (result.get("roc_auc_ci") is None):
+        printer.warn("no bootstrap interval: too few patients of each class in the evaluated data")
+    if all(not pid for _, _, pid in items):
+        printer.warn("no patient ids: every image counts as its own patient; if patients have several "
+                     "images, the intervals are too narrow")
+    split_of: dict[str, set[str]] = {}
+    for r in split_rows:
+        if r["patient"]:
+            split_of.setdefault(r["patient"], set()).add(r["split"])
+    leaked = sorted(p for p, s in split_of.items() if len(s) > 1)
+    if leaked:
+        printer.warn(f"patient leakage: {len(leaked)} patient(s) appear in more than one split "
+                     f"(e.g. {leaked[0]}); metrics are optimistic")
+    if data is not None:
+        train_pat = {r["patient"] for r in split_rows if r["split"] == "train" and r["patient"]}
+        train_path = {str(Path(r["path"]).resolve()) for r in split_rows if r["split"] == "train"}
+        pats = {pid for _, _, pid in items if pid and pid in train_pat}
+        files = [p for p, _, _ in items if str(Path(p).resolve()) in train_path]
+        if pats or files:
+            printer.warn(f"patient leakage: {len(pats)} patient(s) and {len(files)} file(s) of {data} were "
+                         "used for training; metrics on them are optimistic")
+    hist = run.run_dir / runs.HISTORY
+    if hist.is_file():
+        fr = [float(r["agc_clip_fraction"]) for r in runs.read_csv(hist) if r.get("agc_clip_fraction")]
+        if fr and max(fr) > 0.5:
+            printer.warn(f"heavy AGC clipping: up to {max(fr):.0%} of units clipped per epoch "
+                         f"(λ={run.cfg.train.agc}); training may have been throttled — try a larger --agc")
+    if run.info.from_scratch:
+        printer.warn("the model was trained from scratch (no pretrained weights)")
+
+
+def _evaluation_plots(run: LoadedRun, ev: dict[str, Any], curves: dict[str, Any]) -> dict[str, bytes]:
+    from nfx.evaluate import plots
+
+    out: dict[str, bytes] = {}
+    if curves["roc"]:
+        out["roc"] = plots.roc_png(curves["roc"], ev["roc_auc"], ev.get("roc_auc_ci"), curves.get("roc_band"))
+        out["pr"] = plots.pr_png(curves["pr"])
+    sub = f"threshold {ev['threshold']:.3g}" if ev.get("threshold") is not None else "argmax"
+    out["confusion"] = plots.confusion_png(ev["confusion_matrix"], ev["classes"], sub)
+    out["reliability"] = plots.reliability_png(curves["calibration"])
+    hist = run.run_dir / runs.HISTORY
+    if hist.is_file():
+        rows = runs.read_csv(hist)
+        if rows:
+            out["training"] = plots.training_png(rows)
+    return out

@@ -1,0 +1,271 @@
+"""finetune and resume: discover → resolve the model and schedule → write the run folder's
+config → ingest (decode + cache, bad files) → split by patient → train → metrics.
+
+Each step is a named function; `finetune` is their straight sequence.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from nfx import runs
+from nfx.config import RunConfig
+from nfx.console import Printer
+from nfx.data.split import split_counts
+from nfx.errors import DataError, RunError
+from nfx.records import MODEL_INFO, InputSpec, ModelInfo
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def finetune(cfg: RunConfig, printer: Printer | None = None) -> RunResult:
+    printer = printer or Printer()
+    t_start = time.time()
+    disc = discover_data(cfg, printer)
+    pat = f"{disc.n_patients} patients" if disc.n_patients else "no patient ids"
+    printer.info(f"found {len(disc.samples)} images in {len(disc.classes)} classes ({', '.join(disc.classes)}), {pat}")
+
+    import torch  # after cheap checks: a bad folder fails in well under a second
+
+    from nfx.models.factory import create_model
+    from nfx.train.learner import resolve_device, resolve_precision
+
+    notes: list[str] = []
+    torch.manual_seed(cfg.train.seed)  # the new head's (or a from-scratch model's) initialisation
+    model, prep, weights_source = create_model(
+        cfg.model.arch, len(disc.classes), cfg.model.pretrained, cfg.model.weights, notes
+    )
+    for n in notes:
+        printer.note(n)
+    arch = model.pretrained_cfg.get("architecture", cfg.model.arch)
+    if weights_source == "trained from scratch":
+        printer.warn(f"{arch}: no pretrained weights (--no-pretrained); this run trains from scratch")
+    device = resolve_device()
+    precision = resolve_precision(cfg.train.precision, device, printer.warn)
+    size = cfg.data.size or prep.train_size
+    from nfx.config import resolve_schedule
+
+    train_cfg, schedule_line = resolve_schedule(cfg.train, from_scratch=weights_source == "trained from scratch")
+    printer.info(schedule_line)
+    cfg = replace(
+        cfg,
+        data=replace(cfg.data, size=size, path=str(Path(cfg.data.path))),
+        model=replace(cfg.model, arch=arch),
+        train=train_cfg,
+    )
+    run_dir = runs.new_run_dir(cfg.out, cfg.name, arch)
+    cfg = replace(cfg, name=run_dir.name)
+    cfg.save(run_dir / runs.CONFIG)
+    env = runs.environment()
+    env["precision"] = precision
+    from nfx.data.augment import describe
+
+    env["augmentation"] = describe(cfg.data.aug, cfg.data.flip)  # the preset's resolved transforms
+    runs.atomic_write_json(run_dir / runs.ENV, env)
+
+    samples, entries = ingest(cfg, disc, run_dir, printer)
+    split_of = split(cfg, samples, printer, run_dir)
+    runs.atomic_write_csv(
+        run_dir / runs.SPLITS,
+        [{"path": s.path, "label": s.label, "patient": s.patient or "", "split": split_of[i]}
+         for i, s in enumerate(samples)],
+    )
+    counts = split_counts([s.patient for s in samples], split_of)
+    for sp, c in counts.items():
+        printer.info(f"  {sp}: {c['images']} images, {c['patients']} patients")
+
+    cls_idx = {c: i for i, c in enumerate(disc.classes)}
+    sel = {sp: [i for i in range(len(samples)) if split_of[i] == sp] for sp in ("train", "valid")}
+    if not sel["valid"]:
+        raise DataError(f"{cfg.data.path}: the validation split is empty; add images or raise --valid-pct")
+    if len(sel["train"]) < cfg.train.bs:
+        raise DataError(
+            f"{cfg.data.path}: the training split has {len(sel['train'])} images, fewer than --bs "
+            f"{cfg.train.bs}; lower --bs"
+        )
+    model_info = ModelInfo(arch=arch, classes=tuple(disc.classes), weights_source=weights_source,
+                           input=InputSpec(size=size, mean=tuple(prep.mean), std=tuple(prep.std),
+                                           resize=cfg.data.resize, frame=cfg.data.frame))
+    model_info.write(run_dir)
+
+    train = ([entries[i] for i in sel["train"]], [cls_idx[samples[i].label] for i in sel["train"]])
+    valid = ([entries[i] for i in sel["valid"]], [cls_idx[samples[i].label] for i in sel["valid"]])
+    return train_run(cfg, model, prep, model_info, train, valid, device, precision, run_dir, printer,
+                  counts, t_start, notes)
+
+
+def train_run(cfg, model, prep, model_info, train, valid, device, precision, run_dir, printer, counts,
+           t_start, notes, resume=None) -> RunResult:
+    from nfx.train.fit import fit
+
+    history, final = fit(
+        cfg, model, prep, train=train, valid=valid, num_classes=model_info.num_classes,
+        device=device, precision=precision, run_dir=run_dir, printer=printer, resume=resume,
+    )
+    metrics = {
+        **final,
+        "arch": model_info.arch,
+        "weights_source": model_info.weights_source,
+        "precision": precision,
+        "device": str(device),
+        "effective_batch_size": cfg.train.effective_batch_size,
+        "agc": cfg.train.agc,
+        "agc_mode": cfg.train.agc_mode,
+        "splits": counts,
+        "seconds": round(time.time() - t_start, 1),
+    }
+    import torch
+
+    if device.type == "cuda":
+        metrics["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    runs.atomic_write_json(run_dir / runs.METRICS, metrics)
+    return RunResult(run_dir, metrics, history, notes)
+
+
+def resume(run_dir: str | Path, printer: Printer | None = None) -> RunResult:
+    """Continue a run from its last completed epoch (model, optimizer, EMA, history, best-so-far;
+    RNG is re-seeded per epoch, so the continuation replays the uninterrupted run)."""
+    printer = printer or Printer()
+    t_start = time.time()
+    run_dir = runs.require_run(Path(run_dir), runs.SPLITS, MODEL_INFO)
+    cfg = RunConfig.load(run_dir / runs.CONFIG)
+    info = ModelInfo.read(run_dir)
+    from nfx.train.checkpoint import load_last
+
+    ckpt = load_last(run_dir)
+    if ckpt is None:
+        raise RunError(f"{run_dir}: no checkpoint to resume from (it stopped before finishing an epoch); "
+                       f"start it again with `nfx finetune --config {run_dir / runs.CONFIG}`")
+    if not cfg.train.resolved:  # a run from before the schedule was recorded: its values are explicit
+        from nfx.config import resolve_schedule
+
+        cfg = replace(cfg, train=resolve_schedule(cfg.train, info.from_scratch)[0])
+    total = cfg.train.freeze_epochs + cfg.train.epochs
+    if int(ckpt["state"].get("epochs_done", 0)) >= total or ckpt["state"].get("early_stopped_at"):
+        if (run_dir / runs.WEIGHTS).is_file() and (run_dir / runs.METRICS).is_file():
+            raise RunError(f"{run_dir}: already complete ({total} epochs); nothing to resume")
+    import torch  # noqa: F401
+
+    from nfx.data.cache import ImageCache
+    from nfx.models.factory import Preprocessing, build_for_inference
+    from nfx.train.learner import resolve_device, resolve_precision
+
+    rows = runs.read_csv(run_dir / runs.SPLITS)
+    spec = info.input  # the preprocessing the model was trained with, as recorded
+    cache = ImageCache(cfg.data.cache_dir, spec.size, spec.frame, resize=spec.resize)
+    paths = [r["path"] for r in rows]
+    with printer.progress(len(paths), "checking cache") as bar:
+        entries, bad = cache.fill(paths, on_done=lambda: bar.advance(1))
+    if bad:
+        raise DataError(f"{bad[0][0]}: {bad[0][1]} (a file of this run changed or vanished; "
+                        "restore the data folder to resume)")
+    classes = list(info.classes)
+    pick = {sp: [i for i, r in enumerate(rows) if r["split"] == sp] for sp in ("train", "valid")}
+    train = ([entries[i] for i in pick["train"]], [classes.index(rows[i]["label"]) for i in pick["train"]])
+    valid = ([entries[i] for i in pick["valid"]], [classes.index(rows[i]["label"]) for i in pick["valid"]])
+    prep = Preprocessing(spec.size, spec.size, spec.mean, spec.std, "")
+    model = build_for_inference(info.arch, info.num_classes)
+    device = resolve_device()
+    precision = resolve_precision(cfg.train.precision, device, printer.warn)
+    counts = split_counts([r["patient"] for r in rows], [r["split"] for r in rows])
+    return train_run(cfg, model, prep, info, train, valid, device, precision, run_dir, printer, counts,
+                  t_start, [], resume=ckpt)
+
+
+def discover_data(cfg: RunConfig, printer: Printer):
+    """Files → samples (headers only, in parallel, with progress)."""
+    from nfx.data.discover import discover
+
+    with printer.progress(None, "scanning files") as bar:
+        return discover(cfg.data.path, cfg.data.patient_regex, cfg.data.labels, on_progress=bar.advance)
+
+
+def ingest(cfg: RunConfig, disc, run_dir: Path, printer: Printer):
+    """Decode every file into the cache (the bad-file scan and the cache fill are one pass).
+
+    Every unusable file — unsupported type, unreadable header (from discovery), decode failure,
+    multi-frame without --frame — is written to bad_files.csv with its reason; then either one
+    error pointing at that file, or (--skip-bad) a warning and the rest goes on.
+    """
+    from nfx.data.cache import ImageCache
+
+    cache = ImageCache(cfg.data.cache_dir, cfg.data.size, cfg.data.frame, resize=cfg.data.resize)
+    paths = [s.path for s in disc.samples]
+    with printer.progress(len(paths), "decoding + caching") as bar:
+        entries, bad = cache.fill(paths, workers=cfg.data.num_workers or None, on_done=lambda: bar.advance(1))
+    st = cache.last_stats
+    if st.get("hits"):
+        printer.info(f"cache: {st['hits']} of {len(paths)} images reused, {st['decoded']} decoded ({cache.dir})")
+    bad = sorted(disc.bad + bad)
+    bad_csv = run_dir / runs.BAD_FILES
+    if bad:
+        runs.atomic_write_csv(bad_csv, [{"path": p, "reason": r} for p, r in bad], fieldnames=["path", "reason"])
+        if not cfg.data.skip_bad:
+            first = f"{bad[0][0]}: {bad[0][1]}"
+            raise DataError(
+                f"{len(bad)} file(s) could not be used (listed in {bad_csv}; first: {first}); "
+                "fix or remove them, or pass --skip-bad"
+            )
+        printer.warn(f"skipping {len(bad)} unusable file(s), listed with reasons in {bad_csv}")
+    bad_paths = {p for p, _ in bad}
+    keep = [i for i, s in enumerate(disc.samples) if s.path not in bad_paths]
+    samples = [disc.samples[i] for i in keep]
+    left = {s.label for s in samples}
+    if len(left) < 2:
+        raise DataError(f"{cfg.data.path}: after skipping unusable files fewer than two classes remain "
+                        f"(see {bad_csv}); fix those files")
+    empty = sorted(set(disc.classes) - left)
+    if empty:
+        printer.warn(f"class(es) {empty} have no usable images left after skipping bad files")
+    return samples, [entries[i] for i in keep]
+
+
+SPLIT_SUMMARY = "split_summary.json"
+
+
+def split(cfg: RunConfig, samples, printer: Printer, run_dir: Path | None = None) -> list[str]:
+    """train / valid / test per sample: user splits kept (leak-checked), the rest grouped by
+    patient and stratified by label. Writes split_summary.json (patients per split, leaks)."""
+    from nfx.data.split import assign_splits, group_keys, split_summary
+
+    patients = [s.patient for s in samples]
+    groups = group_keys([s.path for s in samples], patients)
+    n_with = sum(1 for p in patients if p)
+    if n_with == 0:
+        printer.warn(
+            "no patient id found (no CSV patient column, no DICOM PatientID, no --patient-regex); splitting "
+            "per image. If patients have several images, validation metrics will be optimistic"
+        )
+    elif n_with < len(samples):
+        printer.warn(f"{len(samples) - n_with} of {len(samples)} images have no patient id; "
+                     "each of those is its own group in the split")
+    user = [s.split for s in samples]
+    splits, leaks = assign_splits([s.label for s in samples], groups, user, cfg.data.valid_pct,
+                                  cfg.train.seed, allow_leak=cfg.data.allow_patient_leak)
+    if leaks:
+        shown = ", ".join(leaks[:5]) + (" …" if len(leaks) > 5 else "")
+        printer.warn(f"{len(leaks)} patient(s) appear in more than one split ({shown}); allowed by "
+                     "--allow-patient-leak, recorded in split_summary.json: metrics will be optimistic")
+    if run_dir is not None:
+        from collections import Counter
+
+        summary = {
+            "source": "user" if any(user) else "grouped_stratified",
+            "seed": cfg.train.seed,
+            "valid_pct": cfg.data.valid_pct,
+            "patient_id_source": dict(Counter(getattr(s, "patient_source", None) or "none" for s in samples)),
+            "splits": split_summary([s.label for s in samples], patients, splits),
+            "patient_leaks": leaks,
+            "allow_patient_leak": cfg.data.allow_patient_leak,
+        }
+        runs.atomic_write_json(run_dir / SPLIT_SUMMARY, summary)
+    return splits

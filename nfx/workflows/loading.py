@@ -1,0 +1,75 @@
+"""A trained run loaded for inference (no fastai): its config, ModelInfo and torch model; the
+torch prediction path; the image list of predict/explain arguments."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nfx import runs
+from nfx.config import RunConfig
+from nfx.console import Printer
+from nfx.errors import DataError, RunError
+from nfx.records import MODEL_INFO, ModelInfo
+
+
+@dataclass
+class LoadedRun:
+    run_dir: Path
+    cfg: RunConfig
+    info: ModelInfo
+    model: Any
+
+
+def load_run(run_dir: str | Path) -> LoadedRun:
+    run_dir = runs.require_run(Path(run_dir), runs.WEIGHTS, MODEL_INFO)
+    cfg = RunConfig.load(run_dir / runs.CONFIG)
+    info = ModelInfo.read(run_dir)
+    from safetensors.torch import load_file
+
+    from nfx.models.factory import build_for_inference
+
+    model = build_for_inference(info.arch, info.num_classes)
+    try:
+        state = load_file(str(run_dir / runs.WEIGHTS))
+        model.load_state_dict(state)
+    except Exception as e:
+        raise RunError(f"{run_dir / runs.WEIGHTS}: could not be loaded ({str(e)[:160]}); re-run training") from e
+    model.eval()
+    return LoadedRun(run_dir, cfg, info, model)
+
+
+def predict_probs(model, paths: list[str], info: ModelInfo, cache_dir: str | None,
+                  printer: Printer, bs: int = 32) -> tuple[Any, list[tuple[str, str]]]:
+    """Softmax probabilities for files (through the same decode/resize/normalise path)."""
+    import torch
+
+    from nfx.data.cache import predict_files
+
+    device = next(model.parameters()).device
+
+    def forward(x):
+        return torch.softmax(model(torch.from_numpy(x).to(device)).float(), 1).cpu().numpy()
+
+    # one bar, two passes over the files: decoding (cache), then prediction
+    with torch.inference_mode(), printer.progress(2 * len(paths), "decoding + predicting") as bar:
+        return predict_files(paths, forward, spec=info.input, n_classes=info.num_classes, cache_dir=cache_dir,
+                             bs=bs, on_decoded=bar.advance, on_batch=bar.advance)
+
+
+def image_paths(images: list[str]) -> list[str]:
+    from nfx.data.discover import candidate_files
+
+    paths: list[str] = []
+    for im in images:
+        p = Path(im)
+        if p.is_dir():
+            paths += [str(f) for f in candidate_files(p)]
+        elif p.is_file():
+            paths.append(str(p))
+        else:
+            raise DataError(f"{im}: no such file or folder; pass image files or a folder of images")
+    if not paths:
+        raise DataError(f"no image files found in {', '.join(images)}")
+    return paths
