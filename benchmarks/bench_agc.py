@@ -1,4 +1,4 @@
-"""AGC speed: ms per optimizer-step clip for nfx's planned `agc.clip_`, the plain per-parameter
+"""AGC speed: ms per optimizer-step clip for nfx's planned `agc.Clipper`, the plain per-parameter
 reference loop (`agc.clip_reference_`) and timm's `timm.utils.agc.adaptive_clip_grad`, on real
 NF model parameter sets (random init, random gradients, classifier head excluded), plus the
 memory-traffic floor.
@@ -111,11 +111,13 @@ def main(argv=None) -> int:
         body = body_params(arch, device, gdt)
         nbytes = sum(p.numel() * p.element_size() + 2 * p.grad.numel() * p.grad.element_size() for p in body)
         floor = nbytes / bw * 1e3
-        fns = {"nfx": lambda b=body: agc.clip_(b, lam),
+        # one Clipper per model, as the training callback keeps it (its plan is reused every step)
+        clip, clip_c = agc.Clipper(), agc.Clipper(compile=True)
+        fns = {"nfx": lambda b=body, c=clip: c(b, lam),
                "ref": lambda b=body: agc.clip_reference_(b, lam),
                "timm": lambda b=body: adaptive_clip_grad(b, lam)}
         if a.compile:
-            fns["compiled"] = lambda b=body: agc.clip_(b, lam, compile=True)
+            fns["compiled"] = lambda b=body, c=clip_c: c(b, lam)
         t = time_interleaved(fns, device, a.repeats)
         t_nfx, t_ref, t_timm, t_cmp = t["nfx"], t["ref"], t["timm"], t.get("compiled")
         rows.append(dict(arch=arch, mparams=sum(p.numel() for p in body) / 1e6, tensors=len(body),

@@ -46,7 +46,7 @@ VARIANTS = {
 ABLATIONS = {
     "nfx --resize letterbox": ("nfx", {"resize": "letterbox"}),
     "nfx --resize crop": ("nfx", {"resize": "crop"}),
-    "nfx --aug none": ("nfx", {"aug": "none"}),
+    "nfx --aug light": ("nfx", {"aug": "light"}),  # the default before this change
     "nfx --agc off": ("nfx", {"agc": None}),
     "nfx --schedule fine-tune": ("nfx", {"schedule": "fine-tune"}),  # the schedule before this change
 }
@@ -177,7 +177,9 @@ def main(argv=None) -> int:
     ap.add_argument("--starts", default="scratch,local", help="scratch and/or local (weights pretrained here)")
     ap.add_argument("--pretrain-epochs", type=int, default=12)
     ap.add_argument("--ablations", action="store_true", help="also nfx with one default changed at a time")
-    ap.add_argument("--ablate-starts", default="scratch,local", help="the starting points the ablations run for")
+    ap.add_argument("--ablate-starts", default="scratch", help="the starting points all ablations run for")
+    ap.add_argument("--local-ablations", default="nfx --aug light",
+                    help="ablations (by name) also run from local weights; comma-separated")
     ap.add_argument("--work", type=Path, default=CACHE / "bench_learning")
     ap.add_argument("--no-doc", action="store_true", help="print only; do not write docs/LEARNING.md")
     args = ap.parse_args(argv)
@@ -191,8 +193,13 @@ def main(argv=None) -> int:
     results: dict[str, dict[str, list[dict]]] = {}
     for start in args.starts.split(","):
         weights = pretrain(args, work) if start == "local" else None
-        ablate = args.ablations and start in args.ablate_starts.split(",")
-        variants = {**VARIANTS, **(ABLATIONS if ablate else {})}
+        if args.ablations and start in args.ablate_starts.split(","):
+            chosen = ABLATIONS
+        elif args.ablations and start == "local":
+            chosen = {k: v for k, v in ABLATIONS.items() if k in args.local_ablations.split(",")}
+        else:
+            chosen = {}
+        variants = {**VARIANTS, **chosen}
         for seed in seeds:
             ref = nfx_run(data, start, weights, args, seed, {}, work)  # makes the seed's split
             for vname, (kind, over) in variants.items():

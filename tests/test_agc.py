@@ -116,17 +116,34 @@ def test_mixed_dtypes_in_one_call_and_exact_bf16():
 
 def test_plan_is_reused_and_rebuilt_when_grads_are_replaced():
     ps = _params(seed=3)
-    agc.clip_(ps, 0.05)
+    clipper = agc.Clipper()
+    clipper(ps, 0.05)
+    first = clipper._plan
     for p in ps:  # a set_to_none optimizer: new gradient tensors next step
         p.grad = torch.randn_like(p)
     ref = _clone(ps)
-    agc.clip_(ps, 0.05)
+    clipper(ps, 0.05)
+    assert clipper._plan is not first  # rebuilt for the new gradient tensors
     agc.clip_reference_(ref, 0.05)
     for p, q in zip(ps, ref):
         assert torch.equal(p.grad, q.grad)
     before = [p.grad for p in ps]
-    agc.clip_(ps, 0.05)  # reused plan still writes into the live gradient tensors
+    second = clipper._plan
+    clipper(ps, 0.05)  # reused plan still writes into the live gradient tensors
+    assert clipper._plan is second
     assert all(p.grad is g for p, g in zip(ps, before))
+
+
+def test_clip_state_is_per_clipper_not_global():
+    import gc
+    import weakref
+
+    ps = _params(seed=5)
+    agc.clip_(ps, 0.05)
+    ref = weakref.ref(ps[0])
+    del ps
+    gc.collect()
+    assert ref() is None  # no module-level cache keeps an earlier fit's parameters alive
 
 
 def test_compile_failure_falls_back_to_eager(monkeypatch):
@@ -137,11 +154,12 @@ def test_compile_failure_falls_back_to_eager(monkeypatch):
         return run
 
     monkeypatch.setattr(torch, "compile", broken)
-    monkeypatch.setattr(agc, "_COMPILE_BROKEN", False)
     a = _params(seed=4)
     b = _clone(a)
-    n_fast, _ = agc.clip_(a, 0.05, compile=True)
+    clipper = agc.Clipper(compile=True)
+    n_fast, _ = clipper(a, 0.05)
     assert int(n_fast) == agc.clip_reference_(b, 0.05)
     for p, q in zip(a, b):
         assert torch.equal(p.grad, q.grad)
-    assert agc._COMPILE_BROKEN
+    assert clipper.compile_broken
+    assert not agc.Clipper(compile=True).compile_broken  # another run tries again

@@ -97,7 +97,8 @@ def test_interrupted_in_process_then_resumed_replays_the_run(tiny_data, tmp_path
     from nfx.console import Printer
 
     def cfg(name):
-        return RunConfig(data=DataConfig(path=str(tiny_data / "dicom"), size=64, num_workers=0),
+        # augmentation on: resuming must replay its random draws too
+        return RunConfig(data=DataConfig(path=str(tiny_data / "dicom"), size=64, num_workers=0, aug="light"),
                          model=ModelConfig(arch="test_nfnet", pretrained=False),
                          train=TrainConfig(epochs=3, freeze_epochs=1, bs=4, accum=2, lr=2e-3, agc=0.16, ema=0.9),
                          out=str(tmp_path), name=name)

@@ -51,7 +51,7 @@ def finetune(
     valid_pct: float | None = typer.Option(None, "--valid-pct", help="Share of patients for validation [default: 0.2]."),
     patient_regex: str | None = typer.Option(None, "--patient-regex", help="Regex on file names; group 1 = patient id (when no DICOM PatientID)."),
     skip_bad: bool | None = typer.Option(None, "--skip-bad/--no-skip-bad", help="Continue past unreadable files (listed in bad_files.csv)."),
-    aug: str | None = typer.Option(None, "--aug", help="Augmentation preset: none, light, strong [default: light]."),
+    aug: str | None = typer.Option(None, "--aug", help="Augmentation preset: none, light, strong [default: none; try light for long runs]."),
     precision: str | None = typer.Option(None, "--precision", help="auto, bf16, fp16 or fp32 [default: auto]."),
     workers: int | None = typer.Option(None, "--workers", help="DataLoader workers [default: 0 on CPU, up to 8 on GPU]."),
     cache_dir: str | None = typer.Option(None, "--cache-dir", help="Decoded-image cache [default: ~/.cache/nfx]."),

@@ -141,49 +141,57 @@ class _Plan:
         return True
 
 
-# One cached plan per caller-visible parameter list (keyed by id of the first parameter and the
-# length; validated by identity before use). Small: a fit has one or two lists.
-_PLANS: dict[tuple[int, int, bool], _Plan] = {}
-_COMPILE_BROKEN = False
+class Clipper:
+    """AGC for one training run: owns the cached plan of its parameter list (rebuilt when the
+    list or its gradient tensors change) and whether compiling the kernels failed. State lives
+    here, in the object a caller keeps (the fastai callback), never in module globals, so one
+    fit's parameters are not kept alive by, or leak into, the next."""
+
+    def __init__(self, compile: bool = False) -> None:
+        self.compile = compile
+        self.compile_broken = False
+        self._plan: _Plan | None = None
+
+    @torch.no_grad()
+    def __call__(self, params: Iterable[torch.Tensor], clip_factor: float,
+                 eps: float = 1e-3) -> tuple[torch.Tensor | None, int]:
+        """Clip `p.grad` in place for every parameter with a gradient.
+
+        Returns (number of clipped units as a 0-d device tensor or None if nothing had a
+        gradient, total number of units considered). With `compile=True` the kernels are
+        torch.compile'd (intended for CUDA); if compiling or running them fails, this Clipper
+        falls back to the eager path for good.
+        """
+        ps = [p for p in params if p.grad is not None]
+        if not ps:
+            return None, 0
+        compile = self.compile and not self.compile_broken
+        plan = self._plan
+        if plan is None or plan.compiled != compile or not plan.valid_for(ps):
+            plan = self._plan = _Plan(ps, compile)
+        clipped: torch.Tensor | None = None
+        for grp in plan.groups:
+            try:
+                n = grp.run(clip_factor, eps)
+            except Exception:
+                if not plan.compiled:
+                    raise
+                # Compilation happens before the compiled function touches any gradient, so
+                # running this group eagerly is exact. Stay eager from now on (no retry every step).
+                self.compile_broken = True
+                for g in plan.groups:
+                    g.fn = _group_clip
+                plan.compiled = False
+                n = grp.run(clip_factor, eps)
+            clipped = n if clipped is None else clipped + n
+        return clipped, plan.total
 
 
-@torch.no_grad()
 def clip_(
     params: Iterable[torch.Tensor], clip_factor: float, eps: float = 1e-3, *, compile: bool = False
 ) -> tuple[torch.Tensor | None, int]:
-    """Clip `p.grad` in place for every parameter with a gradient.
-
-    Returns (number of clipped units as a 0-d device tensor or None if nothing had a gradient,
-    total number of units considered). `compile=True` uses a torch.compile'd kernel plan (intended
-    for CUDA); if compiling or running it fails, nfx falls back to the eager path permanently.
-    """
-    global _COMPILE_BROKEN
-    ps = [p for p in params if p.grad is not None]
-    if not ps:
-        return None, 0
-    compile = compile and not _COMPILE_BROKEN
-    key = (id(ps[0]), len(ps), compile)
-    plan = _PLANS.get(key)
-    if plan is None or not plan.valid_for(ps):
-        if len(_PLANS) > 8:
-            _PLANS.clear()
-        plan = _PLANS[key] = _Plan(ps, compile)
-    clipped: torch.Tensor | None = None
-    for grp in plan.groups:
-        try:
-            n = grp.run(clip_factor, eps)
-        except Exception:
-            if not plan.compiled:
-                raise
-            # Compilation happens before the compiled function touches any gradient, so running
-            # this group eagerly is exact. Stay eager from now on (no retry every step).
-            _COMPILE_BROKEN = True
-            for g in plan.groups:
-                g.fn = _group_clip
-            plan.compiled = False
-            n = grp.run(clip_factor, eps)
-        clipped = n if clipped is None else clipped + n
-    return clipped, plan.total
+    """One-off clip (a fresh plan each call); training keeps a `Clipper` instead."""
+    return Clipper(compile)(params, clip_factor, eps)
 
 
 @torch.no_grad()

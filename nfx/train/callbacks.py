@@ -83,6 +83,7 @@ class AGCCallback(Callback):
         self.params = params
         self.clip_factor = clip_factor
         self.eps = eps
+        self.clipper = agc.Clipper()  # owns the cached plan for these parameters
         self.n_calls = 0
         self.epoch_fraction: float | None = None
         self.epoch_min_step_fraction: float | None = None
@@ -92,7 +93,7 @@ class AGCCallback(Callback):
         self._units: list[int] = []
 
     def before_step(self) -> None:
-        clipped, units = agc.clip_(self.params, self.clip_factor, self.eps)
+        clipped, units = self.clipper(self.params, self.clip_factor, self.eps)
         self.n_calls += 1
         if clipped is not None and units:
             self._clipped.append(clipped)
