@@ -230,6 +230,9 @@ def validate_train(t: TrainConfig) -> None:
         (t.ema is None or 0 < t.ema < 1, f"--ema must be a decay between 0 and 1, e.g. 0.999 (got {t.ema})"),
         (t.patience is None or t.patience >= 1, f"--patience must be >= 1 epoch (got {t.patience})"),
         (t.persample_chunk is None or t.persample_chunk >= 1, f"--persample-chunk must be >= 1 (got {t.persample_chunk})"),
+        (t.monitor is None or t.monitor in MONITORS, f"--monitor {t.monitor!r}: not a metric nfx records; "
+                                                      f"choose one of {', '.join(MONITORS)}"),
+        (math.isfinite(t.wd) and t.wd >= 0, f"weight decay must be a finite number >= 0 (got {t.wd})"),
     ]
     for ok, msg in checks:
         if not ok:
@@ -242,6 +245,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     checks = [
         (dcfg.resize in RESIZE, f"--resize must be one of {RESIZE} (got {dcfg.resize!r})"),
         (dcfg.aug in AUG_PRESETS, f"--aug must be one of {AUG_PRESETS} (got {dcfg.aug!r})"),
+        (dcfg.num_workers is None or dcfg.num_workers >= 0,
+         f"--workers must be >= 0 (0 = load in the main process; got {dcfg.num_workers})"),
         (0 < dcfg.valid_pct < 1, f"--valid-pct must be between 0 and 1 (got {dcfg.valid_pct})"),
         (dcfg.size is None or dcfg.size >= 32, f"--size must be >= 32 px (got {dcfg.size})"),
     ]
@@ -249,6 +254,25 @@ def validate(cfg: RunConfig) -> RunConfig:
         if not ok:
             raise ConfigError(msg)
     return cfg
+
+
+MONITORS = ("valid_roc_auc", "valid_loss", "valid_accuracy", "train_loss")  # columns of history.csv
+
+
+def check_agc_mode(agc_mode: str, agc: float | None, compile_model: bool) -> None:
+    """The cross-field rules of per-sample AGC (once AGC's λ is known)."""
+    if agc_mode == "per-sample" and compile_model:
+        raise ConfigError("--compile with --agc-mode per-sample is not supported (torch.func runs the "
+                          "eager model); drop one of them")
+    if agc_mode == "per-sample" and not agc:
+        raise ConfigError("--agc-mode per-sample clips each sample's gradient and needs AGC on; "
+                          "pass --agc auto or a clip factor, or use --agc-mode batch")
+
+
+def check_training(cfg: RunConfig) -> None:
+    """Every rule that needs the finished config (AGC resolved), checked before any file is read."""
+    t = cfg.train
+    check_agc_mode(t.agc_mode, t.agc, t.compile)
 
 
 def parse_agc(value: str | None, effective_batch_size: int) -> tuple[float | None, bool]:

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from nfx.errors import RunError
+from nfx.runs import MODEL_INFO  # noqa: E402  (the run folder's file names live in nfx.runs)
 
-MODEL_INFO = "model.json"
 RESIZE_POLICIES = ("squish", "letterbox", "crop")
 SCRATCH = "trained from scratch"  # ModelInfo.weights_source of a run with a random-init body
 

@@ -1,7 +1,9 @@
-"""One run folder and atomic writes.
+"""One run folder and atomic writes: every file name of a run folder is defined here.
 
-A run folder holds: config.json, env.json, splits.csv, bad_files.csv (if any), model.safetensors,
-history.csv, metrics.json, evaluation.json, predictions.csv, report.md, model.onnx.
+A run folder holds: config.json, env.json, splits.csv, split_summary.json, bad_files.csv (if
+any), model.json, model.safetensors, history.csv, metrics.json, checkpoints/{last.pt,
+best.safetensors}; after evaluate: evaluation.json, predictions.csv, valid_scores.json,
+report.md, report.html, plots/*.png; after export: model.onnx.
 Everything is written through a temp file and renamed, so a killed run never leaves a
 half-written artifact.
 """
@@ -32,6 +34,14 @@ EVALUATION = "evaluation.json"
 PREDICTIONS = "predictions.csv"
 REPORT = "report.md"
 ONNX = "model.onnx"
+MODEL_INFO = "model.json"
+SPLIT_SUMMARY = "split_summary.json"
+REPORT_HTML = "report.html"
+VALID_SCORES = "valid_scores.json"
+PLOTS = "plots"
+CKPT_DIR = "checkpoints"
+LAST = "last.pt"  # inside CKPT_DIR
+BEST = "best.safetensors"  # inside CKPT_DIR
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -39,7 +39,7 @@ def tiny_run(tiny_data, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("runs")
     cfg = RunConfig(
-        data=DataConfig(path=str(tiny_data / "dicom"), size=TINY_SIZE, num_workers=0),
+        data=DataConfig(path=str(tiny_data / "dicom"), size=TINY_SIZE, num_workers=0, aug="light"),
         model=ModelConfig(arch="test_nfnet", pretrained=False),
         train=TrainConfig(epochs=1, freeze_epochs=1, bs=4, accum=2, lr=1e-3, agc=0.16),
         out=str(out),

@@ -69,3 +69,22 @@ def test_finetune_records_the_resolved_schedule_and_trains_all_layers_from_scrat
     # the saved config reproduces the same resolved schedule
     again = RunConfig.load(res.run_dir / "config.json")
     assert again.train == resolve_schedule(again.train, from_scratch=True)[0]
+
+
+def test_rules_fail_before_any_work(tmp_path):
+    """Bad option combinations are refused by the config, before a run folder or a decoded image."""
+    from nfx.config import check_training
+
+    missing = str(tmp_path / "no-such-folder")  # would be a DataError if discovery ran first
+    for train, msg in ((dict(agc_mode="per-sample"), "needs AGC on"),
+                       (dict(agc_mode="per-sample", agc=0.1, compile=True), "--compile")):
+        cfg = RunConfig(data=DataConfig(path=missing), train=TrainConfig(**train), out=str(tmp_path))
+        with pytest.raises(ConfigError, match=msg):
+            check_training(cfg)
+        with pytest.raises(ConfigError, match=msg):
+            api.finetune(cfg, Printer(quiet=True))
+    assert not any(tmp_path.iterdir())  # no run folder was made
+    with pytest.raises(ConfigError, match="--monitor 'auc'.*valid_roc_auc"):
+        RunConfig.from_dict({"train": {"monitor": "auc"}})
+    with pytest.raises(ConfigError, match="--workers must be >= 0"):
+        RunConfig.from_dict({"data": {"num_workers": -1}})

@@ -111,9 +111,10 @@ class EpochLog(Callback):
 
     order = 60
 
-    def __init__(self, phase: str, on_epoch: Any, agc_cb: AGCCallback | None, printer: Any, epoch_offset: int = 0):
+    def __init__(self, phase: str, on_epoch: Any, agc_cb: AGCCallback | None, printer: Any, epoch_offset: int = 0,
+                 start_epoch: int = 0):
         self.phase, self.on_epoch, self.agc_cb, self.printer = phase, on_epoch, agc_cb, printer
-        self.epoch_offset = epoch_offset
+        self.epoch_offset, self.start_epoch = epoch_offset, start_epoch
 
     def before_epoch(self) -> None:
         self._t0 = time.time()
@@ -123,7 +124,7 @@ class EpochLog(Callback):
         self._t_valid = time.time()
 
     def after_epoch(self) -> None:
-        if self.epoch < getattr(self.learn, "nfx_start_epoch", 0):
+        if self.epoch < self.start_epoch:
             return  # an epoch fastai's SkipToEpoch cancelled while resuming
         names = list(self.recorder.metric_names)
         vals = list(self.recorder.log)

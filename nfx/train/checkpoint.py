@@ -26,19 +26,17 @@ import torch
 from fastai.callback.core import Callback, CancelFitException
 
 from nfx import runs
-
-CKPT_DIR = "checkpoints"
-LAST = "last.pt"
-BEST = "best.safetensors"
+from nfx.runs import BEST, CKPT_DIR, LAST  # noqa: E402,F401  (re-exported for fit)
 
 
 def epoch_seed(seed: int, global_epoch: int) -> int:
     return (int(seed) * 1_000_003 + int(global_epoch) * 7919) % (2**31 - 1)
 
 
-def _skipped(learn) -> bool:
-    """True for epochs fastai's SkipToEpoch cancels when resuming (their after_epoch still fires)."""
-    return learn.epoch < getattr(learn, "nfx_start_epoch", 0)
+def skipped(epoch: int, start_epoch: int) -> bool:
+    """True for epochs fastai's SkipToEpoch cancels when resuming (their after_epoch still fires):
+    those before `start_epoch`, the first epoch of this fit that really runs."""
+    return epoch < start_epoch
 
 
 class EpochSeed(Callback):
@@ -116,12 +114,14 @@ class Checkpointer(Callback):
     order = 70
 
     def __init__(self, run_dir: Path, history: list[dict[str, Any]], monitor: str, patience: int | None,
-                 state: dict[str, Any], ema_cb: EMACallback | None, phase: str, phase_offset: int):
+                 state: dict[str, Any], ema_cb: EMACallback | None, phase: str, phase_offset: int,
+                 start_epoch: int = 0):
         self.run_dir, self.history, self.monitor, self.patience = Path(run_dir), history, monitor, patience
         self.state, self.ema_cb, self.phase, self.phase_offset = state, ema_cb, phase, phase_offset
+        self.start_epoch = start_epoch
 
     def after_epoch(self) -> None:
-        if _skipped(self.learn):
+        if skipped(self.epoch, self.start_epoch):
             return
         row = self.history[-1]
         value = row.get(self.monitor)

@@ -108,10 +108,9 @@ def fit(cfg: RunConfig, model, prep, *, train, valid, num_classes: int, device: 
             if state.get("phase") == phase:
                 load_opt_state(learn.opt, resume["opt"])
             opt_restored = True
-        learn.nfx_start_epoch = start
         cbs = [EpochSeed(t.seed, offset),
-               EpochLog(phase, on_epoch, w.agc_cb, printer, offset),
-               Checkpointer(run_dir, history, monitor, t.patience, state, ema_cb, phase, offset),
+               EpochLog(phase, on_epoch, w.agc_cb, printer, offset, start_epoch=start),
+               Checkpointer(run_dir, history, monitor, t.patience, state, ema_cb, phase, offset, start_epoch=start),
                RichProgress(printer, f"training ({phase})")]
         learn.fit_one_cycle(n_epoch, lr, cbs=cbs, start_epoch=start)
         done = int(state.get("epochs_done", done))

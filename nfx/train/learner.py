@@ -65,12 +65,10 @@ def build_learner(dls, model, *, num_classes: int, wd: float, precision: str, ac
     model = model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    if compile_model:
-        if agc_mode == "per-sample":
-            from nfx.errors import ConfigError
+    from nfx.config import check_agc_mode
 
-            raise ConfigError("--compile with --agc-mode per-sample is not supported (torch.func runs the "
-                              "eager model); drop one of them")
+    check_agc_mode(agc_mode, agc, compile_model)  # also checked before any work, in finetune
+    if compile_model:
         # in place (nn.Module.compile): parameters, state_dict keys and the head's identity stay the same
         model.compile()
     metrics = [accuracy, RocAucBinary() if num_classes == 2 else RocAuc()]
@@ -82,11 +80,6 @@ def build_learner(dls, model, *, num_classes: int, wd: float, precision: str, ac
         cbs.append(MixedPrecision(amp_mode=precision))
     _head, body = head_and_body(model)
     if agc_mode == "per-sample":
-        if not agc:
-            from nfx.errors import ConfigError
-
-            raise ConfigError("--agc-mode per-sample clips each sample's gradient and needs AGC on; "
-                              "pass --agc auto or a clip factor, or use --agc-mode batch")
         from nfx.train.callbacks import PerSampleAGCCallback
 
         # replaces the backward pass; the batch-mode AGCCallback is not installed with it

@@ -138,10 +138,10 @@ def evaluate(run_dir: str | Path, data: str | None = None, printer: Printer | No
     images: dict[str, bytes] = {}
     if plots:
         images = _evaluation_plots(run, result, curves)
-        (run.run_dir / "plots").mkdir(exist_ok=True)
+        (run.run_dir / runs.PLOTS).mkdir(exist_ok=True)
         for name, png in images.items():
-            runs.atomic_write_bytes(run.run_dir / "plots" / f"{name}.png", png)
-        result["plots"] = {name: f"plots/{name}.png" for name in images}
+            runs.atomic_write_bytes(run.run_dir / runs.PLOTS / f"{name}.png", png)
+        result["plots"] = {name: f"{runs.PLOTS}/{name}.png" for name in images}
     runs.atomic_write_json(run.run_dir / runs.EVALUATION, result)
     rows = []
     for (path, label, pid), pr, pd in zip(items, probs, pred):
@@ -155,12 +155,10 @@ def evaluate(run_dir: str | Path, data: str | None = None, printer: Printer | No
     # rendered from the JSON as written (habit 10): what the report says is what the file holds
     written = json.loads((run.run_dir / runs.EVALUATION).read_text())
     runs.atomic_write_text(run.run_dir / runs.REPORT, render_markdown(written))
-    runs.atomic_write_text(run.run_dir / REPORT_HTML, render_html(written, images))
+    runs.atomic_write_text(run.run_dir / runs.REPORT_HTML, render_html(written, images))
     return result
 
 
-REPORT_HTML = "report.html"
-VALID_SCORES = "valid_scores.json"
 
 
 def _existing_items(run: LoadedRun, rows: list[dict[str, str]]) -> list[tuple[str, str, str | None]]:
@@ -204,7 +202,7 @@ def _validation_scores(run: LoadedRun, split_rows, pos: int, tta: bool, printer:
 
     w = (run.run_dir / runs.WEIGHTS).stat()
     key = {"weights_size": w.st_size, "weights_mtime_ns": w.st_mtime_ns, "tta": tta}
-    cache = run.run_dir / VALID_SCORES
+    cache = run.run_dir / runs.VALID_SCORES
     if cache.is_file():
         try:
             c = json.loads(cache.read_text())

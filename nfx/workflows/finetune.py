@@ -30,6 +30,9 @@ class RunResult:
 def finetune(cfg: RunConfig, printer: Printer | None = None) -> RunResult:
     printer = printer or Printer()
     t_start = time.time()
+    from nfx.config import check_training
+
+    check_training(cfg)  # cross-field rules fail before any file is read
     disc = discover_data(cfg, printer)
     pat = f"{disc.n_patients} patients" if disc.n_patients else "no patient ids"
     printer.info(f"found {len(disc.samples)} images in {len(disc.classes)} classes ({', '.join(disc.classes)}), {pat}")
@@ -229,7 +232,6 @@ def ingest(cfg: RunConfig, disc, run_dir: Path, printer: Printer):
     return samples, [entries[i] for i in keep]
 
 
-SPLIT_SUMMARY = "split_summary.json"
 
 
 def split(cfg: RunConfig, samples, printer: Printer, run_dir: Path | None = None) -> list[str]:
@@ -267,5 +269,5 @@ def split(cfg: RunConfig, samples, printer: Printer, run_dir: Path | None = None
             "patient_leaks": leaks,
             "allow_patient_leak": cfg.data.allow_patient_leak,
         }
-        runs.atomic_write_json(run_dir / SPLIT_SUMMARY, summary)
+        runs.atomic_write_json(run_dir / runs.SPLIT_SUMMARY, summary)
     return splits
