@@ -40,3 +40,17 @@ class BadFileError(DataError):
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{path}: {reason}")
+
+
+def short_reason(e: BaseException, limit: int = 160, with_type: bool = False) -> str:
+    """An exception as one short line for a user-facing message: the first line of its text
+    (two when the first only introduces the next, as pydicom's "exceptions were raised by all
+    available plugins:" does), the type name when there is no text, cut to `limit` characters.
+    The one place nfx turns a foreign exception into words (no traceback, no locals)."""
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    if not lines:
+        return type(e).__name__
+    text = f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
+    text = f"{type(e).__name__}: {text}" if with_type else text
+    return text[:limit]
+

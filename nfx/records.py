@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nfx.errors import RunError
+from nfx.errors import RunError, short_reason
 from nfx.runs import MODEL_INFO  # noqa: E402  (the run folder's file names live in nfx.runs)
 
 RESIZE_POLICIES = ("squish", "letterbox", "crop")
@@ -104,7 +104,7 @@ class ModelInfo:
         except FileNotFoundError:
             raise RunError(f"{p}: missing; is this a run folder made by `nfx finetune`?") from None
         except (ValueError, KeyError, TypeError) as e:
-            raise RunError(f"{p}: unreadable ({type(e).__name__}: {str(e)[:120]}); restore it from a backup "
+            raise RunError(f"{p}: unreadable ({short_reason(e, 120, with_type=True)}); restore it from a backup "
                            "or re-run training") from e
 
     # -- ONNX metadata -------------------------------------------------------------------

@@ -54,3 +54,14 @@ def test_missing_model_json(tmp_path):
 def test_unknown_policy_is_refused():
     with pytest.raises(ValueError, match="unknown resize policy"):
         InputSpec(size=64, mean=(0,) * 3, std=(1,) * 3, resize="stretch")
+
+
+def test_short_reason_is_one_short_line():
+    from nfx.errors import short_reason
+
+    assert short_reason(ValueError("first\nsecond")) == "first"
+    assert short_reason(RuntimeError("plugins failed:\n  pylibjpeg: missing\nmore")) == \
+        "plugins failed: pylibjpeg: missing"  # an introducing line takes the next one along
+    assert short_reason(KeyError()) == "KeyError"
+    assert short_reason(OSError("x" * 500), limit=50) == "x" * 50
+    assert short_reason(ValueError("bad"), with_type=True) == "ValueError: bad"

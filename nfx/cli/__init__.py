@@ -53,7 +53,7 @@ def boundary(command):
 
 
 def _run(fn) -> None:
-    from nfx.errors import NfxError
+    from nfx.errors import NfxError, short_reason
 
     try:
         fn()
@@ -66,7 +66,7 @@ def _run(fn) -> None:
     except Exception as e:  # noqa: BLE001 - the boundary: no traceback unless --debug
         if _state["debug"]:
             raise
-        _fail(f"internal error: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''} "
+        _fail(f"internal error: {short_reason(e, 200, with_type=True)} "
               "(run again with --debug for the traceback, and report it)")
 
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from nfx.data import intensity
 from nfx.data.images import decode_file
-from nfx.errors import BadFileError
+from nfx.errors import BadFileError, short_reason
 from nfx.records import InputSpec
 
 PREPROC_VERSION = 1
@@ -61,7 +61,7 @@ def _reason(e: BaseException) -> str:
     if isinstance(e, BadFileError):
         return e.reason
     # a decoder crash must become a reason, not a traceback
-    return f"could not be decoded ({type(e).__name__}: {str(e)[:120]}); remove or re-export it"
+    return f"could not be decoded ({short_reason(e, 120, with_type=True)}); remove or re-export it"
 
 
 class ImageCache:

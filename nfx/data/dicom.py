@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from nfx.data import intensity
-from nfx.errors import BadFileError
+from nfx.errors import BadFileError, short_reason
 
 PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
@@ -84,11 +84,11 @@ def _read(path: Path, header_only: bool) -> Any:
                 path, "not a DICOM file (no 'DICM' file header, no image attributes); remove it"
             ) from None
     except Exception as e:  # pydicom raises many types on corrupt files
-        raise BadFileError(path, f"DICOM file unreadable ({_short(e)}); remove or re-export it") from e
+        raise BadFileError(path, f"DICOM file unreadable ({short_reason(e)}); remove or re-export it") from e
     try:
         _ensure_transfer_syntax(ds)
     except Exception as e:
-        raise BadFileError(path, f"DICOM file unreadable ({_short(e)}); remove or re-export it") from e
+        raise BadFileError(path, f"DICOM file unreadable ({short_reason(e)}); remove or re-export it") from e
     return ds
 
 
@@ -160,7 +160,7 @@ def decode_dicom(path: Path, frame: int | None = None) -> np.ndarray:
     except BadFileError:
         raise
     except Exception as e:  # invalid LUT / window / palette attributes
-        reason = f"pixel values could not be converted ({_short(e)}); re-export the file"
+        reason = f"pixel values could not be converted ({short_reason(e)}); re-export the file"
         raise BadFileError(path, reason) from e
 
 
@@ -174,7 +174,7 @@ def _decode_pixels(ds: Any, path: Path, frame: int | None) -> np.ndarray:
             arr = pixel_array(ds, index=frame % int(ds.NumberOfFrames))
     except Exception as e:
         ts = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", ""))
-        msg = _short(e)
+        msg = short_reason(e)
         pkg = DECODER_PACKAGES.get(ts)
         # Only when pydicom says no decoder is *available*; "exceptions were raised by all
         # available plugins" means the installed decoders failed on this file (corrupt data).
@@ -309,12 +309,3 @@ def _modality_range(ds: Any, lo: float, hi: float) -> tuple[float, float]:
         return min(a, b), max(a, b)
     return float(lo), float(hi)
 
-
-def _short(e: BaseException) -> str:
-    """First line of the message (two when the first only introduces the next, as in pydicom's
-    "exceptions were raised by all available plugins:")."""
-    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
-    if not lines:
-        return type(e).__name__
-    text = f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
-    return text[:160]

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from nfx.data.dicom import is_dicom, patient_id, read_header
 from nfx.data.images import IMAGE_SUFFIXES
-from nfx.errors import BadFileError, DataError
+from nfx.errors import BadFileError, DataError, short_reason
 
 SPLIT_DIRS = {"train": "train", "valid": "valid", "validation": "valid", "val": "valid", "test": "test"}
 SPLIT_VALUES = {**SPLIT_DIRS, "training": "train", "testing": "test", "holdout": "test"}
@@ -262,7 +262,7 @@ def _resolve_patients(items: list[_Item], regex: re.Pattern | None, bad: list[tu
         except BadFileError as e:
             return (str(f), e.reason)
         except Exception as e:  # a header parser crash must become a reason
-            return (str(f), f"DICOM header unreadable ({type(e).__name__}: {str(e)[:100]}); remove or re-export it")
+            return (str(f), f"DICOM header unreadable ({short_reason(e, 100, with_type=True)}); remove or re-export it")
         finally:
             if on_progress:
                 on_progress(1)

@@ -12,7 +12,7 @@ import numpy as np
 
 from nfx.data import intensity
 from nfx.data.dicom import decode_dicom, is_dicom
-from nfx.errors import BadFileError
+from nfx.errors import BadFileError, short_reason
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 
@@ -43,7 +43,7 @@ def decode_image(path: Path) -> np.ndarray:
     except UnidentifiedImageError as e:
         raise BadFileError(path, "not a readable image (unknown or corrupt format); remove or re-export it") from e
     except (OSError, SyntaxError, ValueError) as e:
-        raise BadFileError(path, f"image is truncated or corrupt ({str(e)[:120]}); remove or re-export it") from e
+        raise BadFileError(path, f"image is truncated or corrupt ({short_reason(e, 120)}); remove or re-export it") from e
 
 
 def _deep_colour(im) -> bool:

@@ -184,7 +184,7 @@ def _probe(args: tuple[int, str, int | None]) -> tuple[int, dict[str, Any]]:
     i, path, frame = args
     from nfx.data.dicom import decode_dicom, is_dicom, read_header
     from nfx.data.images import decode_image
-    from nfx.errors import BadFileError
+    from nfx.errors import BadFileError, short_reason
 
     p = Path(path)
     info: dict[str, Any] = {}
@@ -216,4 +216,4 @@ def _probe(args: tuple[int, str, int | None]) -> tuple[int, dict[str, Any]]:
     except OSError as e:
         return i, {"reason": f"cannot be read ({e.strerror or e}); check the file and its permissions"}
     except Exception as e:  # never crash on a file: explain it
-        return i, {"reason": f"could not be decoded ({type(e).__name__}: {str(e)[:120]}); remove or re-export it"}
+        return i, {"reason": f"could not be decoded ({short_reason(e, 120, with_type=True)}); remove or re-export it"}

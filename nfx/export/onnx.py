@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from nfx.errors import ExportError
+from nfx.errors import ExportError, short_reason
 from nfx.records import ModelInfo
 
 INPUT, OUTPUT = "image", "logits"
@@ -60,7 +60,7 @@ def export_onnx(model: Any, info: ModelInfo, out: Path, tolerance: float = 1e-4,
     except ExportError:
         raise
     except Exception as e:
-        raise ExportError(f"{out}: ONNX export failed ({str(e).splitlines()[0][:200]}); run with --debug for details") from e
+        raise ExportError(f"{out}: ONNX export failed ({short_reason(e, 200)}); run with --debug for details") from e
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nfx.errors import ModelError
+from nfx.errors import ModelError, short_reason
 
 NF_PREFIXES = ("dm_nfnet", "nfnet", "eca_nfnet", "nf_", "test_nfnet")
 
@@ -98,7 +98,7 @@ def create_model(
             model = timm.create_model(arch, pretrained=True, **kwargs)
         except Exception as e:
             raise ModelError(
-                f"{weights}: could not load weights into {arch} ({_short(e)}); "
+                f"{weights}: could not load weights into {arch} ({short_reason(e, 200)}); "
                 "the file must be a state dict (safetensors or torch) of the same architecture"
             ) from e
         # timm loads non-strictly when the class count differs, so a file of another architecture
@@ -116,7 +116,7 @@ def create_model(
         try:
             model = timm.create_model(arch, pretrained=True, **kwargs)
         except Exception as e:
-            why = "the hub is unreachable from this machine and they are not in the local cache" if offline else _short(e)
+            why = "the hub is unreachable from this machine and they are not in the local cache" if offline else short_reason(e, 200)
             raise ModelError(
                 f"could not get pretrained weights for {arch} from the Hugging Face hub ({why}); "
                 "offline, download them elsewhere and pass --weights FILE (safetensors or state dict), "
@@ -218,7 +218,3 @@ def no_decay_params(model: Any) -> list[Any]:
                 seen.add(id(p))
     return out
 
-
-def _short(e: BaseException) -> str:
-    s = str(e).strip().splitlines()
-    return (s[0] if s else type(e).__name__)[:200]

@@ -200,7 +200,7 @@ def load_last(run_dir: Path) -> dict[str, Any] | None:
     """The resume state, read without running code (`weights_only=True`). A file that is not a
     plain nfx checkpoint (truncated, random bytes, or a pickle asking to import and call
     something) is refused with a RunError instead of being executed."""
-    from nfx.errors import RunError
+    from nfx.errors import RunError, short_reason
 
     p = Path(run_dir) / CKPT_DIR / LAST
     if not p.is_file():
@@ -208,8 +208,7 @@ def load_last(run_dir: Path) -> dict[str, Any] | None:
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:
-        why = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise RunError(f"{p}: not a readable nfx checkpoint ({why}); it was not loaded (nfx never unpickles "
+        raise RunError(f"{p}: not a readable nfx checkpoint ({short_reason(e)}); it was not loaded (nfx never unpickles "
                        f"code). Delete it and start the run again with `nfx finetune --config "
                        f"{Path(run_dir) / runs.CONFIG}`") from e
     if not isinstance(ckpt, dict) or not {"state", "history", "model", "opt"} <= set(ckpt):

@@ -10,7 +10,7 @@ from typing import Any
 from nfx import runs
 from nfx.config import RunConfig
 from nfx.console import Printer
-from nfx.errors import DataError, RunError
+from nfx.errors import DataError, RunError, short_reason
 from nfx.records import MODEL_INFO, ModelInfo
 
 
@@ -35,7 +35,7 @@ def load_run(run_dir: str | Path) -> LoadedRun:
         state = load_file(str(run_dir / runs.WEIGHTS))
         model.load_state_dict(state)
     except Exception as e:
-        raise RunError(f"{run_dir / runs.WEIGHTS}: could not be loaded ({str(e)[:160]}); re-run training") from e
+        raise RunError(f"{run_dir / runs.WEIGHTS}: could not be loaded ({short_reason(e)}); re-run training") from e
     model.eval()
     return LoadedRun(run_dir, cfg, info, model)
 
