@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from nfx import runs
 from nfx.records import ModelInfo
 
 
@@ -88,9 +89,8 @@ def gradcam_overlays(model: torch.nn.Module, info: ModelInfo, entries: list[str 
             scale = max(1, int(np.ceil(min_size / pair.shape[0])))
             pic = Image.fromarray(pair).resize((pair.shape[1] * scale, pair.shape[0] * scale), Image.NEAREST)
             dest = out_dir / f"{i:03d}_{Path(path).stem}_gradcam.png"
-            tmp = dest.with_name(f".{dest.name}.tmp")
-            pic.save(tmp, format="PNG")
-            tmp.replace(dest)
+            with runs.atomic_path(dest) as tmp:
+                pic.save(tmp, format="PNG")
             results.append({
                 "file": path, "overlay": str(dest), "layer": layer_name,
                 "prediction": classes[int(probs.argmax())], "probability": round(float(probs.max()), 6),

@@ -10,14 +10,17 @@ half-written artifact.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
+import itertools
 import json
 import os
 import platform
 import sys
-import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,20 +47,36 @@ LAST = "last.pt"  # inside CKPT_DIR
 BEST = "best.safetensors"  # inside CKPT_DIR
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+_TMP_IDS = itertools.count()
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path, fsync: bool = True) -> Iterator[Path]:
+    """The one atomic writer: yields a unique temp path beside `path` for the caller (or a
+    library: safetensors, ONNX, Pillow, numpy) to write; on success the file is fsynced and
+    renamed over `path`, so readers see the old file or the new one, never half of either; on
+    any failure (or a kill) the temp file is removed and `path` is untouched. `fsync=False`
+    for disposable files (decoded-image cache entries), where one fsync per image costs more
+    than a rebuilt entry."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # unique per process, thread and call; created with open(), so the umask decides the
+    # permissions as for any other file (mkstemp would force 0600 on a shared cache)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.{next(_TMP_IDS)}.tmp")
+    open(tmp, "xb").close()
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
+        if fsync:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -65,3 +65,19 @@ def test_short_reason_is_one_short_line():
     assert short_reason(KeyError()) == "KeyError"
     assert short_reason(OSError("x" * 500), limit=50) == "x" * 50
     assert short_reason(ValueError("bad"), with_type=True) == "ValueError: bad"
+
+
+def test_atomic_path_replaces_only_on_success(tmp_path):
+    from nfx.runs import atomic_path
+
+    target = tmp_path / "model.safetensors"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("killed mid-write")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]  # no temp file left
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(b"new")
+    assert target.read_bytes() == b"new" and len(list(tmp_path.iterdir())) == 1

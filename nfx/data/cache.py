@@ -108,10 +108,10 @@ class ImageCache:
 
     def _store(self, e: Path, arr: np.ndarray) -> None:
         e.parent.mkdir(parents=True, exist_ok=True)
-        tmp = e.with_name(f".{e.name}.{os.getpid()}.{id(arr)}.tmp")
-        with open(tmp, "wb") as f:
+        from nfx.runs import atomic_path
+
+        with atomic_path(e, fsync=False) as tmp, open(tmp, "wb") as f:
             np.save(f, arr)
-        os.replace(tmp, e)
 
     def fill(
         self,

@@ -10,13 +10,13 @@ nfx_arch, nfx_resize (squish | letterbox | crop), nfx_frame (DICOM frame or empt
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from nfx import runs
 from nfx.errors import ExportError, short_reason
 from nfx.records import ModelInfo
 
@@ -32,38 +32,34 @@ def export_onnx(model: Any, info: ModelInfo, out: Path, tolerance: float = 1e-4,
     model = model.eval().float().cpu()
     size = info.input.size
     example = torch.randn(2, 3, size, size)
-    tmp = out.with_name(f".{out.name}.tmp")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            batch = torch.export.Dim("batch", min=1, max=4096)
-            prog = torch.onnx.export(
-                model, (example,), dynamo=True, external_data=False, opset_version=opset,
-                input_names=[INPUT], output_names=[OUTPUT], dynamic_shapes=({0: batch},),
-                verbose=False,
-            )
-            prog.save(str(tmp), external_data=False)
-        m = onnx.load(str(tmp))
-        meta = {**info.onnx_metadata(), "nfx_weights_source": info.weights_source, "nfx_version": __version__}
-        del m.metadata_props[:]
-        for k, v in meta.items():
-            m.metadata_props.add(key=k, value=v)
-        onnx.checker.check_model(m, full_check=True)
-        onnx.save(m, str(tmp))
-        diff = verify(model, tmp, size)
-        if not diff <= tolerance:
-            raise ExportError(
-                f"{out}: ONNX Runtime output differs from torch by {diff:.2e} (> {tolerance:.0e}); "
-                "the export was discarded — report this with the architecture name"
-            )
-        os.replace(tmp, out)
+        with runs.atomic_path(out) as tmp:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                batch = torch.export.Dim("batch", min=1, max=4096)
+                prog = torch.onnx.export(
+                    model, (example,), dynamo=True, external_data=False, opset_version=opset,
+                    input_names=[INPUT], output_names=[OUTPUT], dynamic_shapes=({0: batch},),
+                    verbose=False,
+                )
+                prog.save(str(tmp), external_data=False)
+            m = onnx.load(str(tmp))
+            meta = {**info.onnx_metadata(), "nfx_weights_source": info.weights_source, "nfx_version": __version__}
+            del m.metadata_props[:]
+            for k, v in meta.items():
+                m.metadata_props.add(key=k, value=v)
+            onnx.checker.check_model(m, full_check=True)
+            onnx.save(m, str(tmp))
+            diff = verify(model, tmp, size)
+            if not diff <= tolerance:  # raising inside atomic_path discards the file
+                raise ExportError(
+                    f"{out}: ONNX Runtime output differs from torch by {diff:.2e} (> {tolerance:.0e}); "
+                    "the export was discarded — report this with the architecture name"
+                )
     except ExportError:
         raise
     except Exception as e:
         raise ExportError(f"{out}: ONNX export failed ({short_reason(e, 200)}); run with --debug for details") from e
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return {"max_abs_diff": diff, "opset": opset, "input_size": size, "size_bytes": out.stat().st_size}
 
 

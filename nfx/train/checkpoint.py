@@ -164,20 +164,16 @@ class Checkpointer(Callback):
 
 
 def save_state_dict(state: dict[str, torch.Tensor], path: Path) -> None:
-    """safetensors, atomically, reloaded once to verify."""
-    import os
-
+    """safetensors, atomically (runs.atomic_path), reloaded once to verify before it replaces
+    the previous file."""
     from safetensors.torch import load_file, save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(state, str(tmp))
-    back = load_file(str(tmp))
-    if set(back) != set(state) or any(not torch.equal(back[k], state[k]) for k in state):
-        tmp.unlink(missing_ok=True)
-        raise RuntimeError(f"{path}: saved weights do not read back identically")
-    os.replace(tmp, path)
+    with runs.atomic_path(path) as tmp:
+        save_file(state, str(tmp))
+        back = load_file(str(tmp))
+        if set(back) != set(state) or any(not torch.equal(back[k], state[k]) for k in state):
+            raise RuntimeError(f"{path}: saved weights do not read back identically")
 
 
 def _plain(obj: Any) -> Any:
