@@ -65,9 +65,9 @@ def nfx_run(data: Path, start: str, weights: Path | None, args, seed: int, over:
     from nfx.console import Printer
 
     name = f"{start}-nfx-{_slug(over)}-s{seed}"
-    res_file = work / f"{name}.json"
-    if res_file.is_file():
-        return json.loads(res_file.read_text())
+    res_file, done = _kept(work, name)
+    if done:
+        return done
     scratch = weights is None
     warm = resolve_schedule(TrainConfig(schedule=over.get("schedule")), from_scratch=scratch)[0].freeze_epochs
     data_cfg = {k: over[k] for k in ("resize", "aug") if k in over}
@@ -112,9 +112,9 @@ def plain_run(data: Path, start: str, weights: Path | None, args, seed: int, spl
     )
 
     name = f"{start}-plain-s{seed}"
-    res_file = work / f"{name}.json"
-    if res_file.is_file():
-        return json.loads(res_file.read_text())
+    res_file, done = _kept(work, name)
+    if done:
+        return done
     with open(split_from / "splits.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["split"] in ("train", "valid")]
     label = {r["path"]: r["label"] for r in rows}
@@ -263,6 +263,12 @@ def _auto_lambda(bs: int) -> float:
     from nfx.config import auto_agc_clip
 
     return auto_agc_clip(bs)
+
+
+def _kept(work: Path, name: str) -> tuple[Path, dict | None]:
+    """(result file of a run, its result if a previous invocation finished it)."""
+    f = work / f"{name}.json"
+    return f, (json.loads(f.read_text()) if f.is_file() else None)
 
 
 def _slug(over: dict) -> str:

@@ -20,13 +20,13 @@ import hashlib
 import os
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
 
 from nfx.data import intensity
 from nfx.data.images import decode_file
+from nfx.data.parallel import map_files
 from nfx.errors import BadFileError, short_reason
 from nfx.records import InputSpec
 
@@ -151,26 +151,14 @@ class ImageCache:
         n = max(1, workers or default_workers())
         if pool == "auto":
             pool = "thread"  # measured: see the module docstring
-        if n == 1 or len(misses) <= 1:
-            pool = "serial"
         args = [(str(self.dir), self.size, self.frame, self.resize, i, paths[i]) for i in misses]
-        if pool == "serial":
-            for a in args:
-                self._collect(_decode_one(a), paths, entries, bad, on_done)
-        else:
-            ex: Executor
-            if pool == "process":
-                import multiprocessing as mp
-
-                # spawn: the caller may hold torch/OpenMP threads, and fork after threads can hang
-                ex = ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context("spawn"),
-                                         initializer=_worker_init)
+        results, pool = map_files(_decode_one, args, workers=n, pool=pool, on_done=on_done,
+                                  initializer=_worker_init)
+        for i, entry, reason in results:
+            if entry is not None:
+                entries[i] = Path(entry)
             else:
-                ex = ThreadPoolExecutor(max_workers=n)
-            with ex:
-                futures = [ex.submit(_decode_one, a) for a in args]
-                for fut in as_completed(futures):
-                    self._collect(fut.result(), paths, entries, bad, on_done)
+                bad.append((paths[i], reason))
         bad.sort()
         self.last_stats = {
             "files": len(paths), "hits": hits,
@@ -178,16 +166,6 @@ class ImageCache:
             "seconds": round(time.perf_counter() - t0, 3), "pool": pool, "workers": n,
         }
         return entries, bad
-
-    @staticmethod
-    def _collect(res, paths, entries, bad, on_done) -> None:
-        i, entry, reason = res
-        if entry is not None:
-            entries[i] = Path(entry)
-        else:
-            bad.append((paths[i], reason))
-        if on_done:
-            on_done()
 
 
 def _worker_init() -> None:

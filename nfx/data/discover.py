@@ -24,12 +24,12 @@ import os
 import re
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from nfx.data.dicom import is_dicom, patient_id, read_header
 from nfx.data.images import IMAGE_SUFFIXES
+from nfx.data.parallel import map_files
 from nfx.errors import BadFileError, DataError, short_reason
 
 SPLIT_DIRS = {"train": "train", "valid": "valid", "validation": "valid", "val": "valid", "test": "test"}
@@ -269,11 +269,8 @@ def _resolve_patients(items: list[_Item], regex: re.Pattern | None, bad: list[tu
         return Sample(str(f), label, pid, split, source)
 
     n = workers or min(8, max(1, os.cpu_count() or 1))
-    if len(items) < 64 or n == 1:
-        results = [one(it) for it in items]
-    else:  # header reads are mostly file I/O: threads suffice
-        with ThreadPoolExecutor(max_workers=n) as ex:
-            results = list(ex.map(one, items))
+    # header reads are mostly file I/O: threads suffice; `one` reports progress itself
+    results, _ = map_files(one, items, workers=n, serial_below=64)
     samples = []
     for r in results:
         if isinstance(r, Sample):

@@ -20,9 +20,10 @@ from __future__ import annotations
 import hashlib
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from concurrent.futures import Executor, ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
+
+from nfx.data.parallel import map_files
 
 IMBALANCE_RATIO = 3.0  # warn when the largest class has this many times the smallest's images
 
@@ -44,20 +45,9 @@ def inspect_data(
     n = max(1, workers or default_workers())
     probes: list[dict[str, Any] | None] = [None] * len(disc.samples)
     args = [(i, s.path, frame) for i, s in enumerate(disc.samples)]
-    if n == 1 or len(args) <= 1:
-        for a in args:
-            i, res = _probe(a)
-            probes[i] = res
-            if on_decode:
-                on_decode(1)
-    else:
-        ex: Executor = ThreadPoolExecutor(max_workers=n)  # threads: see nfx.data.cache
-        with ex:
-            for fut in as_completed([ex.submit(_probe, a) for a in args]):
-                i, res = fut.result()
-                probes[i] = res
-                if on_decode:
-                    on_decode(1)
+    results, _ = map_files(_probe, args, workers=n, on_done=(lambda: on_decode(1)) if on_decode else None)
+    for i, res in results:
+        probes[i] = res
 
     bad = list(disc.bad)
     ok: list[tuple[Any, dict[str, Any]]] = []
