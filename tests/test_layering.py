@@ -1,4 +1,4 @@
-"""The dependency rules of shared/DESIGN.md, checked by parsing imports (no import needed)."""
+"""The dependency rules of nfx (README, "Development"), checked by parsing imports (no import needed)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ FASTAI_OK = ("api.py", "train/learner.py", "train/callbacks.py", "train/fit.py",
 UI_OK = ("cli/", "console.py")
 ONNX_OK = ("export/",)
 PURE = ("data/intensity.py", "data/split.py", "train/agc.py", "evaluate/metrics.py", "evaluate/thresholds.py",
-        "evaluate/calibration.py", "records.py", "data/resize.py",
+        "evaluate/calibration.py", "evaluate/cautions.py", "records.py", "data/resize.py",
         "evaluate/bootstrap.py", "config.py", "errors.py")
 PURE_FORBIDDEN = {"fastai", "typer", "rich", "onnx", "onnxruntime", "timm", "pydicom", "albumentations"}
 
@@ -110,3 +110,15 @@ def test_no_module_over_about_300_lines():
     long = {p.relative_to(PKG).as_posix(): n for p in PKG.rglob("*.py")
             if (n := len(p.read_text().splitlines())) > 330}
     assert not long, long
+
+
+def test_no_references_to_files_outside_the_repository():
+    root = PKG.parent
+    hits = []
+    for p in [*PKG.rglob("*.py"), *(root / "tests").glob("*.py"), *(root / "benchmarks").glob("*.py"),
+              root / "README.md", *(root / "docs").glob("*.md")]:
+        text = p.read_text()
+        for needle in ("shared/", "../"):
+            if needle in text and p.name != "test_layering.py":
+                hits.append(f"{p.relative_to(root)}: {needle}")
+    assert not hits, hits

@@ -1,6 +1,6 @@
 """timm model factory: architecture names, pretrained weights, head/body split, preprocessing.
 
-Rules (see shared/PITFALLS.md):
+Rules (domain facts timm and fastai users get wrong):
 - `nfnet_fN` has no pretrained weights in timm; with --pretrained it is mapped to `dm_nfnet_fN`
   with a visible note. Any other architecture without weights is refused with the list of
   names that have them, so nobody trains from random init believing it is fine-tuning.

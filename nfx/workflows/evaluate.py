@@ -10,8 +10,8 @@ from typing import Any
 
 from nfx import runs
 from nfx.console import Printer
-from nfx.data.split import split_counts
 from nfx.errors import ConfigError, DataError
+from nfx.evaluate.cautions import evaluation_warnings, provenance
 from nfx.workflows.loading import LoadedRun, load_run, predict_probs
 
 
@@ -70,48 +70,22 @@ def evaluate(run_dir: str | Path, data: str | None = None, printer: Printer | No
     y = np.array([classes.index(lbl) for _, lbl, _ in items])
     patients = [pid or f"file:{p}" for p, _, pid in items]
 
-    from nfx.evaluate.metrics import (
-        aggregate_by_patient,
-        evaluate_predictions,
-        positive_index,
-        threshold_for_sensitivity,
-        youden_threshold,
-    )
+    from nfx.evaluate.metrics import aggregate_by_patient, evaluate_predictions, positive_index
+    from nfx.evaluate.thresholds import choose_operating_points
 
     in_sample = data is None and split == "valid"
+    head, threshold_source = (0.5, "default") if threshold is None else (float(threshold), "given by the user (--threshold)")
     ops: dict[str, tuple[float, str]] = {}
-    threshold_source = "default"
-    head = 0.5 if threshold is None else float(threshold)
-    if threshold is not None:
-        threshold_source = "given by the user (--threshold)"
     if len(classes) == 2:
         pos = positive_index(classes)
         if in_sample:
             vy, vp = (y == pos).astype(int), probs[:, pos]
         else:
             vy, vp = _validation_scores(run, split_rows, pos, tta, printer)
-        where = "valid split (in-sample: these same images)" if in_sample else "valid split"
-        ops["default 0.5"] = (0.5, "fixed")
-        yt = youden_threshold(vy, vp) if vy is not None else None
-        if yt is not None:
-            ops["Youden"] = (yt, where)
-        else:
-            printer.warn("Youden threshold not available: the validation split has images of one class only "
-                         "or could not be read")
-        if target_sensitivity is not None:
-            ts = threshold_for_sensitivity(vy, vp, target_sensitivity) if vy is not None else None
-            if ts is None:
-                raise DataError("--target-sensitivity needs validation images of both classes; "
-                                "pass --threshold instead")
-            head = ts
-            ops[f"sensitivity ≥ {target_sensitivity:g}"] = (ts, where)
-            threshold_source = f"highest threshold reaching sensitivity {target_sensitivity:g} on the {where}"
-        elif threshold is not None:
-            ops["user"] = (head, "given (--threshold)")
-        if in_sample and ("Youden" in ops or target_sensitivity is not None):
-            printer.warn("thresholds chosen on the validation split are evaluated on that same split "
-                         "(in-sample): their sensitivity/specificity are optimistic; evaluate --split test "
-                         "or a DATA folder for an unbiased estimate")
+        choice = choose_operating_points(vy, vp, threshold, target_sensitivity, in_sample)
+        ops, head, threshold_source = choice.points, choice.headline, choice.source
+        for w in choice.warnings:
+            printer.warn(w)
 
     result, pred, curves = evaluate_predictions(y, probs, classes, patients, head, ops, n_bootstrap, seed=0)
     if len(classes) != 2:
@@ -131,7 +105,9 @@ def evaluate(run_dir: str | Path, data: str | None = None, printer: Printer | No
                 "ece", "brier")}
         except ValueError as e:
             printer.warn(f"per-patient aggregation skipped: {e}")
-    _evaluation_warnings(run, split_rows, items, result, data, printer)
+    for w in evaluation_warnings(result, items, split_rows, data, _clip_fractions(run), run.cfg.train.agc,
+                                 run.info.from_scratch):
+        printer.warn(w)
     result["warnings"] = printer.warnings[n_warn:]
     result["provenance"] = _provenance(run, split_rows)
 
@@ -226,64 +202,15 @@ def _validation_scores(run: LoadedRun, split_rows, pos: int, tta: bool, printer:
 
 
 def _provenance(run: LoadedRun, split_rows) -> dict[str, Any]:
-    from nfx import __version__
-
-    env = {}
-    if (run.run_dir / runs.ENV).is_file():
-        env = json.loads((run.run_dir / runs.ENV).read_text())
-    t = run.cfg.train
-    return {
-        "dataset": run.cfg.data.path,
-        "splits": split_counts([r["patient"] for r in split_rows], [r["split"] for r in split_rows]),
-        "model": {k: run.info.to_json()[k] for k in ("arch", "weights_source", "input_size", "mean", "std", "resize")},
-        "training": (f"{t.schedule or 'fine-tune'} schedule: {t.freeze_epochs} head-only + {t.epochs} full "
-                     f"epochs, effective batch {t.effective_batch_size}, lr {t.lr:g} (body lr/{t.body_lr_div:g}), AGC {t.agc if t.agc else 'off'}, "
-                     f"precision {env.get('precision', '?')}, device {env.get('device', '?')}"),
-        "nfx_version": __version__,
-        "trained_with_nfx": env.get("nfx"),
-        "packages": {k: (env.get("packages") or {}).get(k) for k in ("torch", "timm", "fastai")},
-    }
+    env = json.loads((run.run_dir / runs.ENV).read_text()) if (run.run_dir / runs.ENV).is_file() else {}
+    return provenance(run.cfg, run.info, env, split_rows)
 
 
-def _evaluation_warnings(run: LoadedRun, split_rows, items, result, data, printer: Printer) -> None:
-    """Things a reader of the report must know: small samples, patient leakage, no patient ids,
-    heavy AGC clipping, training from scratch."""
-    n_pat = result["n_patients"]
-    if n_pat < 30:
-        printer.warn(f"only {n_pat} patients evaluated: confidence intervals are wide and the point "
-                     "estimates unstable")
-    ci = result.get("sensitivity_ci") or result.get("roc_auc_ci")
-    if ci and ci[1] - ci[0] > 0.3:
-        printer.warn(f"a 95% interval is {ci[1] - ci[0]:.2f} wide: too few patients to judge the model")
-    if result.get("positive_class") and (result.get("roc_auc_ci") is None):
-        printer.warn("no bootstrap interval: too few patients of each class in the evaluated data")
-    if all(not pid for _, _, pid in items):
-        printer.warn("no patient ids: every image counts as its own patient; if patients have several "
-                     "images, the intervals are too narrow")
-    split_of: dict[str, set[str]] = {}
-    for r in split_rows:
-        if r["patient"]:
-            split_of.setdefault(r["patient"], set()).add(r["split"])
-    leaked = sorted(p for p, s in split_of.items() if len(s) > 1)
-    if leaked:
-        printer.warn(f"patient leakage: {len(leaked)} patient(s) appear in more than one split "
-                     f"(e.g. {leaked[0]}); metrics are optimistic")
-    if data is not None:
-        train_pat = {r["patient"] for r in split_rows if r["split"] == "train" and r["patient"]}
-        train_path = {str(Path(r["path"]).resolve()) for r in split_rows if r["split"] == "train"}
-        pats = {pid for _, _, pid in items if pid and pid in train_pat}
-        files = [p for p, _, _ in items if str(Path(p).resolve()) in train_path]
-        if pats or files:
-            printer.warn(f"patient leakage: {len(pats)} patient(s) and {len(files)} file(s) of {data} were "
-                         "used for training; metrics on them are optimistic")
+def _clip_fractions(run: LoadedRun) -> list[float]:
     hist = run.run_dir / runs.HISTORY
-    if hist.is_file():
-        fr = [float(r["agc_clip_fraction"]) for r in runs.read_csv(hist) if r.get("agc_clip_fraction")]
-        if fr and max(fr) > 0.5:
-            printer.warn(f"heavy AGC clipping: up to {max(fr):.0%} of units clipped per epoch "
-                         f"(λ={run.cfg.train.agc}); training may have been throttled — try a larger --agc")
-    if run.info.from_scratch:
-        printer.warn("the model was trained from scratch (no pretrained weights)")
+    if not hist.is_file():
+        return []
+    return [float(r["agc_clip_fraction"]) for r in runs.read_csv(hist) if r.get("agc_clip_fraction")]
 
 
 def _evaluation_plots(run: LoadedRun, ev: dict[str, Any], curves: dict[str, Any]) -> dict[str, bytes]:

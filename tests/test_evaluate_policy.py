@@ -1,0 +1,71 @@
+"""The pure pieces of `nfx evaluate`: threshold policy, the warnings a report must carry, and
+provenance — tested without a model or a run folder."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nfx.config import RunConfig, TrainConfig
+from nfx.errors import DataError
+from nfx.evaluate.cautions import evaluation_warnings, provenance
+from nfx.evaluate.thresholds import choose_operating_points
+from nfx.records import InputSpec, ModelInfo
+
+VY = np.array([0, 0, 0, 1, 1, 1])
+VP = np.array([0.1, 0.2, 0.6, 0.4, 0.8, 0.9])
+
+
+def test_default_policy_is_half_with_youden_from_validation():
+    c = choose_operating_points(VY, VP, None, None, in_sample=False)
+    assert c.headline == 0.5 and c.source == "default"
+    assert c.points["Youden"][1] == "valid split" and "default 0.5" in c.points and not c.warnings
+
+
+def test_target_sensitivity_picks_the_highest_threshold_reaching_it():
+    c = choose_operating_points(VY, VP, None, 1.0, in_sample=False)
+    assert c.headline == pytest.approx(0.4)  # the lowest positive score: all 3 positives caught
+    assert "sensitivity 1" in c.source
+
+
+def test_user_threshold_and_in_sample_warning():
+    c = choose_operating_points(VY, VP, 0.7, None, in_sample=True)
+    assert c.headline == 0.7 and c.points["user"] == (0.7, "given (--threshold)")
+    assert any("in-sample" in w for w in c.warnings)
+
+
+def test_one_class_validation_split():
+    c = choose_operating_points(np.zeros(4, int), np.linspace(0, 1, 4), None, None, in_sample=False)
+    assert "Youden" not in c.points and any("Youden threshold not available" in w for w in c.warnings)
+    with pytest.raises(DataError, match="--target-sensitivity"):
+        choose_operating_points(None, None, None, 0.9, in_sample=False)
+
+
+def _rows():
+    return [{"path": "/d/a.png", "patient": "P1", "split": "train"},
+            {"path": "/d/b.png", "patient": "P1", "split": "valid"},  # leaked
+            {"path": "/d/c.png", "patient": "P2", "split": "valid"}]
+
+
+def test_warnings_name_what_a_reader_must_know():
+    result = {"n_patients": 2, "positive_class": "glaucoma", "roc_auc_ci": [0.2, 0.9]}
+    items = [("/d/a.png", "x", None), ("/d/c.png", "y", None)]
+    ws = evaluation_warnings(result, items, _rows(), "/other", [0.1, 0.9], 0.16, True)
+    text = " | ".join(ws)
+    for needle in ("only 2 patients", "0.70 wide", "no patient ids", "appear in more than one split",
+                   "0 patient(s) and 1 file(s) of /other were used for training", "heavy AGC clipping",
+                   "trained from scratch"):
+        assert needle in text, needle
+    calm = evaluation_warnings({"n_patients": 100, "positive_class": "g", "roc_auc_ci": [0.8, 0.9]},
+                               [("/x.png", "y", "P9")], [], None, [0.1], 0.16, False)
+    assert calm == []
+
+
+def test_provenance_records_schedule_resize_and_versions():
+    cfg = RunConfig(train=TrainConfig(schedule="from-scratch", freeze_epochs=0, lr=2e-3, body_lr_div=1.0, agc=0.16))
+    info = ModelInfo("test_nfnet", ("a", "b"), InputSpec(64, (0.5,) * 3, (0.5,) * 3, "squish"), "trained from scratch")
+    p = provenance(cfg, info, {"precision": "fp32", "device": "cpu", "nfx": "0.1.0"}, _rows())
+    assert p["model"]["resize"] == "squish" and p["model"]["arch"] == "test_nfnet"
+    assert p["training"].startswith("from-scratch schedule: 0 head-only + 10 full epochs")
+    assert "lr 0.002 (body lr/1)" in p["training"] and "AGC 0.16" in p["training"]
+    assert p["splits"]["train"] == {"images": 1, "patients": 1} and p["trained_with_nfx"] == "0.1.0"
