@@ -256,6 +256,34 @@ def validate(cfg: RunConfig) -> RunConfig:
     return cfg
 
 
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """The options of `nfx evaluate`, validated before the run is loaded."""
+
+    split: str = "valid"
+    threshold: float | None = None
+    target_sensitivity: float | None = None
+    n_bootstrap: int = 1000
+    tta: bool = False
+    per_patient: bool = False
+
+    def validate(self) -> EvaluateConfig:
+        checks = [
+            (self.threshold is None or self.target_sensitivity is None,
+             "pass either --threshold or --target-sensitivity, not both"),
+            (self.threshold is None or 0.0 <= self.threshold <= 1.0,
+             f"--threshold {self.threshold}: must be a probability in [0, 1]"),
+            (self.target_sensitivity is None or 0.0 < self.target_sensitivity <= 1.0,
+             f"--target-sensitivity {self.target_sensitivity}: must be in (0, 1], e.g. 0.9"),
+            (self.split in ("valid", "test", "train"), f"--split {self.split!r}: choose valid or test"),
+            (self.n_bootstrap >= 0, f"--n-bootstrap must be >= 0 (0 = no intervals; got {self.n_bootstrap})"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(msg)
+        return self
+
+
 MONITORS = ("valid_roc_auc", "valid_loss", "valid_accuracy", "train_loss")  # columns of history.csv
 
 

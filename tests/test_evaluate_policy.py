@@ -69,3 +69,19 @@ def test_provenance_records_schedule_resize_and_versions():
     assert p["training"].startswith("from-scratch schedule: 0 head-only + 10 full epochs")
     assert "lr 0.002 (body lr/1)" in p["training"] and "AGC 0.16" in p["training"]
     assert p["splits"]["train"] == {"images": 1, "patients": 1} and p["trained_with_nfx"] == "0.1.0"
+
+
+def test_evaluate_options_are_checked_before_the_run_is_read(tmp_path):
+    from nfx import api
+    from nfx.config import EvaluateConfig
+    from nfx.console import Printer
+    from nfx.errors import ConfigError
+
+    missing = tmp_path / "no-run"  # would be a RunError if the options were checked after loading
+    for kw, msg in ((dict(threshold=0.5, target_sensitivity=0.9), "not both"), (dict(threshold=1.5), r"\[0, 1\]"),
+                    (dict(target_sensitivity=0.0), r"\(0, 1\]"), (dict(split="holdout"), "--split"),
+                    (dict(n_bootstrap=-1), "--n-bootstrap")):
+        with pytest.raises(ConfigError, match=msg):
+            EvaluateConfig(**kw).validate()
+        with pytest.raises(ConfigError, match=msg):
+            api.evaluate(missing, None, Printer(quiet=True), **kw)

@@ -39,14 +39,15 @@ class MicroBatchAccumulation(Callback):
         self.accum = int(accum)
         self.n_steps = 0
 
-    def _window_len(self) -> int:
+    def window_len(self) -> int:
+        """Micro-batches in the current window (public: PerSampleAGCCallback weights each by 1/this)."""
         n_iter = len(self.learn.dl)
         start = (self.learn.iter // self.accum) * self.accum
         return min(self.accum, n_iter - start)
 
     def after_loss(self) -> None:
         if self.training:
-            self.learn.loss_grad = self.learn.loss_grad / self._window_len()
+            self.learn.loss_grad = self.learn.loss_grad / self.window_len()
 
     def before_step(self) -> None:
         i, n_iter = self.learn.iter, len(self.learn.dl)
@@ -263,7 +264,7 @@ class PerSampleAGCCallback(Callback):
 
         x = self.learn.xb[0].as_subclass(torch.Tensor)
         y = self.learn.yb[0].as_subclass(torch.Tensor)
-        weight = 1.0 / self.accum_cb._window_len() if self.accum_cb is not None else 1.0
+        weight = 1.0 / self.accum_cb.window_len() if self.accum_cb is not None else 1.0
         autocast_dtype, loss_scale = None, None
         mp = next((cb for cb in self.learn.cbs if isinstance(cb, MixedPrecision)), None)
         if mp is not None and getattr(mp, "autocast", None) is not None and x.device.type == "cuda":

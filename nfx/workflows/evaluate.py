@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from nfx import runs
+from nfx.config import EvaluateConfig
 from nfx.console import Printer
-from nfx.errors import ConfigError, DataError
+from nfx.errors import DataError
 from nfx.evaluate.cautions import evaluation_warnings, provenance
 from nfx.workflows.loading import LoadedRun, load_run, predict_probs
 
@@ -28,14 +29,8 @@ def evaluate(run_dir: str | Path, data: str | None = None, printer: Printer | No
     """
     printer = printer or Printer()
     n_warn = len(printer.warnings)
-    if threshold is not None and target_sensitivity is not None:
-        raise ConfigError("pass either --threshold or --target-sensitivity, not both")
-    if threshold is not None and not 0.0 <= threshold <= 1.0:
-        raise ConfigError(f"--threshold {threshold}: must be a probability in [0, 1]")
-    if target_sensitivity is not None and not 0.0 < target_sensitivity <= 1.0:
-        raise ConfigError(f"--target-sensitivity {target_sensitivity}: must be in (0, 1], e.g. 0.9")
-    if split not in ("valid", "test", "train"):
-        raise ConfigError(f"--split {split!r}: choose valid or test")
+    EvaluateConfig(split=split, threshold=threshold, target_sensitivity=target_sensitivity,
+                   n_bootstrap=n_bootstrap, tta=tta, per_patient=per_patient).validate()  # before any work
     run = load_run(run_dir)
     classes = list(run.info.classes)
     split_rows = runs.read_csv(run.run_dir / runs.SPLITS)
@@ -53,7 +48,8 @@ def evaluate(run_dir: str | Path, data: str | None = None, printer: Printer | No
         disc = discover(data, run.cfg.data.patient_regex)
         unknown = sorted(set(disc.classes) - set(classes))
         if unknown:
-            raise DataError(f"{data}: label folder(s) {unknown} are not classes of this model {classes}")
+            raise DataError(f"{data}: label folder(s) {unknown} are not classes of this model {classes}; "
+                            "move them out of the folder or evaluate a folder with only these classes")
         items = [(s.path, s.label, s.patient) for s in disc.samples]
         source = f"all images of {data}"
         if disc.bad:  # unsupported or unreadable files found while discovering: reported, not dropped silently
