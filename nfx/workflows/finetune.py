@@ -28,6 +28,8 @@ class RunResult:
 
 
 def finetune(cfg: RunConfig, printer: Printer | None = None) -> RunResult:
+    """discover → prepare the model and schedule → create the run folder → ingest → split →
+    select train/valid → record the model → train."""
     printer = printer or Printer()
     t_start = time.time()
     from nfx.config import check_training
@@ -36,47 +38,77 @@ def finetune(cfg: RunConfig, printer: Printer | None = None) -> RunResult:
     disc = discover_data(cfg, printer)
     pat = f"{disc.n_patients} patients" if disc.n_patients else "no patient ids"
     printer.info(f"found {len(disc.samples)} images in {len(disc.classes)} classes ({', '.join(disc.classes)}), {pat}")
+    prep = prepare(cfg, len(disc.classes), printer)
+    cfg, run_dir = create_run_folder(prep.cfg, prep.precision)
+    samples, entries = ingest(cfg, disc, run_dir, printer)
+    split_of = split(cfg, samples, printer, run_dir)
+    counts = write_splits(samples, split_of, run_dir, printer)
+    train, valid = select(cfg, samples, entries, split_of, disc.classes)
+    info = ModelInfo(arch=cfg.model.arch, classes=tuple(disc.classes), weights_source=prep.weights_source,
+                     input=InputSpec(size=cfg.data.size, mean=tuple(prep.data.mean), std=tuple(prep.data.std),
+                                     resize=cfg.data.resize, frame=cfg.data.frame))
+    info.write(run_dir)
+    return train_run(cfg, prep.model, prep.data, info, train, valid, prep.device, prep.precision, run_dir, printer,
+                     counts, t_start, prep.notes)
 
+
+@dataclass
+class Prepared:
+    """The model and everything resolved once it exists (architecture, input size, schedule)."""
+
+    cfg: RunConfig
+    model: Any
+    data: Any  # nfx.models.factory.Preprocessing: the checkpoint's mean/std and sizes
+    weights_source: str
+    device: Any
+    precision: str
+    notes: list[str]
+
+
+def prepare(cfg: RunConfig, num_classes: int, printer: Printer) -> Prepared:
+    """Create the timm model (weights from the hub or a file, or random init), then resolve what
+    depends on it: the architecture's real name, the input size, the schedule, device, precision."""
     import torch  # after cheap checks: a bad folder fails in well under a second
 
+    from nfx.config import resolve_schedule
     from nfx.models.factory import create_model
+    from nfx.records import SCRATCH
     from nfx.train.learner import resolve_device, resolve_precision
 
     notes: list[str] = []
     torch.manual_seed(cfg.train.seed)  # the new head's (or a from-scratch model's) initialisation
-    model, prep, weights_source = create_model(
-        cfg.model.arch, len(disc.classes), cfg.model.pretrained, cfg.model.weights, notes
-    )
+    model, data, weights_source = create_model(cfg.model.arch, num_classes, cfg.model.pretrained,
+                                               cfg.model.weights, notes)
     for n in notes:
         printer.note(n)
     arch = model.pretrained_cfg.get("architecture", cfg.model.arch)
-    if weights_source == "trained from scratch":
+    if weights_source == SCRATCH:
         printer.warn(f"{arch}: no pretrained weights (--no-pretrained); this run trains from scratch")
     device = resolve_device()
     precision = resolve_precision(cfg.train.precision, device, printer.warn)
-    size = cfg.data.size or prep.train_size
-    from nfx.config import resolve_schedule
-
-    train_cfg, schedule_line = resolve_schedule(cfg.train, from_scratch=weights_source == "trained from scratch")
+    train_cfg, schedule_line = resolve_schedule(cfg.train, from_scratch=weights_source == SCRATCH)
     printer.info(schedule_line)
-    cfg = replace(
-        cfg,
-        data=replace(cfg.data, size=size, path=str(Path(cfg.data.path))),
-        model=replace(cfg.model, arch=arch),
-        train=train_cfg,
-    )
-    run_dir = runs.new_run_dir(cfg.out, cfg.name, arch)
+    cfg = replace(cfg, data=replace(cfg.data, size=cfg.data.size or data.train_size, path=str(Path(cfg.data.path))),
+                  model=replace(cfg.model, arch=arch), train=train_cfg)
+    return Prepared(cfg, model, data, weights_source, device, precision, notes)
+
+
+def create_run_folder(cfg: RunConfig, precision: str) -> tuple[RunConfig, Path]:
+    """The run folder with config.json (every resolved value) and env.json, before any decoding."""
+    from nfx.data.augment import describe
+
+    run_dir = runs.new_run_dir(cfg.out, cfg.name, cfg.model.arch)
     cfg = replace(cfg, name=run_dir.name)
     cfg.save(run_dir / runs.CONFIG)
     env = runs.environment()
     env["precision"] = precision
-    from nfx.data.augment import describe
-
     env["augmentation"] = describe(cfg.data.aug, cfg.data.flip)  # the preset's resolved transforms
     runs.atomic_write_json(run_dir / runs.ENV, env)
+    return cfg, run_dir
 
-    samples, entries = ingest(cfg, disc, run_dir, printer)
-    split_of = split(cfg, samples, printer, run_dir)
+
+def write_splits(samples, split_of: list[str], run_dir: Path, printer: Printer) -> dict[str, dict[str, int]]:
+    """splits.csv (which file went where) and the per-split counts, printed."""
     runs.atomic_write_csv(
         run_dir / runs.SPLITS,
         [{"path": s.path, "label": s.label, "patient": s.patient or "", "split": split_of[i]}
@@ -85,8 +117,13 @@ def finetune(cfg: RunConfig, printer: Printer | None = None) -> RunResult:
     counts = split_counts([s.patient for s in samples], split_of)
     for sp, c in counts.items():
         printer.info(f"  {sp}: {c['images']} images, {c['patients']} patients")
+    return counts
 
-    cls_idx = {c: i for i, c in enumerate(disc.classes)}
+
+def select(cfg: RunConfig, samples, entries, split_of: list[str], classes: list[str]):
+    """(train, valid) as (cache entries, class indices); refuses an empty validation split and a
+    training split smaller than one batch."""
+    cls_idx = {c: i for i, c in enumerate(classes)}
     sel = {sp: [i for i in range(len(samples)) if split_of[i] == sp] for sp in ("train", "valid")}
     if not sel["valid"]:
         raise DataError(f"{cfg.data.path}: the validation split is empty; add images or raise --valid-pct")
@@ -95,19 +132,12 @@ def finetune(cfg: RunConfig, printer: Printer | None = None) -> RunResult:
             f"{cfg.data.path}: the training split has {len(sel['train'])} images, fewer than --bs "
             f"{cfg.train.bs}; lower --bs"
         )
-    model_info = ModelInfo(arch=arch, classes=tuple(disc.classes), weights_source=weights_source,
-                           input=InputSpec(size=size, mean=tuple(prep.mean), std=tuple(prep.std),
-                                           resize=cfg.data.resize, frame=cfg.data.frame))
-    model_info.write(run_dir)
-
-    train = ([entries[i] for i in sel["train"]], [cls_idx[samples[i].label] for i in sel["train"]])
-    valid = ([entries[i] for i in sel["valid"]], [cls_idx[samples[i].label] for i in sel["valid"]])
-    return train_run(cfg, model, prep, model_info, train, valid, device, precision, run_dir, printer,
-                  counts, t_start, notes)
+    return tuple(([entries[i] for i in sel[sp]], [cls_idx[samples[i].label] for i in sel[sp]])
+                 for sp in ("train", "valid"))
 
 
 def train_run(cfg, model, prep, model_info, train, valid, device, precision, run_dir, printer, counts,
-           t_start, notes, resume=None) -> RunResult:
+              t_start, notes, resume=None) -> RunResult:
     from nfx.train.fit import fit
 
     history, final = fit(
@@ -181,7 +211,7 @@ def resume(run_dir: str | Path, printer: Printer | None = None) -> RunResult:
     precision = resolve_precision(cfg.train.precision, device, printer.warn)
     counts = split_counts([r["patient"] for r in rows], [r["split"] for r in rows])
     return train_run(cfg, model, prep, info, train, valid, device, precision, run_dir, printer, counts,
-                  t_start, [], resume=ckpt)
+                     t_start, [], resume=ckpt)
 
 
 def discover_data(cfg: RunConfig, printer: Printer):
