@@ -55,6 +55,7 @@ ABLATIONS = {
 LOCAL_ABLATIONS = {
     "nfx --aug light": ("nfx", {"aug": "light"}),
     "nfx --schedule from-scratch": ("nfx", {"schedule": "from-scratch"}),  # one lr, no warm-up, on local weights
+    "nfx --lr 2e-3 --body-lr-div 2": ("nfx", {"lr": 2e-3, "body_lr_div": 2.0}),  # milder discriminative rates
 }
 
 
@@ -82,6 +83,7 @@ def nfx_run(data: Path, start: str, weights: Path | None, args, seed: int, over:
         model=ModelConfig(arch=args.arch, pretrained=not scratch, weights=str(weights) if weights else None),
         # the same epoch budget: head-only warm-up epochs count against it
         train=TrainConfig(epochs=args.epochs - warm, bs=args.bs, seed=seed, schedule=over.get("schedule"),
+                          lr=over.get("lr"), body_lr_div=over.get("body_lr_div"),
                           agc=over["agc"] if "agc" in over else auto_agc_clip(args.bs)),
         out=str(work / "runs"), name=name,
     )
@@ -237,7 +239,9 @@ def render(results, args, data: Path, device) -> str:
         f"Model `{args.arch}` at {args.size} px, batch {args.bs}, {args.epochs} epochs per run (warm-up "
         "epochs included), CPU fp32. Validation: 20 % of the images (no patient ids in this set), the "
         "same split for every variant of a seed; the split changes with the seed. Metrics of the last "
-        "epoch, mean ± sd over seeds " + ", ".join(str(len(v)) for v in [next(iter(r.values())) for r in results.values()][:1]) + ".",
+        f"epoch, mean ± sd over {len(args.seeds.split(','))} seeds ({args.seeds}). nfx defaults = squish resize, "
+        "no augmentation, the schedule of the starting point, `--agc auto`. s / run is wall time on a "
+        "shared 2-core machine (other jobs ran alongside): not a speed measurement.",
         "",
         f"Device: {device_line(device)}.", "",
         "Command: `python benchmarks/bench_learning.py " + " ".join(sys.argv[1:]) + "`", "",
