@@ -113,15 +113,24 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def new_run_dir(out: str, name: str | None, arch: str) -> Path:
+    """Create the run folder exclusively (mkdir without exist_ok: of two runs started with one
+    --name, the second fails instead of mixing its files into the first). Without --name a
+    timestamped name gets a -1, -2 … suffix until a new folder could be created."""
     base = Path(out)
+    if base.exists() and not base.is_dir():
+        raise RunError(f"{base}: --out is a file, not a folder; pass a folder for the run folders")
+    base.mkdir(parents=True, exist_ok=True)
     stem = name or f"{arch}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run = base / stem
-    i = 1
-    while name is None and run.exists():
-        run = base / f"{stem}-{i}"
-        i += 1
-    run.mkdir(parents=True, exist_ok=True)
-    return run
+    for i in range(1000):
+        run = base / (stem if i == 0 else f"{stem}-{i}")
+        try:
+            run.mkdir()
+            return run
+        except FileExistsError:
+            if name is not None:
+                raise RunError(f"{run}: a run folder of that name exists already; pass another --name, "
+                               f"continue it with `nfx finetune --resume {run}`, or delete it") from None
+    raise RunError(f"{base}: could not create a new run folder for {stem}; clean up old runs")
 
 
 def require_run(run_dir: Path, *files: str) -> Path:

@@ -117,3 +117,20 @@ def test_evaluate_reports_files_it_cannot_use(tiny_run, tiny_data, tmp_path):
     assert ev["n_images"] == 24
     text = " ".join(ev["warnings"])
     assert "notes.txt" in text and "broken.png" in text
+
+
+def test_a_second_run_with_the_same_name_is_refused(tiny_run, tiny_data):
+    cfg = RunConfig.load(tiny_run.run_dir / "config.json")
+    before = {p.name: p.stat().st_mtime_ns for p in tiny_run.run_dir.iterdir() if p.is_file()}
+    with pytest.raises(RunError, match=r"exists already; pass another --name.*--resume"):
+        api.finetune(cfg, Printer(quiet=True))
+    assert before == {p.name: p.stat().st_mtime_ns for p in tiny_run.run_dir.iterdir() if p.is_file()}
+
+
+def test_predict_where_every_image_is_bad_is_an_error(tiny_run, tmp_path):
+    from nfx.errors import DataError
+
+    bad = tmp_path / "x.png"
+    bad.write_bytes(b"not a png")
+    with pytest.raises(DataError, match=r"none of the 1 image\(s\) could be read .*x\.png"):
+        api.predict(tiny_run.run_dir, [str(bad)], Printer(quiet=True))

@@ -8,6 +8,7 @@ from typing import Any
 from nfx import runs
 from nfx.config import RunConfig
 from nfx.console import Printer
+from nfx.errors import DataError
 from nfx.workflows.loading import image_paths, load_run, predict_probs
 
 
@@ -31,6 +32,10 @@ def predict(run_dir: str | Path, images: list[str], printer: Printer | None = No
         probs, bad = predict_probs(run.model, paths, info, run.cfg.data.cache_dir, printer)
         engine = "torch"
     bad_of = dict(bad)
+    if paths and len(bad_of) == len(paths):
+        first = paths[0]
+        raise DataError(f"none of the {len(paths)} image(s) could be read (first: {first}: {bad_of[first]}); "
+                        "fix or re-export them")
     out = []
     for p, pr in zip(paths, probs):
         if p in bad_of:
