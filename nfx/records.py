@@ -13,10 +13,17 @@ from pathlib import Path
 from typing import Any
 
 from nfx.errors import RunError, short_reason
-from nfx.runs import MODEL_INFO  # noqa: E402  (the run folder's file names live in nfx.runs)
+from nfx.runs import MODEL_INFO  # the run folder's file names live in nfx.runs
 
 RESIZE_POLICIES = ("squish", "letterbox", "crop")
 SCRATCH = "trained from scratch"  # ModelInfo.weights_source of a run with a random-init body
+
+
+def check_policy(policy: str) -> str:
+    """`policy` if it is a resize policy, else ValueError naming the valid ones (the one check)."""
+    if policy not in RESIZE_POLICIES:
+        raise ValueError(f"unknown resize policy {policy!r}; expected one of {RESIZE_POLICIES}")
+    return policy
 
 
 def policy_of(recorded: str | None) -> str:
@@ -24,10 +31,10 @@ def policy_of(recorded: str | None) -> str:
     recorded a sentence starting with 'letterbox' (or nothing, in ONNX files); they keep it."""
     if not recorded:
         return "letterbox"
-    word = recorded.split()[0].strip().lower()
-    if word not in RESIZE_POLICIES:
-        raise ValueError(f"unknown resize policy {recorded!r}; expected one of {RESIZE_POLICIES}")
-    return word
+    try:
+        return check_policy(recorded.split()[0].strip().lower())
+    except ValueError:
+        raise ValueError(f"unknown resize policy {recorded!r}; expected one of {RESIZE_POLICIES}") from None
 
 
 @dataclass(frozen=True)
@@ -37,12 +44,11 @@ class InputSpec:
     size: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    resize: str = "letterbox"
+    resize: str  # no default: every record says its policy (old records are parsed by policy_of)
     frame: int | None = None
 
     def __post_init__(self) -> None:
-        if self.resize not in RESIZE_POLICIES:
-            raise ValueError(f"unknown resize policy {self.resize!r}; expected one of {RESIZE_POLICIES}")
+        check_policy(self.resize)
 
     def onnx_metadata(self) -> dict[str, str]:
         return {

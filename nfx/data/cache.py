@@ -26,12 +26,13 @@ import numpy as np
 
 from nfx.data import intensity
 from nfx.data.images import decode_file
+from nfx.data.parallel import POOLS as PARALLEL_POOLS
 from nfx.data.parallel import map_files
 from nfx.errors import BadFileError, short_reason
 from nfx.records import InputSpec
 
 PREPROC_VERSION = 1
-POOLS = ("auto", "process", "thread", "serial")
+POOLS = ("auto", *PARALLEL_POOLS)  # auto = threads (measured, see above)
 
 
 def default_cache_dir() -> Path:
@@ -66,14 +67,12 @@ def _reason(e: BaseException) -> str:
 
 class ImageCache:
     def __init__(self, cache_dir: str | Path | None, size: int, frame: int | None = None, *, resize: str):
-        from nfx.data.resize import POLICIES
+        from nfx.records import check_policy
 
-        if resize not in POLICIES:
-            raise ValueError(f"unknown resize policy {resize!r}; choose one of {POLICIES}")
+        self.resize = check_policy(resize)  # fails here, before any file is hashed or decoded
         self.dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.size = int(size)
         self.frame = frame
-        self.resize = resize
         self.last_stats: dict[str, object] = {}
         # np.save of a float16 size×size×3 array: a ≥ 64-byte header + the data
         self._min_bytes = self.size * self.size * 3 * 2 + 64

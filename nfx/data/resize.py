@@ -19,8 +19,13 @@ from __future__ import annotations
 import numpy as np
 
 from nfx.data import intensity
-from nfx.records import RESIZE_POLICIES as POLICIES
-from nfx.records import policy_of  # noqa: F401  (re-exported: the one parser of recorded policies)
+from nfx.records import (
+    RESIZE_POLICIES,
+    check_policy,
+    policy_of,  # noqa: F401  (re-exported: the one parser of recorded policies)
+)
+
+POLICIES = RESIZE_POLICIES
 
 
 def _scaled(img: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -58,8 +63,5 @@ _FUNCS = {"squish": squish, "letterbox": letterbox, "crop": centre_crop}
 
 def resize(img: np.ndarray, size: int, policy: str) -> np.ndarray:
     """H×W×C float in [0, 1] → size×size×C float32 in [0, 1] by `policy` (one of POLICIES)."""
-    try:
-        fn = _FUNCS[policy]
-    except KeyError:
-        raise ValueError(f"unknown resize policy {policy!r}; choose one of {POLICIES}") from None
+    fn = _FUNCS[check_policy(policy)]
     return np.clip(fn(intensity.as_hwc(img), int(size)), 0.0, 1.0)

@@ -17,6 +17,7 @@ from fastai.callback.core import Callback, CancelBatchException
 from fastai.callback.fp16 import MixedPrecision
 
 from nfx.train import agc
+from nfx.train.checkpoint import skipped
 
 
 class MicroBatchAccumulation(Callback):
@@ -125,7 +126,7 @@ class EpochLog(Callback):
         self._t_valid = time.time()
 
     def after_epoch(self) -> None:
-        if self.epoch < self.start_epoch:
+        if skipped(self.epoch, self.start_epoch):
             return  # an epoch fastai's SkipToEpoch cancelled while resuming
         names = list(self.recorder.metric_names)
         vals = list(self.recorder.log)

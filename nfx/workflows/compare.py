@@ -79,10 +79,6 @@ class Cell:
     def name(self) -> str:
         return f"{self.arch}-bs{self.micro_batch}x{self.accum}-agc{'on' if self.agc else 'off'}-s{self.seed}"
 
-    @property
-    def group(self) -> tuple[str, int, bool]:
-        return self.arch, self.micro_batch, self.agc
-
 
 def finetune_args(cfg: CompareConfig, cell: Cell, out_dir: Path) -> list[str]:
     """The `nfx finetune` command line of one cell (AGC λ from the effective batch, as `auto`)."""
@@ -110,7 +106,7 @@ def run_cell(cfg: CompareConfig, cell: Cell, out_dir: Path) -> dict[str, Any]:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
         _, status, usage = os.wait4(proc.pid, 0)
     code = os.waitstatus_to_exitcode(status)
-    proc.returncode = code
+    proc.returncode = code  # reaped by wait4 (for its rusage): tell Popen, so it never polls again
     if code != 0:
         lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
         raise RunError(f"compare cell {cell.name} failed: {lines[-1] if lines else f'exit code {code}'} "
@@ -163,14 +159,13 @@ def compare(cfg: CompareConfig, printer=None) -> dict[str, Any]:
         raise ConfigError(f"{cfg.data}: not a folder; pass a data folder with one sub-folder per label")
     out_dir = Path(cfg.out) / cfg.name
     (out_dir / CELLS).mkdir(parents=True, exist_ok=True)
-    saved = out_dir / "compare_config.json"
+    saved, settings = out_dir / "compare_config.json", _jsonable(cfg)
     if saved.is_file():
-        before = json.loads(saved.read_text())
-        if before != _jsonable(cfg):
+        if json.loads(saved.read_text()) != settings:
             raise ConfigError(f"{out_dir}: holds a comparison with other settings ({saved}); pass another "
                               "--name, or delete the folder to start again")
     else:
-        runs.atomic_write_json(saved, _jsonable(cfg))
+        runs.atomic_write_json(saved, settings)
     cells = cfg.cells()
     kept = sum(1 for c in cells if (out_dir / CELLS / f"{c.name}.json").is_file())
     printer.info(f"compare: {len(cells)} cells ({len(cfg.models)} models × {len(cfg.micro_batches)} micro-batches "
@@ -182,7 +177,7 @@ def compare(cfg: CompareConfig, printer=None) -> dict[str, Any]:
             results.append(run_cell(cfg, c, out_dir))
             bar.advance(1)
     rows = summarise(cfg, results)
-    out = {"config": _jsonable(cfg), "rows": rows, "cells": results, "device": results[0].get("device")}
+    out = {"config": settings, "rows": rows, "cells": results, "device": results[0].get("device")}
     runs.atomic_write_json(out_dir / RESULT, out)
     runs.atomic_write_csv(out_dir / TABLE, rows)
     runs.atomic_write_bytes(out_dir / PLOT, plot(cfg, rows))
