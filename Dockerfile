@@ -1,24 +1,44 @@
-# nfx on a GPU box. Build: docker build -t nfx .
-# Run:  docker run --gpus all --rm -v "$PWD/data:/data" -v "$PWD/runs:/runs" nfx \
-#         finetune /data --arch dm_nfnet_f1 --accum 8 --out /runs
+# syntax=docker/dockerfile:1
+# nfx on a GPU box.
+#   docker build -t nfx .                              (BuildKit: the default builder of Docker >= 23)
+#   docker run --gpus all --rm -v "$PWD/data:/data:ro" -v "$PWD/runs:/runs" nfx \
+#       finetune /data --arch dm_nfnet_f1 --accum 8
 # The base image brings CUDA-enabled PyTorch; pip keeps that torch (nfx only states a minimum).
-# Override with --build-arg BASE=... to match your driver (not built on the dev machines: no Docker engine).
+# Pin another base to match your driver: --build-arg BASE=pytorch/pytorch:<tag>
+# hadolint-clean (tests/test_docker.py). Not built on the dev machines: they have no Docker engine.
 ARG BASE=pytorch/pytorch:2.7.1-cuda12.8-cudnn9-runtime
-FROM ${BASE}
 
-ENV PYTHONDONTWRITEBYTECODE=1 \
-    PIP_NO_CACHE_DIR=1 \
-    NO_ALBUMENTATIONS_UPDATE=1 \
-    NFX_CACHE_DIR=/cache
-
-WORKDIR /opt/nfx
+# ---- build stage: only the nfx wheel (the project is pure Python) ----
+FROM ${BASE} AS wheel
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY nfx ./nfx
-RUN pip install . && nfx --help >/dev/null
+RUN pip wheel --no-deps --wheel-dir /wheels .
 
-# Non-root user; /runs and /cache are the writable mount points.
-RUN useradd --create-home --uid 1000 nfx && mkdir -p /runs /cache && chown nfx /runs /cache
-USER nfx
-WORKDIR /runs
+# ---- final image: the base + nfx and its runtime dependencies, one layer, no wheel kept ----
+FROM ${BASE}
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    NO_ALBUMENTATIONS_UPDATE=1 \
+    NFX_CACHE_DIR=/cache \
+    HF_HOME=/cache/huggingface
+# The DICOM decoders (pylibjpeg + libjpeg/openjpeg/rle, pyjpegls) are runtime dependencies of
+# the package: the same install as the README's `pip install -e .`, without the dev extras.
+RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
+    pip install /wheels/nfx-*.whl \
+    && nfx --help >/dev/null \
+    && python -c "import pylibjpeg, libjpeg, openjpeg, rle, jpeg_ls" \
+    && mkdir -p /data /runs /cache \
+    && chown 1000:1000 /runs /cache
+
+# Non-root (numeric uid, so it resolves on any host); /runs and /cache are the writable mounts,
+# /data is read-only input.
+USER 1000:1000
+VOLUME ["/data", "/runs", "/cache"]
+# cwd /: the default --out (runs) is the /runs volume
+WORKDIR /
 ENTRYPOINT ["nfx"]
 CMD ["--help"]

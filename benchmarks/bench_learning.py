@@ -156,14 +156,15 @@ def pretrain(args, work: Path) -> Path:
     from nfx.config import DataConfig, ModelConfig, RunConfig, TrainConfig
     from nfx.console import Printer
 
-    run = work / "runs" / f"pretrain-{args.arch}-{args.size}"
+    run = work / "runs" / f"pretrain-{args.arch}-{args.size}-{args.pretrain_epochs}ep-{args.pretrain_aug}"
     if (run / "model.safetensors").is_file() and (run / "metrics.json").is_file():
         return run / "model.safetensors"
     import shutil
 
     shutil.rmtree(run, ignore_errors=True)
     cfg = RunConfig(
-        data=DataConfig(path=str(pretrain_set()), size=args.size, num_workers=0, flip=False),
+        data=DataConfig(path=str(pretrain_set()), size=args.size, num_workers=0, flip=False,
+                        aug=args.pretrain_aug),
         model=ModelConfig(arch=args.arch, pretrained=False),
         train=TrainConfig(epochs=args.pretrain_epochs, bs=args.bs, seed=0),
         out=str(run.parent), name=run.name,
@@ -184,6 +185,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--starts", default="scratch,local", help="scratch and/or local (weights pretrained here)")
     ap.add_argument("--pretrain-epochs", type=int, default=12)
+    ap.add_argument("--pretrain-aug", default="none", help="augmentation preset of the pretraining run "
+                    "(never flips: the task is the orientation)")
     ap.add_argument("--ablations", action="store_true", help="also nfx with one default changed at a time "
                     "(ABLATIONS from scratch, LOCAL_ABLATIONS from local weights)")
     ap.add_argument("--work", type=Path, default=CACHE / "bench_learning")

@@ -81,6 +81,47 @@ def test_balanced_sampler_draws_classes_equally():
     assert 0.42 < share < 0.58  # ≈ 0.5 instead of 0.1
 
 
+def _train_dl(n, bs, accum, balance="none"):
+    from nfx.data.dataloaders import make_dataloaders
+
+    targets = [i % 2 for i in range(n)]
+    entries = [None] * n
+    return make_dataloaders((entries, targets), (entries[:2], targets[:2]), bs=bs, mean=(0, 0, 0),
+                            std=(1, 1, 1), aug="none", flip=False, num_workers=0, device=torch.device("cpu"),
+                            seed=0, balance=balance, n_classes=2, accum=accum).train
+
+
+@pytest.mark.parametrize("balance", ["none", "sampler"])
+def test_train_loader_drops_the_remainder_at_whole_optimizer_steps(balance):
+    # 200 images, effective batch 32: 6 full steps of 32 whichever way the batch is made up
+    # (at micro-batch level, 4 x 8 gave 7 steps over 200 images and 32 x 1 gave 6 over 192)
+    for bs, accum in [(4, 8), (8, 4), (32, 1)]:
+        dl = _train_dl(200, bs, accum, balance)
+        assert len(dl) * bs == 192 and len(dl) % accum == 0, (bs, accum)
+        idxs = dl.get_idxs()
+        assert len(idxs) == 192 and max(idxs) < 200
+        if balance == "none":
+            assert len(set(idxs)) == 192  # a permutation, truncated
+    dl = _train_dl(200, 4, 8)
+    dl.rng.seed(1)
+    first = dl.get_idxs()
+    dl.rng.seed(2)
+    assert set(first) != set(dl.get_idxs())  # the dropped remainder changes between epochs
+    # a set smaller than one window: as many whole micro-batches as fit (one short step)
+    assert len(_train_dl(20, 4, 8)) == 5
+
+
+def test_train_loader_matches_fastai_drop_last_without_accumulation():
+    from fastai.data.load import DataLoader
+
+    ours = _train_dl(50, 8, 1)
+    ref = DataLoader(list(range(50)), bs=8, shuffle=True, drop_last=True)
+    ours.rng.seed(3)
+    ref.rng.seed(3)
+    assert len(ours) == len(ref) == 6
+    assert ours.get_idxs() == ref.get_idxs()[:48]
+
+
 def test_balance_loss_runs_and_is_recorded(tiny_data, tmp_path):
     res = api.finetune(_cfg(tiny_data / "dicom", tmp_path, "bal", epochs=1, balance="loss"), Printer(quiet=True))
     cfg = RunConfig.load(res.run_dir / "config.json")

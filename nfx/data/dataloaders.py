@@ -33,21 +33,39 @@ class CachedImageDataset(torch.utils.data.Dataset):
         return x, torch.tensor(self.targets[i], dtype=torch.long)
 
 
-def _balanced_loader_cls():
+def _train_loader_cls():
     from fastai.data.load import DataLoader
 
-    class BalancedDataLoader(DataLoader):
-        """Draws each epoch's indices with replacement, weighted by 1 / class frequency, so every
-        class is seen equally often (--balance sampler). Uses the loader's own seeded RNG."""
+    class TrainDataLoader(DataLoader):
+        """The training loader: every optimizer step sees one full effective batch.
 
-        def __init__(self, dataset, *, weights, **kw):
-            super().__init__(dataset, **kw)
-            self.weights = list(weights)
+        Contract:
+        - Each epoch draws a permutation of the whole set (or, with `weights`, draws with
+          replacement weighted by 1 / class frequency: --balance sampler) from the loader's own
+          seeded RNG, then keeps the first `n` indices, `n` being the largest multiple of
+          `window` = bs × accum that fits (of `bs` when the set is smaller than one window). So
+          the remainder is dropped at the level of the optimizer step, not of the micro-batch:
+          `--bs 4 --accum 8` and `--bs 32` see the same images per epoch in the same number of
+          steps of 32 (dropping at micro-batch level gave the first a short extra step).
+        - A different permutation every epoch, so the dropped remainder changes too.
+        - With accum 1 the draws are the ones fastai's own `drop_last=True` loader makes.
+        """
+
+        def __init__(self, dataset, *, window: int, weights=None, **kw):
+            super().__init__(dataset, drop_last=True, **kw)
+            total, bs = len(dataset), self.bs
+            self.weights = list(weights) if weights is not None else None
+            self.total = total
+            self.n = (total // window) * window if total >= window else (total // bs) * bs
 
         def get_idxs(self):
-            return self.rng.choices(range(self.n), weights=self.weights, k=self.n)
+            if self.weights is not None:
+                idxs = self.rng.choices(range(self.total), weights=self.weights, k=self.total)
+            else:
+                idxs = self.shuffle_fn(list(range(self.total)))
+            return idxs[: self.n]
 
-    return BalancedDataLoader
+    return TrainDataLoader
 
 
 def class_weights(targets: Sequence[int], n_classes: int) -> list[float]:
@@ -71,6 +89,7 @@ def make_dataloaders(
     seed: int,
     balance: str = "none",
     n_classes: int = 2,
+    accum: int = 1,
 ):
     from fastai.data.core import DataLoaders
     from fastai.data.load import DataLoader
@@ -82,11 +101,11 @@ def make_dataloaders(
     import random
 
     random.seed(seed)  # fastai's DataLoader draws its shuffling RNG from python's random
+    per_item = None
     if balance == "sampler":
         w = class_weights(train[1], n_classes)
         per_item = [w[t] for t in train[1]]
-        train_dl = _balanced_loader_cls()(train_ds, weights=per_item, bs=bs, shuffle=True, drop_last=True, **common)
-    else:
-        train_dl = DataLoader(train_ds, bs=bs, shuffle=True, drop_last=True, **common)
+    train_dl = _train_loader_cls()(train_ds, window=bs * max(1, accum), weights=per_item, bs=bs, shuffle=True,
+                                   **common)
     valid_dl = DataLoader(valid_ds, bs=bs * 2, shuffle=False, drop_last=False, **common)
     return DataLoaders(train_dl, valid_dl, device=device)

@@ -26,12 +26,13 @@ class MicroBatchAccumulation(Callback):
     Contract:
     - after_loss: divides `loss_grad` by the number of micro-batches in the current window, so
       the accumulated gradient is the mean over the window's samples (training batches all have
-      the same size: the train loader drops its last incomplete batch).
+      the same size: the train loader drops the remainder of the epoch at whole windows).
     - before_step (order 6, before MixedPrecision/AGC): cancels the batch — skipping step and
       zero_grad — until the window is complete.
-    - Epoch-end rule: a window never spans two epochs. The last window of an epoch is shorter
-      when len(train_dl) is not a multiple of `accum`; it still steps, with its gradient being
-      the mean over the samples it saw. So every sample contributes in the epoch it was drawn.
+    - Epoch-end rule: a window never spans two epochs. nfx's train loader keeps a whole number of
+      windows per epoch, so every window is full; with another loader (or a set smaller than one
+      window) the last window is shorter, still steps, and its gradient is the mean over the
+      samples it saw.
     """
 
     order, run_valid = MixedPrecision.order - 4, False

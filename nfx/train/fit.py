@@ -51,7 +51,7 @@ def fit(cfg: RunConfig, model, prep, *, train, valid, num_classes: int, device: 
         workers = 0 if device.type == "cpu" else min(8, os.cpu_count() or 1)
     dls = make_dataloaders(train, valid, bs=t.bs, mean=prep.mean, std=prep.std, aug=cfg.data.aug,
                            flip=cfg.data.flip, num_workers=workers, device=device, seed=t.seed,
-                           balance=t.balance, n_classes=num_classes)
+                           balance=t.balance, n_classes=num_classes, accum=t.accum)
     w = build_learner(dls, model, num_classes=num_classes, wd=t.wd, precision=precision,
                       accum=t.accum, agc=t.agc, device=device,
                       class_weights=class_weights(train[1], num_classes) if t.balance == "loss" else None,
