@@ -85,22 +85,34 @@ def export(
 @app.command()
 @boundary
 def predict(
-    run_dir: Path = typer.Argument(..., help="Run folder (its model.onnx is used when present)."),
-    images: list[str] = typer.Argument(..., help="Image files or folders."),
+    model: Path = typer.Argument(..., help="Run folder (its model.onnx when exported, else torch) or a bare .onnx file."),
+    images: list[str] = typer.Argument(..., help="Image files or folders (walked like ingest)."),
+    out: Path | None = typer.Option(None, "--out", help="Write the predictions to this CSV."),
+    backend: str = typer.Option("auto", "--backend", help="auto, onnx or torch [default: auto = ONNX Runtime "
+                                "when exported, else torch]."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON lines to stdout."),
 ) -> None:
-    """Predict new images."""
+    """Predict new images; unreadable files are reported, not fatal."""
 
     from nfx import api
 
     p = printer()
-    res = api.predict(run_dir, images, p)
+    res = api.predict(model, images, p, backend=backend, out=out)
+    bad = [r for r in res if "error" in r]
     if as_json:
         for r in res:
             sys.stdout.write(json.dumps(r) + "\n")
         return
-    for r in res:
-        if "error" in r:
-            p.warn(f"{r['file']}: {r['error']}")
-        else:
-            typer.echo(f"{r['file']}\t{r['prediction']}\t{r['probability']:.3f}")
+    if out is None:
+        for r in res:
+            if "error" not in r:
+                typer.echo(f"{r['file']}\t{r['prediction']}\t{r['probability']:.3f}")
+    for r in bad[:20]:
+        p.warn(f"{r['file']}: {r['error']}")
+    if len(bad) > 20:
+        p.warn(f"… and {len(bad) - 20} more file(s) skipped" + (f" (all listed in {out})" if out else ""))
+    engine = next((r["engine"] for r in res if "engine" in r), "")
+    rows = [("images", len(res) - len(bad)), ("skipped", len(bad)), ("engine", engine)]
+    if out is not None:
+        rows.append(("predictions", out))
+    p.table("predict", rows)

@@ -83,8 +83,21 @@ def _is_supported(p: Path) -> bool:
 
 
 def candidate_files(folder: Path) -> list[Path]:
-    """Supported image files under a folder (used by `predict` on folders)."""
+    """Supported image files under a folder (used by `explain` on folders)."""
     return [p for p in _visible_files(folder) if _is_supported(p)]
+
+
+def walk_files(folder: Path) -> tuple[list[Path], list[tuple[str, str]]]:
+    """A folder walked as ingest walks it: (supported image files, [(other visible file, reason)]).
+    Hidden files and OS litter (.DS_Store, ._*, Thumbs.db) are neither."""
+    ok: list[Path] = []
+    other: list[tuple[str, str]] = []
+    for p in _visible_files(folder):
+        if _is_supported(p):
+            ok.append(p)
+        else:
+            other.append((str(p), _unsupported_reason(p)))
+    return ok, other
 
 
 def _unsupported_reason(p: Path) -> str:

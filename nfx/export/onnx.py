@@ -100,10 +100,11 @@ class OnnxPredictor:
         e = np.exp(logits - logits.max(1, keepdims=True))
         return e / e.sum(1, keepdims=True)
 
-    def predict_files(self, paths: list[str], cache_dir: str | None = None, bs: int = 32):
+    def predict_files(self, paths: list[str], cache_dir: str | None = None, bs: int = 32, **progress):
         """Files → probabilities, preprocessed exactly as the metadata says (size, resize policy,
-        DICOM frame, mean/std) through nfx's one inference input path."""
+        DICOM frame, mean/std) through nfx's one inference input path. `progress`: the
+        on_decoded / on_batch callbacks of nfx.data.cache.predict_files."""
         from nfx.data.cache import predict_files
 
         return predict_files(paths, self.predict_arrays, spec=self.info.input, n_classes=self.info.num_classes,
-                             cache_dir=cache_dir, bs=bs)
+                             cache_dir=cache_dir, bs=bs, **progress)
