@@ -53,9 +53,10 @@ ABLATIONS = {
     "nfx --aug light --schedule fine-tune": ("nfx", {"aug": "light", "schedule": "fine-tune"}),  # the old schedule
 }
 LOCAL_ABLATIONS = {
-    "nfx --aug light": ("nfx", {"aug": "light"}),
     "nfx --schedule from-scratch": ("nfx", {"schedule": "from-scratch"}),  # one lr, no warm-up, on local weights
-    "nfx --lr 2e-3 --body-lr-div 2": ("nfx", {"lr": 2e-3, "body_lr_div": 2.0}),  # milder discriminative rates
+    # head warm-up kept; after it (the head lr is halved at unfreezing) head 2e-3 / body 1e-3, or all at 2e-3
+    "nfx --lr 4e-3 --body-lr-div 2": ("nfx", {"lr": 4e-3, "body_lr_div": 2.0}),
+    "nfx --lr 4e-3 --body-lr-div 1": ("nfx", {"lr": 4e-3, "body_lr_div": 1.0}),
 }
 
 

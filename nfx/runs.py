@@ -3,7 +3,7 @@
 A run folder holds: config.json, env.json, splits.csv, split_summary.json, bad_files.csv (if
 any), model.json, model.safetensors, history.csv, metrics.json, checkpoints/{last.pt,
 best.safetensors}; after evaluate: evaluation.json, predictions.csv, valid_scores.json,
-report.md, report.html, plots/*.png; after export: model.onnx.
+report.md, report.html, plots/*.png; after export: model.onnx, MODEL.md (model card).
 Everything is written through a temp file and renamed, so a killed run never leaves a
 half-written artifact.
 """
@@ -37,6 +37,7 @@ EVALUATION = "evaluation.json"
 PREDICTIONS = "predictions.csv"
 REPORT = "report.md"
 ONNX = "model.onnx"
+MODEL_CARD = "MODEL.md"
 MODEL_INFO = "model.json"
 SPLIT_SUMMARY = "split_summary.json"
 REPORT_HTML = "report.html"

@@ -123,3 +123,29 @@ def test_cli_predict_with_out_and_errors(exported, tiny_data, tmp_path):
     assert "predict" in r.stderr + r.stdout
     _assert_one_line_error(nfx("predict", bare, tiny_data / "png", "--backend", "torch"), "no torch weights")
     _assert_one_line_error(nfx("predict", tmp_path / "missing", tiny_data / "png"), "missing")
+
+
+def test_export_writes_a_model_card_from_the_runs_files(tiny_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run.run_dir, run)
+    for f in (runs.EVALUATION, runs.MODEL_CARD):
+        (run / f).unlink(missing_ok=True)
+    r = api.export(run, Printer(quiet=True))
+    card = (run / runs.MODEL_CARD).read_text()
+    assert r["model_card"] == str(run / runs.MODEL_CARD)
+    assert "Not evaluated yet" in card and "nfx evaluate" in card
+    ev = api.evaluate(run, printer=Printer(quiet=True), n_bootstrap=50, plots=False)
+    api.export(run, Printer(quiet=True))
+    card = (run / runs.MODEL_CARD).read_text()
+    for section in ("## Model", "## Data provenance", "## Metrics", "## Intended use", "## Limits"):
+        assert section in card, section
+    assert "Not evaluated yet" not in card
+    assert f"| ROC AUC | {ev['roc_auc']:.3f}" in card
+    lo, hi = ev["sensitivity_ci"] if ev.get("sensitivity_ci") else (None, None)
+    if lo is not None:
+        assert f"{lo:.3f}–{hi:.3f}" in card
+    assert f"≥ {ev['threshold']:.3f}" in card and ev["threshold_source"] in card
+    assert "test_nfnet" in card and "trained from scratch" in card and "Not a medical device" in card
+    # patient ids never appear on the card, only counts
+    pids = {row["patient"] for row in runs.read_csv(run / runs.SPLITS) if row["patient"]}
+    assert pids and not [p for p in pids if p in card]

@@ -66,7 +66,7 @@ def export(
     run_dir: Path = typer.Argument(..., help="Run folder made by `nfx finetune`."),
     onnx: bool = typer.Option(True, "--onnx/--no-onnx", help="Export to ONNX (the only format so far)."),
 ) -> None:
-    """Export to ONNX (dynamic batch, metadata), verified against torch through ONNX Runtime."""
+    """Export to ONNX (dynamic batch, metadata), verified against torch through ONNX Runtime; write MODEL.md."""
 
     from nfx import api
     from nfx.errors import ConfigError
@@ -78,7 +78,8 @@ def export(
     p.table(
         "export",
         [("onnx", r["onnx"]), ("max |onnxruntime − torch|", f"{r['max_abs_diff']:.2e}"),
-         ("input", f"N×3×{r['input_size']}×{r['input_size']}"), ("next", f"nfx predict {run_dir} IMAGES...")],
+         ("input", f"N×3×{r['input_size']}×{r['input_size']}"), ("model card", r["model_card"]),
+         ("next", f"nfx predict {run_dir} IMAGES... --out predictions.csv")],
     )
 
 

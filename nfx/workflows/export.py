@@ -1,7 +1,9 @@
-"""export: the run's model to ONNX, verified against torch (nfx.export.onnx)."""
+"""export: the run's model to ONNX, verified against torch (nfx.export.onnx), and the model
+card MODEL.md (nfx.export.card) from the run folder's own files."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +15,25 @@ from nfx.workflows.loading import load_run
 def export(run_dir: str | Path, printer: Printer | None = None, tolerance: float = 1e-4) -> dict[str, Any]:
     printer = printer or Printer()
     run = load_run(run_dir)
+    from nfx.export.card import render
     from nfx.export.onnx import export_onnx
 
     out = run.run_dir / runs.ONNX
     report = export_onnx(run.model, run.info, out, tolerance=tolerance)
-    return {"onnx": str(out), **report}
+    result = {"onnx": str(out), "tolerance": tolerance, **report}
+    evaluation = _read_json(run.run_dir / runs.EVALUATION)
+    if evaluation is None:
+        printer.note("not evaluated yet: MODEL.md carries training's validation figures only; "
+                     f"run `nfx evaluate {run.run_dir}` and export again for metrics with intervals")
+    card = render(run.info.to_json(), run.cfg.to_dict(), _read_json(run.run_dir / runs.METRICS) or {},
+                  evaluation, result)
+    runs.atomic_write_text(run.run_dir / runs.MODEL_CARD, card)
+    result["model_card"] = str(run.run_dir / runs.MODEL_CARD)
+    return result
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None

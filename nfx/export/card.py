@@ -1,0 +1,100 @@
+"""MODEL.md, the model card `nfx export` writes beside the exported model. Pure: plain values
+in (model.json, config, metrics.json, evaluation.json, the ONNX check), Markdown out.
+
+Contract: every number on the card is read from the run's own files — nothing is recomputed
+or invented here; a run that was never evaluated says so and names the command that fills the
+metrics in. Patient identifiers never appear (only counts)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+INTENDED_USE = (
+    "Research use: a starting point for studying {task} on images like the training data "
+    "(same modality, acquisition and preprocessing). Not a medical device; not validated for "
+    "clinical decisions. Any clinical use needs a prospective evaluation on the target "
+    "population, sites and scanners."
+)
+LIMITS = [
+    "Trained and validated on one dataset ({n_train} training / {n_valid} validation images); "
+    "performance on other sites, scanners, populations or preprocessing is unknown.",
+    "Inputs are resized to {size} px ({resize}) and intensity-normalised as recorded in the "
+    "ONNX metadata; images prepared differently are out of distribution.",
+    "{threshold}",
+    "Probabilities are only as calibrated as the calibration section shows (ECE / Brier).",
+]
+
+
+def _ci(v: Any) -> str:
+    return f" (95% CI {v[0]:.3f}–{v[1]:.3f})" if v else ""
+
+
+def _num(v: Any) -> str:
+    return "n/a" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def render(info: dict[str, Any], cfg: dict[str, Any], metrics: dict[str, Any], evaluation: dict[str, Any] | None,
+           export: dict[str, Any]) -> str:
+    """`info`: model.json; `cfg`: config.json; `metrics`: metrics.json (training's last/best
+    epoch); `evaluation`: evaluation.json or None; `export`: the ONNX check (onnx, opset,
+    max_abs_diff, tolerance)."""
+    classes = info["classes"]
+    task = " vs ".join(classes) + " classification"
+    splits = metrics.get("splits") or {}
+    n_train = splits.get("train", {}).get("images", "?")
+    n_valid = splits.get("valid", {}).get("images", "?")
+    t = cfg.get("train", {})
+    lines = [f"# Model card: {cfg.get('name') or 'nfx model'}", ""]
+    lines += ["## Model", "",
+              f"- Architecture: `{info['arch']}` (timm), {len(classes)} classes: {', '.join(classes)}",
+              f"- Starting point: {info.get('weights_source', '?')}",
+              f"- Input: {info['input_size']} px, resize policy `{info.get('resize', '?')}`, "
+              f"mean {info.get('mean')}, std {info.get('std')}"
+              + (f", DICOM frame {info['frame']}" if info.get("frame") is not None else ""),
+              f"- Training: {t.get('schedule') or 'fine-tune'} schedule, {t.get('freeze_epochs')} head-only + "
+              f"{t.get('epochs')} full epochs, effective batch {metrics.get('effective_batch_size', '?')}, "
+              f"lr {t.get('lr')}, AGC {t.get('agc') if t.get('agc') else 'off'} ({metrics.get('agc_mode', 'batch')}), "
+              f"precision {metrics.get('precision', '?')}, device {metrics.get('device', '?')}, seed {t.get('seed')}",
+              f"- Exported: `{export['onnx']}` (ONNX opset {export.get('opset', '?')}); ONNX Runtime vs torch "
+              f"max |Δ| {export['max_abs_diff']:.2e} (tolerance {export.get('tolerance', '?')})", ""]
+    lines += ["## Data provenance", "",
+              f"- Dataset: `{cfg.get('data', {}).get('path', '?')}`",
+              "- Splits (patient-level; a patient's images are in one split only): "
+              + ", ".join(f"{k} {v.get('images')} images / {v.get('patients')} patients" for k, v in splits.items()),
+              f"- Augmentation: {cfg.get('data', {}).get('aug', '?')}", ""]
+    lines += ["## Metrics", ""]
+    if evaluation is None:
+        lines += ["Not evaluated yet: run `nfx evaluate` on this run folder, then `nfx export` again to fill in "
+                  "metrics with confidence intervals. Training's own validation figures (selected epoch "
+                  f"{metrics.get('selected_epoch')}): accuracy {_num(metrics.get('valid_accuracy'))}, "
+                  f"ROC AUC {_num(metrics.get('valid_roc_auc'))}.", ""]
+    else:
+        ev = evaluation
+        lines += [f"On the {ev.get('split', 'valid')} split ({ev['n_images']} images, {ev['n_patients']} patients); "
+                  f"intervals: patient-level bootstrap, {ev.get('n_bootstrap')} resamples.", "",
+                  "| metric | value |", "|---|---|",
+                  f"| ROC AUC | {_num(ev.get('roc_auc'))}{_ci(ev.get('roc_auc_ci'))} |",
+                  f"| sensitivity | {_num(ev.get('sensitivity'))}{_ci(ev.get('sensitivity_ci'))} |",
+                  f"| specificity | {_num(ev.get('specificity'))}{_ci(ev.get('specificity_ci'))} |",
+                  f"| accuracy | {_num(ev.get('accuracy'))} |",
+                  f"| balanced accuracy | {_num(ev.get('balanced_accuracy'))} |",
+                  f"| ECE / Brier | {_num(ev.get('ece'))} / {_num(ev.get('brier'))} |", ""]
+        if ev.get("positive_class") is not None:
+            lines += [f"Decision threshold: p({ev['positive_class']}) ≥ {_num(ev.get('threshold'))} "
+                      f"({ev.get('threshold_source', 'default')}).", ""]
+        if ev.get("warnings"):
+            lines += ["Cautions from the evaluation:", ""] + [f"- {w}" for w in ev["warnings"]] + [""]
+    lines += ["## Intended use", "", INTENDED_USE.format(task=task), ""]
+    source = (evaluation or {}).get("threshold_source", "default")
+    threshold = ("The decision threshold is the untuned default; choose one for the intended use "
+                 "(`nfx evaluate --target-sensitivity 0.9`) on data from the site where the model is used."
+                 if source == "default" else
+                 "The threshold was chosen on the evaluated data; re-choose it on data from the site where "
+                 "the model is used.")
+    lines += ["## Limits", ""] + [
+        "- " + s.format(n_train=n_train, n_valid=n_valid, size=info["input_size"], resize=info.get("resize", "?"),
+                        threshold=threshold)
+        for s in LIMITS] + [""]
+    lines += ["Generated by `nfx export` from the run folder's files (model.json, config.json, metrics.json, "
+              "evaluation.json).", ""]
+    return "\n".join(lines)
