@@ -149,3 +149,11 @@ def test_export_writes_a_model_card_from_the_runs_files(tiny_run, tmp_path):
     # patient ids never appear on the card, only counts
     pids = {row["patient"] for row in runs.read_csv(run / runs.SPLITS) if row["patient"]}
     assert pids and not [p for p in pids if p in card]
+
+
+def test_onnx_predictor_never_uses_a_remote_provider(exported):
+    from nfx.export.onnx import OnnxPredictor, local_providers
+
+    assert "AzureExecutionProvider" not in local_providers()
+    used = OnnxPredictor(exported[1]).sess.get_providers()
+    assert used and "AzureExecutionProvider" not in used

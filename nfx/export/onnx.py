@@ -81,6 +81,17 @@ def verify(model: Any, path: Path, size: int, batch_sizes=(1, 3)) -> float:
     return worst
 
 
+def local_providers() -> list[str]:
+    """ONNX Runtime providers that run on this machine, best first (CUDA/TensorRT when
+    onnxruntime-gpu is installed, else CPU). AzureExecutionProvider, listed by some builds,
+    calls a remote endpoint: never used for a medical image."""
+    import onnxruntime as ort
+
+    order = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    avail = ort.get_available_providers()
+    return [p for p in order if p in avail] or ["CPUExecutionProvider"]
+
+
 class OnnxPredictor:
     """Predict with an nfx ONNX file, using only its metadata for preprocessing."""
 
@@ -88,7 +99,7 @@ class OnnxPredictor:
         import onnxruntime as ort
 
         self.path = Path(path)
-        self.sess = ort.InferenceSession(str(self.path), providers=ort.get_available_providers())
+        self.sess = ort.InferenceSession(str(self.path), providers=local_providers())
         meta = self.sess.get_modelmeta().custom_metadata_map
         try:
             self.info = ModelInfo.from_onnx_metadata(meta)
