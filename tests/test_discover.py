@@ -74,6 +74,26 @@ def test_nothing_is_dropped_silently(tiny_data, tmp_path):
     assert "not in a label sub-folder" in reasons[str(root / "loose.png")]
 
 
+def test_symlinks_are_followed_and_broken_ones_reported(tiny_data, tmp_path):
+    import os
+
+    root = _copy(tiny_data, tmp_path / "d")
+    extra = tmp_path / "elsewhere"
+    extra.mkdir()
+    for i, f in enumerate(sorted((root / "normal").glob("*.png"))[:3]):
+        shutil.copy(f, extra / f"x{i}.png")
+    os.symlink(extra, root / "normal" / "more")  # a symlinked sub-folder: its images are data
+    os.symlink(tmp_path / "gone.png", root / "normal" / "dangling.png")  # target missing
+    os.symlink(root / "normal", root / "normal" / "loop")  # points back up
+    d = discover(root)
+    reasons = dict(d.bad)
+    assert len(d.samples) == 24 + 3
+    assert sum(1 for s in d.samples if "/more/" in str(s.path)) == 3
+    assert "broken symbolic link" in reasons[str(root / "normal" / "dangling.png")]
+    assert "symbolic-link loop" in reasons[str(root / "normal" / "loop")]
+    assert len(d.bad) == 2
+
+
 def test_extensionless_dicom_is_found(tiny_data, tmp_path):
     root = _copy(tiny_data, tmp_path / "d", "dicom")
     src = next((root / "normal").glob("*.dcm"))

@@ -34,3 +34,29 @@ def test_8_bit_colour_unchanged(tmp_path):
     path = tmp_path / "c.png"
     Image.fromarray(rgb).save(path)
     np.testing.assert_allclose(decode_image(path) * 255, rgb, atol=1e-3)
+
+
+def test_non_finite_pixels_are_a_bad_file_with_a_reason(tmp_path):
+    import warnings
+
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    from nfx.data.images import decode_file
+    from nfx.errors import BadFileError
+
+    a = np.random.default_rng(0).random((32, 32)).astype(np.float32)
+    a[3, 4] = np.nan  # one NaN pixel would turn the whole image NaN through min/max
+    Image.fromarray(a, mode="F").save(tmp_path / "nan.tif")
+    with pytest.raises(BadFileError, match=r"nan\.tif: 1 pixel\(s\) are NaN or inf"):
+        decode_file(tmp_path / "nan.tif")
+    a[3, 4] = 0.5
+    Image.fromarray(a, mode="F").save(tmp_path / "ok.tif")
+    assert np.isfinite(decode_file(tmp_path / "ok.tif")).all()
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.RescaleSlope = "1e308"  # overflows to inf once applied
+    ds.save_as(tmp_path / "huge_slope.dcm")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(BadFileError, match=r"huge_slope\.dcm: pixel values are not finite"):
+            decode_file(tmp_path / "huge_slope.dcm")

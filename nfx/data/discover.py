@@ -71,11 +71,34 @@ class Discovery:
         return dict(Counter(s.patient_source or "none" for s in self.samples))
 
 
+def _walk(folder: Path) -> tuple[list[Path], list[tuple[str, str]]]:
+    """(visible files under `folder`, sorted; [(path, problem)]). Symbolic links to folders are
+    followed (a link back into a folder already walked is a loop: reported, not followed);
+    a link whose target is missing is reported. Hidden files/folders and OS litter are skipped."""
+    files: list[Path] = []
+    problems: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            problems.append((dirpath, f"symbolic-link loop (leads back to {real}); not followed — remove the link"))
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            if name in IGNORED or name.startswith("."):
+                continue
+            f = Path(dirpath) / name
+            if not f.exists():
+                problems.append((str(f), "broken symbolic link (its target is missing); fix or remove the link"))
+            elif f.is_file():
+                files.append(f)
+    return sorted(files), sorted(problems)
+
+
 def _visible_files(folder: Path) -> list[Path]:
-    return [
-        p for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name not in IGNORED and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    ]
+    return _walk(folder)[0]
 
 
 def _is_supported(p: Path) -> bool:
@@ -91,8 +114,8 @@ def walk_files(folder: Path) -> tuple[list[Path], list[tuple[str, str]]]:
     """A folder walked as ingest walks it: (supported image files, [(other visible file, reason)]).
     Hidden files and OS litter (.DS_Store, ._*, Thumbs.db) are neither."""
     ok: list[Path] = []
-    other: list[tuple[str, str]] = []
-    for p in _visible_files(folder):
+    found, other = _walk(folder)
+    for p in found:
         if _is_supported(p):
             ok.append(p)
         else:
@@ -192,7 +215,9 @@ def _from_folders(root: Path) -> tuple[list[_Item], list[tuple[str, str]], bool]
         bad += [(str(p), f"directly in {root}, not in a label sub-folder; move it into one")
                 for p in sorted(root.iterdir()) if p.is_file() and p.name not in IGNORED and _is_supported(p)]
     for label_dir, split in label_dirs:
-        for f in _visible_files(label_dir):
+        found, problems = _walk(label_dir)
+        bad += problems
+        for f in found:
             if _is_supported(f):
                 items.append((f, label_dir.name, split, None))
             else:

@@ -30,6 +30,9 @@ def decode_image(path: Path) -> np.ndarray:
                 return intensity.as_hwc(intensity.to_unit_range(arr, 0.0, hi))
             if mode == "F":
                 arr = np.asarray(im, dtype=np.float64)
+                if not np.isfinite(arr).all():
+                    raise BadFileError(path, f"{int((~np.isfinite(arr)).sum())} pixel(s) are NaN or inf; "
+                                             "fix or remove the file")
                 return intensity.as_hwc(intensity.to_unit_range(arr, float(arr.min()), float(arr.max())))
             if mode in ("L", "1"):
                 arr = np.asarray(im.convert("L"))
@@ -78,10 +81,16 @@ def _read_deep_colour(path: Path) -> np.ndarray | None:
 
 
 def decode_file(path: Path, frame: int | None = None) -> np.ndarray:
-    """Any supported file → float32 H×W×C in [0, 1]."""
+    """Any supported file → float32 H×W×C in [0, 1], finite (a file whose pixels decode to NaN
+    or inf — NaN pixels in a float TIFF, a DICOM RescaleSlope that overflows — is a bad file)."""
     path = Path(path)
     if is_dicom(path):
-        return decode_dicom(path, frame=frame)
-    if path.suffix.lower() in IMAGE_SUFFIXES:
-        return decode_image(path)
-    raise BadFileError(path, f"unsupported file type {path.suffix or '(no extension)'}; use DICOM, PNG, JPEG, TIFF or BMP")
+        out = decode_dicom(path, frame=frame)
+    elif path.suffix.lower() in IMAGE_SUFFIXES:
+        out = decode_image(path)
+    else:
+        raise BadFileError(path, f"unsupported file type {path.suffix or '(no extension)'}; use DICOM, PNG, JPEG, TIFF or BMP")
+    if not np.isfinite(out).all():
+        raise BadFileError(path, "pixel values are not finite (NaN or inf) after decoding and rescaling; "
+                                 "fix the file (or its RescaleSlope/Intercept) or remove it")
+    return out
