@@ -124,3 +124,18 @@ def test_every_finetune_flag_maps_to_a_config_field():
     for flag, (section, key) in FINETUNE_FLAGS.items():
         names = {f.name for f in fields(known[section] if section in known else RunConfig)}
         assert key in names, (flag, section, key)
+
+
+def test_a_class_without_training_images_is_refused(tiny_data, tmp_path):
+    import shutil
+
+    root = tmp_path / "d"
+    for f in sorted((tiny_data / "png").rglob("*.png")):
+        sp = "valid" if f.parent.name == "glaucoma" or int(f.name[3:7]) > 8 else "train"
+        dst = root / sp / f.parent.name / f.name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, dst)
+    assert not (root / "train" / "glaucoma").exists()
+    r = nfx("finetune", root, "--arch", "test_nfnet", "--no-pretrained", "--size", "32", "--epochs", "1",
+            "--bs", "4", "--out", tmp_path / "runs", "--workers", "0")
+    _assert_one_line_error(r, "class 'glaucoma' has no training images", "add training images")

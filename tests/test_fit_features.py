@@ -199,3 +199,21 @@ def test_compile_is_in_place_and_keeps_state_dict_keys():
         build_learner(dls, timm.create_model("test_nfnet", num_classes=2), num_classes=2, wd=0.0,
                       precision="fp32", accum=1, agc=0.1, device=torch.device("cpu"), agc_mode="per-sample",
                       compile_model=True)
+
+
+def test_same_seed_on_cpu_gives_identical_weights_and_metrics(tiny_data, tmp_path):
+    # augmentation, accumulation, AGC and the head warm-up all draw or depend on RNG state
+    runs_ = []
+    for name, seed in [("a", 7), ("b", 7), ("c", 8)]:
+        cfg = _cfg(tiny_data / "png", tmp_path, name, epochs=1, freeze_epochs=1, accum=2, seed=seed)
+        cfg = RunConfig(data=DataConfig(path=cfg.data.path, size=64, num_workers=0, aug="light"), model=cfg.model,
+                        train=cfg.train, out=cfg.out, name=name)
+        res = api.finetune(cfg, Printer(quiet=True))
+        runs_.append((load_file(str(res.run_dir / "model.safetensors")), res.history, res.run_dir))
+    (wa, ha, da), (wb, hb, db), (wc, _, _) = runs_
+    assert wa.keys() == wb.keys()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    strip = [{k: v for k, v in h.items() if "seconds" not in k} for h in ha]
+    assert strip == [{k: v for k, v in h.items() if "seconds" not in k} for h in hb]
+    assert (da / "splits.csv").read_text() == (db / "splits.csv").read_text()
+    assert not all(torch.equal(wa[k], wc[k]) for k in wa)  # another seed really changes the run

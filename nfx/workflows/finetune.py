@@ -132,6 +132,12 @@ def select(cfg: RunConfig, samples, entries, split_of: list[str], classes: list[
             f"{cfg.data.path}: the training split has {len(sel['train'])} images, fewer than --bs "
             f"{cfg.train.bs}; lower --bs"
         )
+    in_train = {samples[i].label for i in sel["train"]}
+    for c in classes:
+        if c not in in_train:
+            n = sum(1 for s in samples if s.label == c)
+            raise DataError(f"{cfg.data.path}: class {c!r} has no training images (its {n} image(s) are all in "
+                            "the validation/test split); add training images of it, or remove the class")
     return tuple(([entries[i] for i in sel[sp]], [cls_idx[samples[i].label] for i in sel[sp]])
                  for sp in ("train", "valid"))
 
