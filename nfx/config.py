@@ -88,10 +88,12 @@ class TrainConfig:
     patience: int | None = None  # early stopping: epochs without improvement of the monitor
     monitor: str | None = None  # checkpoint/early-stop metric; None = valid_roc_auc (binary) else valid_loss
     compile: bool = False  # torch.compile the model for training
+    world_size: int = 1  # training processes (DDP); from the launcher (torchrun / accelerate), never a flag
 
     @property
     def effective_batch_size(self) -> int:
-        return self.bs * self.accum
+        """Samples per optimizer step, over all processes."""
+        return self.bs * self.accum * self.world_size
 
     @property
     def resolved(self) -> bool:
@@ -219,6 +221,7 @@ def validate_train(t: TrainConfig) -> None:
          "--epochs and --freeze-epochs are both 0; nothing to train"),
         (t.bs >= 1, f"--bs must be >= 1 (got {t.bs})"),
         (t.accum >= 1, f"--accum must be >= 1 micro-batch (got {t.accum})"),
+        (isinstance(t.world_size, int) and t.world_size >= 1, f"world_size must be >= 1 (got {t.world_size})"),
         (_finite_pos(t.lr), f"--lr must be a finite number > 0 (got {t.lr})"),
         (t.body_lr_div is None or (math.isfinite(t.body_lr_div) and t.body_lr_div >= 1),
          f"body_lr_div must be >= 1 (got {t.body_lr_div})"),

@@ -29,8 +29,11 @@ _state = {"debug": os.environ.get("NFX_DEBUG") == "1", "quiet": False}
 
 
 def printer():
-    from nfx.console import RichPrinter
+    from nfx.console import Printer, RichPrinter
+    from nfx.train.distributed import env_rank
 
+    if env_rank() != 0:  # several processes (torchrun / accelerate launch): only rank 0 talks
+        return Printer(quiet=True)  # (errors still show: the boundary prints them)
     return RichPrinter(quiet=_state["quiet"])
 
 

@@ -94,9 +94,13 @@ def finetune(
         v = opts[flag]
         sections[section][key] = str(v) if isinstance(v, Path) else v
     cfg = base.override(**sections)
-    if agc is not None or cfg.train.agc_auto:
-        from dataclasses import replace
+    from dataclasses import replace
 
+    from nfx.train.distributed import env_world_size
+
+    # several processes (torchrun / accelerate launch): the effective batch counts all of them
+    cfg = replace(cfg, train=replace(cfg.train, world_size=env_world_size()))
+    if agc is not None or cfg.train.agc_auto:
         value, auto = parse_agc(agc, cfg.train.effective_batch_size)
         cfg = replace(cfg, train=replace(cfg.train, agc=value, agc_auto=auto))
     from nfx import api

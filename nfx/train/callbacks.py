@@ -13,49 +13,12 @@ import time
 from typing import Any
 
 import torch
-from fastai.callback.core import Callback, CancelBatchException
+from fastai.callback.core import Callback
 from fastai.callback.fp16 import MixedPrecision
 
 from nfx.train import agc
+from nfx.train.accumulation import MicroBatchAccumulation
 from nfx.train.checkpoint import skipped
-
-
-class MicroBatchAccumulation(Callback):
-    """`accum` micro-batches per optimizer step (fastai's GradientAccumulation counts samples).
-
-    Contract:
-    - after_loss: divides `loss_grad` by the number of micro-batches in the current window, so
-      the accumulated gradient is the mean over the window's samples (training batches all have
-      the same size: the train loader drops the remainder of the epoch at whole windows).
-    - before_step (order 6, before MixedPrecision/AGC): cancels the batch — skipping step and
-      zero_grad — until the window is complete.
-    - Epoch-end rule: a window never spans two epochs. nfx's train loader keeps a whole number of
-      windows per epoch, so every window is full; with another loader (or a set smaller than one
-      window) the last window is shorter, still steps, and its gradient is the mean over the
-      samples it saw.
-    """
-
-    order, run_valid = MixedPrecision.order - 4, False
-
-    def __init__(self, accum: int):
-        self.accum = int(accum)
-        self.n_steps = 0
-
-    def window_len(self) -> int:
-        """Micro-batches in the current window (public: PerSampleAGCCallback weights each by 1/this)."""
-        n_iter = len(self.learn.dl)
-        start = (self.learn.iter // self.accum) * self.accum
-        return min(self.accum, n_iter - start)
-
-    def after_loss(self) -> None:
-        if self.training:
-            self.learn.loss_grad = self.learn.loss_grad / self.window_len()
-
-    def before_step(self) -> None:
-        i, n_iter = self.learn.iter, len(self.learn.dl)
-        if (i + 1) % self.accum != 0 and i + 1 != n_iter:
-            raise CancelBatchException()
-        self.n_steps += 1
 
 
 def clip_stats(clipped: list[torch.Tensor], units: list[int]) -> tuple[float | None, float | None]:
@@ -233,6 +196,7 @@ class PerSampleAGCCallback(Callback):
         self.epoch_fraction: float | None = None
         self.epoch_min_step_fraction: float | None = None
         self._active = False
+        self._window_active = False
         self._grad_was: bool | None = None
 
     def before_epoch(self) -> None:
@@ -241,6 +205,7 @@ class PerSampleAGCCallback(Callback):
 
     def before_batch(self) -> None:
         self._active = bool(self.training) and self.clipper.any_clipped_trainable()
+        self._window_active = self._window_active or self._active
         if self._active:
             self._grad_was = torch.is_grad_enabled()
             torch.set_grad_enabled(False)
@@ -285,6 +250,13 @@ class PerSampleAGCCallback(Callback):
 
     def before_step(self) -> None:
         self.clipper.flush_()
+        if self._window_active:
+            # the normal backward (and with it DDP's all-reduce) was skipped: average the
+            # gradients over processes here, once per optimizer step (no-op in one process)
+            from nfx.train.distributed import all_reduce_mean
+
+            all_reduce_mean([p.grad for p in self.learn.model.parameters() if p.grad is not None])
+        self._window_active = False
 
     def after_train(self) -> None:
         self.epoch_fraction, self.epoch_min_step_fraction = clip_stats(self._clipped, self._units)

@@ -27,6 +27,7 @@ from fastai.callback.core import Callback, CancelFitException
 
 from nfx import runs
 from nfx.runs import BEST, CKPT_DIR, LAST  # noqa: E402,F401  (re-exported for fit)
+from nfx.train.distributed import unwrap
 
 
 def epoch_seed(seed: int, global_epoch: int) -> int:
@@ -81,17 +82,17 @@ class EMACallback(Callback):
 
     def after_step(self) -> None:
         self.n_updates += 1
-        self.ema.update(self.learn.model, step=self.n_updates)
+        self.ema.update(unwrap(self.learn.model), step=self.n_updates)
 
     def before_validate(self) -> None:
         if self.n_updates == 0:
             return
-        self._backup = {k: v.detach().clone() for k, v in self.learn.model.state_dict().items()}
-        self.learn.model.load_state_dict(self.ema.module.state_dict())
+        self._backup = {k: v.detach().clone() for k, v in unwrap(self.learn.model).state_dict().items()}
+        unwrap(self.learn.model).load_state_dict(self.ema.module.state_dict())
 
     def after_validate(self) -> None:
         if self._backup is not None:
-            self.learn.model.load_state_dict(self._backup)
+            unwrap(self.learn.model).load_state_dict(self._backup)
             self._backup = None
 
     def state_dict(self) -> dict[str, Any]:
@@ -148,13 +149,13 @@ class Checkpointer(Callback):
             raise CancelFitException()
 
     def weights(self) -> dict[str, torch.Tensor]:
-        return self.ema_cb.weights() if self.ema_cb else self.learn.model.state_dict()
+        return self.ema_cb.weights() if self.ema_cb else unwrap(self.learn.model).state_dict()
 
     def save_last(self) -> None:
         payload = _plain({
             "state": dict(self.state),
             "history": list(self.history),
-            "model": {k: v.detach().cpu() for k, v in self.learn.model.state_dict().items()},
+            "model": {k: v.detach().cpu() for k, v in unwrap(self.learn.model).state_dict().items()},
             "opt": self.learn.opt.state_dict(),
             "ema": self.ema_cb.state_dict() if self.ema_cb else None,
         })

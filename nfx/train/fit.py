@@ -51,12 +51,16 @@ def fit(cfg: RunConfig, model, prep, *, train, valid, num_classes: int, device: 
         workers = 0 if device.type == "cpu" else min(8, os.cpu_count() or 1)
     dls = make_dataloaders(train, valid, bs=t.bs, mean=prep.mean, std=prep.std, aug=cfg.data.aug,
                            flip=cfg.data.flip, num_workers=workers, device=device, seed=t.seed,
-                           balance=t.balance, n_classes=num_classes, accum=t.accum)
+                           balance=t.balance, n_classes=num_classes, accum=t.accum * t.world_size)
     w = build_learner(dls, model, num_classes=num_classes, wd=t.wd, precision=precision,
                       accum=t.accum, agc=t.agc, device=device,
                       class_weights=class_weights(train[1], num_classes) if t.balance == "loss" else None,
                       agc_mode=t.agc_mode, persample_chunk=t.persample_chunk, compile_model=t.compile)
     learn = w.learn
+    from nfx.train import distributed
+
+    if distributed.is_distributed():  # torch DDP through fastai's DistributedTrainer (accelerate)
+        learn.add_cb(distributed.trainer_callback(device))
     ema_cb = EMACallback(learn.model, t.ema) if t.ema else None
     if ema_cb:
         learn.add_cb(ema_cb)
@@ -127,6 +131,8 @@ def fit(cfg: RunConfig, model, prep, *, train, valid, num_classes: int, device: 
         final_weights = load_file(str(best))
         selected = state["best_epoch"]
     save_state_dict(final_weights, run_dir / runs.WEIGHTS)
+    if distributed.is_distributed():
+        distributed.report(learn.model, w.accum_cb.n_steps if w.accum_cb else None, len(dls.train) * t.bs)
     row = next((h for h in history if h["epoch"] == selected), history[-1])
     final = {k: row.get(k) for k in ("valid_accuracy", "valid_roc_auc", "valid_loss", "train_loss")}
     final.update(

@@ -17,6 +17,7 @@ from nfx.console import Printer
 from nfx.data.split import split_counts
 from nfx.errors import DataError, RunError
 from nfx.records import MODEL_INFO, InputSpec, ModelInfo
+from nfx.workflows.splitting import split, write_splits
 
 
 @dataclass
@@ -29,8 +30,19 @@ class RunResult:
 
 def finetune(cfg: RunConfig, printer: Printer | None = None) -> RunResult:
     """discover → prepare the model and schedule → create the run folder → ingest → split →
-    select train/valid → record the model → train."""
+    select train/valid → record the model → train. Launched on several processes (torchrun /
+    accelerate launch), every rank runs this; only rank 0 writes `cfg.out` and prints."""
     printer = printer or Printer()
+    from nfx.train import distributed
+
+    if distributed.is_distributed():
+        with distributed.rank_folder(cfg.out) as (out, main):
+            cfg = replace(cfg, out=str(out), train=replace(cfg.train, world_size=distributed.env_world_size()))
+            return _finetune(cfg, printer if main else Printer(quiet=True))
+    return _finetune(cfg, printer)
+
+
+def _finetune(cfg: RunConfig, printer: Printer) -> RunResult:
     t_start = time.time()
     from nfx.config import check_training
 
@@ -107,19 +119,6 @@ def create_run_folder(cfg: RunConfig, precision: str) -> tuple[RunConfig, Path]:
     return cfg, run_dir
 
 
-def write_splits(samples, split_of: list[str], run_dir: Path, printer: Printer) -> dict[str, dict[str, int]]:
-    """splits.csv (which file went where) and the per-split counts, printed."""
-    runs.atomic_write_csv(
-        run_dir / runs.SPLITS,
-        [{"path": s.path, "label": s.label, "patient": s.patient or "", "split": split_of[i]}
-         for i, s in enumerate(samples)],
-    )
-    counts = split_counts([s.patient for s in samples], split_of)
-    for sp, c in counts.items():
-        printer.info(f"  {sp}: {c['images']} images, {c['patients']} patients")
-    return counts
-
-
 def select(cfg: RunConfig, samples, entries, split_of: list[str], classes: list[str]):
     """(train, valid) as (cache entries, class indices); refuses an empty validation split and a
     training split smaller than one batch."""
@@ -174,9 +173,28 @@ def resume(run_dir: str | Path, printer: Printer | None = None) -> RunResult:
     """Continue a run from its last completed epoch (model, optimizer, EMA, history, best-so-far;
     RNG is re-seeded per epoch, so the continuation replays the uninterrupted run)."""
     printer = printer or Printer()
+    from nfx.train import distributed
+
+    if distributed.is_distributed():
+        with distributed.rank_folder(Path(run_dir).parent) as (out, main):
+            if not main:  # a private copy of rank 0's run folder: same state, own writes
+                import shutil
+
+                shutil.copytree(run_dir, out / Path(run_dir).name)
+            return _resume(out / Path(run_dir).name, printer if main else Printer(quiet=True))
+    return _resume(Path(run_dir), printer)
+
+
+def _resume(run_dir: Path, printer: Printer) -> RunResult:
+    from nfx.train import distributed
+
     t_start = time.time()
     run_dir = runs.require_run(Path(run_dir), runs.SPLITS, MODEL_INFO)
     cfg = RunConfig.load(run_dir / runs.CONFIG)
+    if cfg.train.world_size != distributed.env_world_size():
+        raise RunError(f"{run_dir}: trained on {cfg.train.world_size} process(es), resumed on "
+                       f"{distributed.env_world_size()}; resume with the launch it started with "
+                       f"(e.g. torchrun --nproc_per_node {cfg.train.world_size} -m nfx finetune --resume {run_dir})")
     info = ModelInfo.read(run_dir)
     from nfx.train.checkpoint import load_last
 
@@ -266,44 +284,3 @@ def ingest(cfg: RunConfig, disc, run_dir: Path, printer: Printer):
     if empty:
         printer.warn(f"class(es) {empty} have no usable images left after skipping bad files")
     return samples, [entries[i] for i in keep]
-
-
-
-
-def split(cfg: RunConfig, samples, printer: Printer, run_dir: Path | None = None) -> list[str]:
-    """train / valid / test per sample: user splits kept (leak-checked), the rest grouped by
-    patient and stratified by label. Writes split_summary.json (patients per split, leaks)."""
-    from nfx.data.split import assign_splits, group_keys, split_summary
-
-    patients = [s.patient for s in samples]
-    groups = group_keys([s.path for s in samples], patients)
-    n_with = sum(1 for p in patients if p)
-    if n_with == 0:
-        printer.warn(
-            "no patient id found (no CSV patient column, no DICOM PatientID, no --patient-regex); splitting "
-            "per image. If patients have several images, validation metrics will be optimistic"
-        )
-    elif n_with < len(samples):
-        printer.warn(f"{len(samples) - n_with} of {len(samples)} images have no patient id; "
-                     "each of those is its own group in the split")
-    user = [s.split for s in samples]
-    splits, leaks = assign_splits([s.label for s in samples], groups, user, cfg.data.valid_pct,
-                                  cfg.train.seed, allow_leak=cfg.data.allow_patient_leak)
-    if leaks:
-        shown = ", ".join(leaks[:5]) + (" …" if len(leaks) > 5 else "")
-        printer.warn(f"{len(leaks)} patient(s) appear in more than one split ({shown}); allowed by "
-                     "--allow-patient-leak, recorded in split_summary.json: metrics will be optimistic")
-    if run_dir is not None:
-        from collections import Counter
-
-        summary = {
-            "source": "user" if any(user) else "grouped_stratified",
-            "seed": cfg.train.seed,
-            "valid_pct": cfg.data.valid_pct,
-            "patient_id_source": dict(Counter(getattr(s, "patient_source", None) or "none" for s in samples)),
-            "splits": split_summary([s.label for s in samples], patients, splits),
-            "patient_leaks": leaks,
-            "allow_patient_leak": cfg.data.allow_patient_leak,
-        }
-        runs.atomic_write_json(run_dir / runs.SPLIT_SUMMARY, summary)
-    return splits
