@@ -90,3 +90,47 @@ def test_resume_on_another_number_of_processes_is_refused(tmp_path):
                         "--resume", str(run)], capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode != 0
     assert "trained on 1 process(es), resumed on 2" in r.stderr
+
+
+@pytest.mark.slow
+def test_two_processes_killed_then_resumed_equal_the_uninterrupted_run(tmp_path):
+    import signal
+    import time
+
+    env = _env(tmp_path / "tmp")
+    out = tmp_path / "runs"
+    args = ["--epochs", "3", "--bs", "4", "--accum", "2"]
+    port = 29000 + os.getpid() % 300
+    full = _ddp(out, "full", *args, env=env, port=port)
+    assert full.returncode == 0, full.stderr[-3000:]
+    run = out / "killed"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(port + 1), "-m", "nfx", "finetune", str(DATA), *COMMON[:-4], "--epochs", "3",
+           "--workers", "0", "--bs", "4", "--accum", "2", "--out", str(out), "--name", "killed"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        hist = run / "history.csv"
+        if hist.is_file() and len(hist.read_text().splitlines()) >= 2 and (run / "checkpoints" / "last.pt").is_file():
+            import psutil  # (a dependency of accelerate)
+
+            victims = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+            for v in victims:  # the launcher and both ranks (torchrun starts them in their own groups)
+                v.kill()
+            psutil.wait_procs(victims[1:], timeout=30)
+            break
+        time.sleep(0.05)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (run / "model.safetensors").exists()
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                          "127.0.0.1", "--master_port", str(port + 2), "-m", "nfx", "finetune", "--resume", str(run)],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "resuming after epoch" in res.stderr
+    digests = re.findall(r"weights sha1 (\w+)", res.stderr)
+    assert len(digests) == 2 and len(set(digests)) == 1
+    a, b = load_file(str(out / "full" / "model.safetensors")), load_file(str(run / "model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=k)
+    assert sorted(p.name for p in out.iterdir()) == ["full", "killed"]

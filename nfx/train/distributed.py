@@ -129,6 +129,14 @@ def _classes() -> tuple[Any, Any]:
     from fastai.distributed import DistributedDL, DistributedTrainer
 
     class ShardedDL(DistributedDL):
+        @property
+        def rng(self):  # the shuffling RNG is the wrapped loader's (EpochSeed re-seeds it per epoch)
+            return self.dl.rng
+
+        @rng.setter
+        def rng(self, value):
+            self.dl.rng = value
+
         def _broadcast(self, t, rank):
             x = torch.tensor(t, dtype=torch.long)
             if dist.get_backend() == "nccl":
