@@ -56,7 +56,8 @@ LOCAL_ABLATIONS = {
     "nfx --schedule from-scratch": ("nfx", {"schedule": "from-scratch"}),  # one lr, no warm-up, on local weights
     # head warm-up kept; after it (the head lr is halved at unfreezing) head 2e-3 / body 1e-3, or all at 2e-3
     "nfx --lr 4e-3 --body-lr-div 2": ("nfx", {"lr": 4e-3, "body_lr_div": 2.0}),
-    "nfx --lr 4e-3 --body-lr-div 1": ("nfx", {"lr": 4e-3, "body_lr_div": 1.0}),
+    # fastai's fine_tune practice, nfx's fine-tune defaults before this benchmark: body at lr/10
+    "nfx --lr 1e-3 --body-lr-div 10": ("nfx", {"lr": 1e-3, "body_lr_div": 10.0}),
 }
 
 

@@ -139,3 +139,11 @@ def test_a_class_without_training_images_is_refused(tiny_data, tmp_path):
     r = nfx("finetune", root, "--arch", "test_nfnet", "--no-pretrained", "--size", "32", "--epochs", "1",
             "--bs", "4", "--out", tmp_path / "runs", "--workers", "0")
     _assert_one_line_error(r, "class 'glaucoma' has no training images", "add training images")
+
+
+def test_usage_errors_are_one_line_with_exit_code_1():
+    _assert_one_line_error(nfx("finetune", "sample_data/png", "--bs", "abc"), "Invalid value for '--bs'", "--help")
+    _assert_one_line_error(nfx("finetune", "--frobnicate"), "No such option: --frobnicate")
+    _assert_one_line_error(nfx("frob"), "No such command 'frob'")
+    r = nfx()
+    assert r.returncode == 0 and "finetune" in r.stdout  # bare `nfx` shows the help

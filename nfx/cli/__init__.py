@@ -102,7 +102,22 @@ def main() -> None:
     # Library deprecation chatter (torch.jit, fastai) is not actionable for nfx users.
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
-    app()
+    try:
+        code = app(standalone_mode=False)
+    except Exception as e:  # a command-line usage error (Click's UsageError: bad value, unknown option)
+        if not (hasattr(e, "format_message") and hasattr(e, "exit_code")):
+            raise
+        if type(e).__name__ == "NoArgsIsHelpError":  # bare `nfx`: the help, not an error
+            print(e.format_message())
+            sys.exit(0)
+        cmd = getattr(getattr(e, "ctx", None), "command_path", "nfx")
+        # one line, exit code 1, like every other error (Click prints several lines and exits 2)
+        try:
+            _fail(f"{e.format_message().rstrip('.')}; see `{cmd} --help`")
+        except typer.Exit:
+            sys.exit(1)
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":
