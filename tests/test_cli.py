@@ -147,3 +147,16 @@ def test_usage_errors_are_one_line_with_exit_code_1():
     _assert_one_line_error(nfx("frob"), "No such command 'frob'")
     r = nfx()
     assert r.returncode == 0 and "finetune" in r.stdout  # bare `nfx` shows the help
+
+
+def test_an_empty_class_folder_and_a_one_image_class_are_named(tiny_data, tmp_path):
+    import shutil
+
+    root = tmp_path / "d"
+    shutil.copytree(tiny_data / "png", root)
+    (root / "suspect").mkdir()
+    args = ["--arch", "test_nfnet", "--no-pretrained", "--size", "32", "--epochs", "1", "--bs", "4",
+            "--out", tmp_path / "runs", "--workers", "0"]
+    _assert_one_line_error(nfx("finetune", root, *args), "empty class folder", "suspect")
+    shutil.copy(next((root / "normal").glob("*.png")), root / "suspect" / "one.png")
+    _assert_one_line_error(nfx("finetune", root, *args), "class 'suspect' has 1 image(s)", "at least 2")

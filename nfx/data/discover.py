@@ -217,6 +217,8 @@ def _from_folders(root: Path) -> tuple[list[_Item], list[tuple[str, str]], bool]
     for label_dir, split in label_dirs:
         found, problems = _walk(label_dir)
         bad += problems
+        if not found and not problems:
+            bad.append((str(label_dir), "empty class folder (no files); add its images or remove the folder"))
         for f in found:
             if _is_supported(f):
                 items.append((f, label_dir.name, split, None))

@@ -131,6 +131,13 @@ def select(cfg: RunConfig, samples, entries, split_of: list[str], classes: list[
             f"{cfg.data.path}: the training split has {len(sel['train'])} images, fewer than --bs "
             f"{cfg.train.bs}; lower --bs"
         )
+    from collections import Counter
+
+    per_class = Counter(s.label for s in samples)
+    few = sorted(c for c in classes if per_class[c] < 2)
+    if few and not any(s.split for s in samples):
+        raise DataError(f"{cfg.data.path}: class {few[0]!r} has {per_class[few[0]]} image(s); a class needs at "
+                        "least 2 (one to train on, one to validate); add images or remove the class")
     in_train = {samples[i].label for i in sel["train"]}
     for c in classes:
         if c not in in_train:
