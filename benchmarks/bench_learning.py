@@ -50,7 +50,9 @@ ABLATIONS = {
     "nfx --aug light --resize letterbox": ("nfx", {"aug": "light", "resize": "letterbox"}),
     "nfx --aug light --resize crop": ("nfx", {"aug": "light", "resize": "crop"}),
     "nfx --aug light --agc off": ("nfx", {"aug": "light", "agc": None}),
-    "nfx --aug light --schedule fine-tune": ("nfx", {"aug": "light", "schedule": "fine-tune"}),  # the old schedule
+    # the schedule nfx used on a random body before this benchmark (fastai's fine_tune practice)
+    "nfx --aug light --schedule fine-tune --lr 1e-3 --body-lr-div 10": (
+        "nfx", {"aug": "light", "schedule": "fine-tune", "lr": 1e-3, "body_lr_div": 10.0}),
 }
 LOCAL_ABLATIONS = {
     "nfx --schedule from-scratch": ("nfx", {"schedule": "from-scratch"}),  # one lr, no warm-up, on local weights
@@ -191,6 +193,7 @@ def main(argv=None) -> int:
                     "(never flips: the task is the orientation)")
     ap.add_argument("--ablations", action="store_true", help="also nfx with one default changed at a time "
                     "(ABLATIONS from scratch, LOCAL_ABLATIONS from local weights)")
+    ap.add_argument("--ablation-seeds", default=None, help="seeds of the ablation rows [default: --seeds]")
     ap.add_argument("--work", type=Path, default=CACHE / "bench_learning")
     ap.add_argument("--no-doc", action="store_true", help="print only; do not write docs/LEARNING.md")
     args = ap.parse_args(argv)
@@ -201,6 +204,7 @@ def main(argv=None) -> int:
     work = args.work / f"{args.arch}-{args.size}px-{args.epochs}ep-bs{args.bs}-{data.name}"
     work.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",")]
+    ablation_seeds = [int(s) for s in args.ablation_seeds.split(",")] if args.ablation_seeds else seeds
     results: dict[str, dict[str, list[dict]]] = {}
     for start in args.starts.split(","):
         weights = pretrain(args, work) if start == "local" else None
@@ -209,6 +213,8 @@ def main(argv=None) -> int:
         for seed in seeds:
             ref = nfx_run(data, start, weights, args, seed, {}, work)  # makes the seed's split
             for vname, (kind, over) in variants.items():
+                if vname not in VARIANTS and seed not in ablation_seeds:
+                    continue
                 if kind == "plain":
                     r = plain_run(data, start, weights, args, seed, Path(ref["run_dir"]), work)
                 else:
@@ -244,7 +250,9 @@ def render(results, args, data: Path, device) -> str:
         f"Model `{args.arch}` at {args.size} px, batch {args.bs}, {args.epochs} epochs per run (warm-up "
         "epochs included), CPU fp32. Validation: 20 % of the images (no patient ids in this set), the "
         "same split for every variant of a seed; the split changes with the seed. Metrics of the last "
-        f"epoch, mean ± sd over {len(args.seeds.split(','))} seeds ({args.seeds}). nfx defaults = squish resize, "
+        f"epoch, mean ± sd over seeds {args.seeds}"
+        + (f" (ablation rows: seeds {args.ablation_seeds})" if args.ablation_seeds else "")
+        + ". nfx defaults = squish resize, "
         "no augmentation, the schedule of the starting point, `--agc auto`. s / run is wall time on a "
         "shared 2-core machine (other jobs ran alongside): not a speed measurement.",
         "",

@@ -18,35 +18,50 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 
 
 def decode_image(path: Path) -> np.ndarray:
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
-            im.load()
-            mode = im.mode
-            if mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(im).astype(np.float64)
-                hi = 65535.0 if mode.startswith("I;16") or arr.max() > 255 else 255.0
-                return intensity.as_hwc(intensity.to_unit_range(arr, 0.0, hi))
-            if mode == "F":
-                arr = np.asarray(im, dtype=np.float64)
-                if not np.isfinite(arr).all():
-                    raise BadFileError(path, f"{int((~np.isfinite(arr)).sum())} pixel(s) are NaN or inf; "
-                                             "fix or remove the file")
-                return intensity.as_hwc(intensity.to_unit_range(arr, float(arr.min()), float(arr.max())))
-            if mode in ("L", "1"):
-                arr = np.asarray(im.convert("L"))
-                return intensity.as_hwc(intensity.to_unit_range(arr, 0, 255))
-            if mode in ("RGB", "RGBA") and _deep_colour(im):
-                deep = _read_deep_colour(path)
-                if deep is not None:
-                    return deep
-            arr = np.asarray(im.convert("RGB"))
-            return intensity.to_unit_range(arr, 0, 255)
+        with warnings.catch_warnings():
+            # Pillow warns above MAX_IMAGE_PIXELS (~89 M) and refuses above twice that: both are
+            # decompression bombs here (a header declaring more pixels than any scan has)
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return _decode_pil(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise BadFileError(path, f"declares more pixels than nfx decodes ({short_reason(e, 80)}); "
+                                 "a decompression bomb or a corrupt header: remove or re-export it") from e
     except UnidentifiedImageError as e:
         raise BadFileError(path, "not a readable image (unknown or corrupt format); remove or re-export it") from e
     except (OSError, SyntaxError, ValueError) as e:
         raise BadFileError(path, f"image is truncated or corrupt ({short_reason(e, 120)}); remove or re-export it") from e
+
+
+def _decode_pil(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()
+        mode = im.mode
+        if mode in ("I;16", "I;16B", "I;16L", "I"):
+            arr = np.asarray(im).astype(np.float64)
+            hi = 65535.0 if mode.startswith("I;16") or arr.max() > 255 else 255.0
+            return intensity.as_hwc(intensity.to_unit_range(arr, 0.0, hi))
+        if mode == "F":
+            arr = np.asarray(im, dtype=np.float64)
+            if not np.isfinite(arr).all():
+                raise BadFileError(path, f"{int((~np.isfinite(arr)).sum())} pixel(s) are NaN or inf; "
+                                         "fix or remove the file")
+            return intensity.as_hwc(intensity.to_unit_range(arr, float(arr.min()), float(arr.max())))
+        if mode in ("L", "1"):
+            arr = np.asarray(im.convert("L"))
+            return intensity.as_hwc(intensity.to_unit_range(arr, 0, 255))
+        if mode in ("RGB", "RGBA") and _deep_colour(im):
+            deep = _read_deep_colour(path)
+            if deep is not None:
+                return deep
+        arr = np.asarray(im.convert("RGB"))
+        return intensity.to_unit_range(arr, 0, 255)
 
 
 def _deep_colour(im) -> bool:
