@@ -103,7 +103,7 @@ def main() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     try:
-        code = app(standalone_mode=False)
+        code = app(standalone_mode=False, prog_name="nfx")
     except Exception as e:  # a command-line usage error (Click's UsageError: bad value, unknown option)
         if not (hasattr(e, "format_message") and hasattr(e, "exit_code")):
             raise
