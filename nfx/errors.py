@@ -33,6 +33,14 @@ class ExportError(NfxError):
     """An export could not be produced or failed verification."""
 
 
+class MachineError(NfxError):
+    """The machine, not the data: a full disk, a read-only or forbidden output folder."""
+
+
+# errno values that mean "the machine", never "this file is bad"
+MACHINE_ERRNOS = {28, 30, 122, 13}  # ENOSPC, EROFS, EDQUOT, EACCES
+
+
 class BadFileError(DataError):
     """One file cannot be used; `reason` is short and names the fix where there is one."""
 

@@ -148,3 +148,23 @@ def test_ingest_skip_bad_continues_and_records(tiny_data, tmp_path):
                                      frame=0))
     samples2, _ = ingest(cfg2, disc, run_dir, p)
     assert len(samples2) == 24 and "multi.dcm" not in _bad_rows(run_dir)
+
+
+@pytest.mark.parametrize("code", [28, 30])  # ENOSPC, EROFS
+def test_a_full_or_read_only_cache_disk_is_a_machine_error_not_bad_files(pngs, tmp_path, monkeypatch, code):
+    import errno
+
+    from nfx.errors import MachineError
+
+    def full(self, e, arr):  # the disk fills up on the first write
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(ImageCache, "_store", full)
+    cache = ImageCache(tmp_path / "cache", 32, resize="squish")
+    with pytest.raises(MachineError, match=rf"cache {tmp_path / 'cache'}: {os.strerror(code)}.*NFX_CACHE_DIR"):
+        cache.fill([str(p) for p in pngs], workers=2, pool="thread")
+    assert not list((tmp_path / "cache").rglob("*.tmp"))
+    # an ordinary unreadable image still is a bad file (the two are told apart by errno)
+    monkeypatch.setattr(ImageCache, "_store", lambda self, e, arr: (_ for _ in ()).throw(OSError(errno.EIO, "I/O")))
+    entries, bad = cache.fill([str(pngs[0])], workers=1, pool="thread")
+    assert entries == [None] and len(bad) == 1

@@ -12,7 +12,8 @@ from nfx.console import show_compare, show_finetune
 # finetune option (parameter name) → (config section, field): the one place the two meet
 FINETUNE_FLAGS = {
     "data": ("data", "path"), "size": ("data", "size"), "valid_pct": ("data", "valid_pct"),
-    "patient_regex": ("data", "patient_regex"), "skip_bad": ("data", "skip_bad"), "aug": ("data", "aug"),
+    "patient_regex": ("data", "patient_regex"), "keep_patient_ids": ("data", "keep_patient_ids"),
+    "skip_bad": ("data", "skip_bad"), "aug": ("data", "aug"),
     "cache_dir": ("data", "cache_dir"), "workers": ("data", "num_workers"), "labels": ("data", "labels"),
     "frame": ("data", "frame"), "allow_patient_leak": ("data", "allow_patient_leak"), "flip": ("data", "flip"),
     "resize": ("data", "resize"),
@@ -50,6 +51,7 @@ def finetune(
     name: str | None = typer.Option(None, "--name", help="Run folder name [default: <arch>-<time>]."),
     valid_pct: float | None = typer.Option(None, "--valid-pct", help="Share of patients for validation [default: 0.2]."),
     patient_regex: str | None = typer.Option(None, "--patient-regex", help="Regex on file names; group 1 = patient id (when no DICOM PatientID)."),
+    keep_patient_ids: bool | None = typer.Option(None, "--keep-patient-ids", help="Write raw patient ids to the run's outputs [default: pseudonyms, see README]."),
     skip_bad: bool | None = typer.Option(None, "--skip-bad/--no-skip-bad", help="Continue past unreadable files (listed in bad_files.csv)."),
     aug: str | None = typer.Option(None, "--aug", help="Augmentation preset: none, light, strong [default: none; try light for long runs]."),
     precision: str | None = typer.Option(None, "--precision", help="auto, bf16, fp16 or fp32 [default: auto]."),

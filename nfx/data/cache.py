@@ -28,7 +28,7 @@ from nfx.data import intensity
 from nfx.data.images import decode_file
 from nfx.data.parallel import POOLS as PARALLEL_POOLS
 from nfx.data.parallel import map_files
-from nfx.errors import BadFileError, short_reason
+from nfx.errors import MACHINE_ERRNOS, BadFileError, MachineError, short_reason
 from nfx.records import InputSpec
 
 PREPROC_VERSION = 1
@@ -56,6 +56,9 @@ def preprocess(path: str | Path, size: int, frame: int | None, resize: str) -> n
 
     img = decode_file(Path(path), frame=frame)
     return resize_to(intensity.to_channels(img, 3), size, resize)
+
+
+MACHINE = "\0machine:"  # marks a worker's result as an environment failure, not a bad file
 
 
 def _reason(e: BaseException) -> str:
@@ -153,6 +156,10 @@ class ImageCache:
         args = [(str(self.dir), self.size, self.frame, self.resize, i, paths[i]) for i in misses]
         results, pool = map_files(_decode_one, args, workers=n, pool=pool, on_done=on_done,
                                   initializer=_worker_init)
+        machine = [reason for _, entry, reason in results if entry is None and reason.startswith(MACHINE)]
+        if machine:
+            raise MachineError(f"decoded-image cache {self.dir}: {machine[0][len(MACHINE):]}; free space there or "
+                               "point --cache-dir / NFX_CACHE_DIR at a writable disk with room")
         for i, entry, reason in results:
             if entry is not None:
                 entries[i] = Path(entry)
@@ -187,10 +194,15 @@ def _decode_one(args: tuple[str, int, int | None, str, int, str]) -> tuple[int, 
     try:
         e = cache.entry(path)
         arr = preprocess(path, size, frame, resize).astype(np.float16)
-        cache._store(e, arr)
-        return i, str(e), None
     except Exception as err:
         return i, None, _reason(err)
+    try:
+        cache._store(e, arr)  # the atomic writer removes its temp file on failure
+    except OSError as err:
+        if err.errno in MACHINE_ERRNOS:  # the cache's disk, not the image: never a bad file
+            return i, None, f"{MACHINE}{err.strerror or err} (writing {e})"
+        return i, None, _reason(err)
+    return i, str(e), None
 
 
 def predict_files(

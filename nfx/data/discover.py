@@ -136,8 +136,11 @@ def discover(
     min_classes: int = 2,
     workers: int | None = None,
     on_progress: Callable[[int], None] | None = None,
+    pseudonymise: bool = False,
 ) -> Discovery:
-    """Find every sample. `on_progress(n)` is called as DICOM headers are read (parallel)."""
+    """Find every sample. `on_progress(n)` is called as DICOM headers are read (parallel).
+    `pseudonymise`: patient ids become nfx.data.pseudonym pseudonyms (what the workflows ask for
+    unless --keep-patient-ids)."""
     root = Path(root)
     if labels is None:
         if not root.exists():
@@ -154,6 +157,12 @@ def discover(
         where = str(root)
 
     samples = _resolve_patients(items, regex, bad, workers, on_progress)
+    if pseudonymise:
+        from dataclasses import replace
+
+        from nfx.data.pseudonym import pseudonym
+
+        samples = [replace(s, patient=pseudonym(s.patient)) if s.patient else s for s in samples]
     n_files = len(samples) + len(bad)
     if not samples and not bad:
         loose = [p for p in root.iterdir() if p.is_file() and _is_supported(p)] if root.is_dir() else []

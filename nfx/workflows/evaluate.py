@@ -45,7 +45,8 @@ def evaluate(run_dir: str | Path, data: str | None = None, printer: Printer | No
     else:
         from nfx.data.discover import discover
 
-        disc = discover(data, run.cfg.data.patient_regex)
+        # the run's own rule: pseudonyms like its splits.csv (raw ids for runs from before that)
+        disc = discover(data, run.cfg.data.patient_regex, pseudonymise=run.cfg.data.keep_patient_ids is False)
         unknown = sorted(set(disc.classes) - set(classes))
         if unknown:
             raise DataError(f"{data}: label folder(s) {unknown} are not classes of this model {classes}; "

@@ -47,6 +47,7 @@ def _finetune(cfg: RunConfig, printer: Printer) -> RunResult:
     from nfx.config import check_training
 
     check_training(cfg)  # cross-field rules fail before any file is read
+    cfg = replace(cfg, data=replace(cfg.data, keep_patient_ids=bool(cfg.data.keep_patient_ids)))  # recorded
     disc = discover_data(cfg, printer)
     pat = f"{disc.n_patients} patients" if disc.n_patients else "no patient ids"
     printer.info(f"found {len(disc.samples)} images in {len(disc.classes)} classes ({', '.join(disc.classes)}), {pat}")
@@ -250,7 +251,8 @@ def discover_data(cfg: RunConfig, printer: Printer):
     from nfx.data.discover import discover
 
     with printer.progress(None, "scanning files") as bar:
-        return discover(cfg.data.path, cfg.data.patient_regex, cfg.data.labels, on_progress=bar.advance)
+        return discover(cfg.data.path, cfg.data.patient_regex, cfg.data.labels, on_progress=bar.advance,
+                        pseudonymise=not cfg.data.keep_patient_ids)
 
 
 def ingest(cfg: RunConfig, disc, run_dir: Path, printer: Printer):
