@@ -16,7 +16,8 @@ import pytest
 
 from nfx.data.pseudonym import PREFIX, pseudonym
 
-NAME, BIRTH = "Doe^Jane", "19420101"
+# unusual enough not to occur by chance in base64 plots or hex digests
+NAME, BIRTH = "Quixotic^Zebulon", "19420317"
 
 
 def _mrn(i: int) -> str:
@@ -68,7 +69,7 @@ def test_no_name_birth_date_or_raw_patient_id_in_any_output(phi_data, tmp_path):
         logs += [r.stdout, r.stderr]
     files = [p for p in run.rglob("*") if p.is_file()] + [tmp_path / "pred.csv"]
     assert any(p.name == "model.onnx" for p in files) and any(p.name == "MODEL.md" for p in files)
-    needles = [NAME, "Doe", "Jane", BIRTH, *mrns]
+    needles = [NAME, "Quixotic", "Zebulon", BIRTH, "1942-03-17", *mrns]
     assert not _scan(files + logs, needles)
     # pseudonyms instead: stable (the same patient, the same pseudonym, in every output)
     rows = list(csv.DictReader(open(run / "splits.csv")))
