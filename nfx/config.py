@@ -42,8 +42,7 @@ class DataConfig:
     allow_patient_leak: bool = False  # accept user splits that share a patient (recorded, warned)
     flip: bool = True  # horizontal flips in augmentation (off for chest X-rays)
     resize: str = "squish"  # squish | letterbox | crop (nfx.data.resize); chosen on real data, docs/LEARNING.md
-    # patient ids in outputs: pseudonyms (nfx.data.pseudonym) unless True; None = a run from before
-    # pseudonymisation (its outputs hold the raw ids); finetune records False for new runs
+    # True: raw patient ids in outputs, else pseudonyms (nfx.data.pseudonym); None = an older run (raw)
     keep_patient_ids: bool | None = None
 
 
