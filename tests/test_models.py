@@ -74,3 +74,15 @@ def test_head_by_identity_and_decay_exemptions():
     assert any(n.endswith(".gain") for n in exempt)
     assert any(n.endswith("skipinit_gain") for n in exempt)
     assert all(not n.endswith(".weight") or "norm" in n for n in exempt)
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "pth"])
+def test_weights_with_wrong_shapes_list_the_mismatched_keys(tmp_path, fmt):
+    sd = timm.create_model("test_nfnet", pretrained=False).state_dict()
+    key = next(k for k, v in sd.items() if v.ndim == 4)  # the first conv weight
+    sd[key] = torch.zeros(sd[key].shape[0] + 5, *sd[key].shape[1:])
+    f = tmp_path / f"w.{fmt}"
+    save_file(sd, str(f)) if fmt == "safetensors" else torch.save(sd, f)
+    with pytest.raises(ModelError, match=rf"1 tensor\(s\) have other shapes than test_nfnet's: {key} \(file \[") as e:
+        create_model("test_nfnet", 2, True, weights=str(f))
+    assert "same architecture" in str(e.value)

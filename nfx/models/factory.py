@@ -97,6 +97,13 @@ def create_model(
         try:
             model = timm.create_model(arch, pretrained=True, **kwargs)
         except Exception as e:
+            wrong = _shape_mismatches(wpath, arch, num_classes)
+            if wrong:
+                shown = ", ".join(f"{k} (file {list(a)} vs model {list(b)})" for k, a, b in wrong[:3])
+                raise ModelError(
+                    f"{weights}: {len(wrong)} tensor(s) have other shapes than {arch}'s: {shown}"
+                    + (" …" if len(wrong) > 3 else "") + "; pass weights of the same architecture"
+                ) from e
             raise ModelError(
                 f"{weights}: could not load weights into {arch} ({short_reason(e, 200)}); "
                 "the file must be a state dict (safetensors or torch) of the same architecture"
@@ -218,3 +225,26 @@ def no_decay_params(model: Any) -> list[Any]:
                 seen.add(id(p))
     return out
 
+
+def _shape_mismatches(path: Path, arch: str, num_classes: int) -> list[tuple[str, tuple, tuple]]:
+    """(key, file shape, model shape) for tensors of a weights file that do not fit `arch`
+    (the classifier excluded: its class count may differ). Loaded without unpickling code."""
+    import timm
+    import torch
+
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+            state = state.get("state_dict", state) if isinstance(state, dict) else {}
+        model = timm.create_model(arch, pretrained=False, num_classes=num_classes)
+    except Exception:
+        return []
+    head_ids = {id(t) for t in model.get_classifier().parameters()} if hasattr(model, "get_classifier") else set()
+    head = {n for n, t in model.named_parameters() if id(t) in head_ids}
+    own = model.state_dict()
+    return [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state.items()
+            if k in own and k not in head and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)]
