@@ -75,6 +75,29 @@ def atomic_path(path: Path, fsync: bool = True) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def remove_stale_temps(folder: Path) -> list[Path]:
+    """Remove the temp files `atomic_path` left in `folder` (not below it) when its process was
+    killed (SIGKILL skips the cleanup): only those whose writing process is gone, so a live
+    writer in another process is never disturbed. Returns what was removed."""
+    removed = []
+    for tmp in Path(folder).glob(".*.tmp"):
+        parts = tmp.name.rsplit(".", 4)  # .<name>.<pid>.<thread>.<n>.tmp
+        try:
+            pid = int(parts[-4])
+        except (IndexError, ValueError):
+            continue
+        try:
+            os.kill(pid, 0)
+            continue  # the writer is alive
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # alive, another user's
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)

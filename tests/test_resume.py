@@ -124,3 +124,33 @@ def test_interrupted_in_process_then_resumed_replays_the_run(tiny_data, tmp_path
     a, b = load_last(tmp_path / "full")["model"], load_last(tmp_path / "cut")["model"]
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-6, atol=1e-7, msg=k)
+
+
+def test_a_kill_during_a_checkpoint_write_keeps_the_old_file_and_resume_removes_the_temp(tiny_run, tmp_path):
+    import shutil
+
+    from nfx import api
+    from nfx.console import Printer
+    from nfx.errors import RunError
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run.run_dir, run)
+    last = run / "checkpoints" / "last.pt"
+    before = last.read_bytes()
+    # a process killed with SIGKILL in the middle of writing last.pt through nfx's atomic writer
+    code = ("import os, signal, sys; from pathlib import Path; from nfx.runs import atomic_path\n"
+            f"with atomic_path(Path({str(last)!r})) as tmp:\n"
+            "    with open(tmp, 'wb') as f:\n"
+            "        f.write(b'half a checkpoint' * 1000); f.flush()\n"
+            "        os.kill(os.getpid(), signal.SIGKILL)\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True)
+    assert p.returncode == -signal.SIGKILL
+    assert last.read_bytes() == before  # the good checkpoint was never replaced
+    stale = list(last.parent.glob(".last.pt.*.tmp"))
+    assert len(stale) == 1 and stale[0].stat().st_size > 0
+    # a temp file of a live writer (this process) is left alone
+    live = last.parent / f".best.safetensors.{os.getpid()}.1.1.tmp"
+    live.write_bytes(b"in progress")
+    with pytest.raises(RunError, match="already complete"):
+        api.resume(run, Printer(quiet=True))
+    assert not stale[0].exists() and live.exists()

@@ -198,6 +198,8 @@ def _resume(run_dir: Path, printer: Printer) -> RunResult:
 
     t_start = time.time()
     run_dir = runs.require_run(Path(run_dir), runs.SPLITS, MODEL_INFO)
+    for folder in (run_dir, run_dir / runs.CKPT_DIR):  # what a kill -9 left half-written
+        runs.remove_stale_temps(folder)
     cfg = RunConfig.load(run_dir / runs.CONFIG)
     if cfg.train.world_size != distributed.env_world_size():
         raise RunError(f"{run_dir}: trained on {cfg.train.world_size} process(es), resumed on "
