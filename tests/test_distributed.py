@@ -134,3 +134,20 @@ def test_two_processes_killed_then_resumed_equal_the_uninterrupted_run(tmp_path)
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=k)
     assert sorted(p.name for p in out.iterdir()) == ["full", "killed"]
+
+
+@pytest.mark.slow
+def test_per_sample_agc_on_two_processes_all_reduces_its_gradients(tmp_path):
+    env = _env(tmp_path / "tmp")
+    out = tmp_path / "runs"
+    r = _ddp(out, "ps", "--bs", "4", "--accum", "2", "--agc-mode", "per-sample", env=env,
+             port=29700 + os.getpid() % 200)
+    assert r.returncode == 0, r.stderr[-3000:]
+    digests = re.findall(r"weights sha1 (\w+)", r.stderr)
+    assert len(digests) == 2 and len(set(digests)) == 1  # without the all-reduce the ranks would drift apart
+    ddp = load_file(str(out / "ps" / "model.safetensors"))
+    one = load_file(str(_single(out.parent / "single", "ps", "--bs", "8", "--accum", "2", "--agc-mode",
+                                "per-sample", env=env) / "model.safetensors"))
+    other = load_file(str(_single(out.parent / "single", "ps7", "--bs", "8", "--accum", "2", "--agc-mode",
+                                  "per-sample", "--seed", "7", env=env) / "model.safetensors"))
+    assert _dist(ddp, one) <= 0.05 * _dist(ddp, other), (_dist(ddp, one), _dist(ddp, other))
