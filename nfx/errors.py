@@ -4,6 +4,8 @@ They are raised anywhere and handled once, at the CLI boundary (exit code 1, one
 no traceback unless --debug).
 """
 
+import errno
+
 
 class NfxError(Exception):
     """Base class: a problem the user can fix."""
@@ -38,7 +40,7 @@ class MachineError(NfxError):
 
 
 # errno values that mean "the machine", never "this file is bad"
-MACHINE_ERRNOS = {28, 30, 122, 13}  # ENOSPC, EROFS, EDQUOT, EACCES
+MACHINE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES}
 
 
 class BadFileError(DataError):

@@ -58,9 +58,6 @@ def preprocess(path: str | Path, size: int, frame: int | None, resize: str) -> n
     return resize_to(intensity.to_channels(img, 3), size, resize)
 
 
-MACHINE = "\0machine:"  # marks a worker's result as an environment failure, not a bad file
-
-
 def _reason(e: BaseException) -> str:
     if isinstance(e, BadFileError):
         return e.reason
@@ -156,10 +153,6 @@ class ImageCache:
         args = [(str(self.dir), self.size, self.frame, self.resize, i, paths[i]) for i in misses]
         results, pool = map_files(_decode_one, args, workers=n, pool=pool, on_done=on_done,
                                   initializer=_worker_init)
-        machine = [reason for _, entry, reason in results if entry is None and reason.startswith(MACHINE)]
-        if machine:
-            raise MachineError(f"decoded-image cache {self.dir}: {machine[0][len(MACHINE):]}; free space there or "
-                               "point --cache-dir / NFX_CACHE_DIR at a writable disk with room")
         for i, entry, reason in results:
             if entry is not None:
                 entries[i] = Path(entry)
@@ -199,8 +192,9 @@ def _decode_one(args: tuple[str, int, int | None, str, int, str]) -> tuple[int, 
     try:
         cache._store(e, arr)  # the atomic writer removes its temp file on failure
     except OSError as err:
-        if err.errno in MACHINE_ERRNOS:  # the cache's disk, not the image: never a bad file
-            return i, None, f"{MACHINE}{err.strerror or err} (writing {e})"
+        if err.errno in MACHINE_ERRNOS:  # the cache's disk, not the image: never a bad file; ends the map
+            raise MachineError(f"decoded-image cache {cache.dir}: {err.strerror or err} (writing {e}); free space "
+                               "there or point --cache-dir / NFX_CACHE_DIR at a writable disk with room") from err
         return i, None, _reason(err)
     return i, str(e), None
 

@@ -106,7 +106,7 @@ def _is_supported(p: Path) -> bool:
 
 
 def candidate_files(folder: Path) -> list[Path]:
-    """Supported image files under a folder (used by `explain` on folders)."""
+    """Supported image files under a folder (stray images beside the split folders)."""
     return [p for p in _visible_files(folder) if _is_supported(p)]
 
 

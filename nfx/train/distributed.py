@@ -28,6 +28,7 @@ Contract:
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import tempfile
@@ -36,53 +37,38 @@ from pathlib import Path
 from typing import Any
 
 
+def _env_int(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name, str(default)))
+    except ValueError:
+        return default
+
+
 def env_world_size() -> int:
     """Processes of this launch (1 when not launched by torchrun / accelerate). No torch import."""
-    try:
-        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
-    except ValueError:
-        return 1
+    return max(1, _env_int("WORLD_SIZE", 1))
 
 
 def env_rank() -> int:
-    try:
-        return int(os.environ.get("RANK", "0"))
-    except ValueError:
-        return 0
+    return _env_int("RANK", 0)
 
 
 def is_distributed() -> bool:
     return env_world_size() > 1
 
 
-def local_rank() -> int:
-    try:
-        return int(os.environ.get("LOCAL_RANK", "0"))
-    except ValueError:
-        return 0
-
-
-def init() -> Any:
-    """Join the process group (once); returns this rank's device."""
+def init() -> None:
+    """Join the process group (once): NCCL on cuda:LOCAL_RANK, gloo on the CPU."""
     import torch
     import torch.distributed as dist
 
     if torch.cuda.is_available():
-        device = torch.device("cuda", local_rank())
-        torch.cuda.set_device(device)
+        torch.cuda.set_device(torch.device("cuda", _env_int("LOCAL_RANK", 0)))
         backend = "nccl"
     else:
-        device, backend = torch.device("cpu"), "gloo"
+        backend = "gloo"
     if not dist.is_initialized():
         dist.init_process_group(backend=backend)
-    return device
-
-
-def barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
 
 
 def all_reduce_mean(tensors: list[Any]) -> None:
@@ -97,33 +83,16 @@ def all_reduce_mean(tensors: list[Any]) -> None:
         t.div_(ws)
 
 
-def all_true(flag: bool) -> bool:
-    """True on every rank iff `flag` is True on every rank (no-op in one process)."""
-    import torch
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return flag
-    t = torch.tensor([0 if flag else 1], dtype=torch.long)
-    if dist.get_backend() == "nccl":
-        t = t.cuda()
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return int(t.item()) == 0
-
-
 def trainer_callback(device: Any) -> Any:
     """The callback that makes a Learner train with DDP on this process group."""
     # accelerate treats a CPU launch as multi-process only when told it runs on the CPU
     on_cpu = device.type == "cpu"
-    return _classes()[1](sync_bn=not on_cpu, cpu=on_cpu)
+    return _trainer_cls()(sync_bn=not on_cpu, cpu=on_cpu)
 
 
-_CACHE: dict[str, Any] = {}
-
-
-def _classes() -> tuple[Any, Any]:
-    if "classes" in _CACHE:
-        return _CACHE["classes"]
+@functools.cache
+def _trainer_cls() -> Any:
+    """fastai's DistributedTrainer adapted (defined on first use: fastai is imported only then)."""
     import torch
     import torch.distributed as dist
     from fastai.distributed import DistributedDL, DistributedTrainer
@@ -179,8 +148,7 @@ def _classes() -> tuple[Any, Any]:
         def before_validate(self):  # the whole validation split on every rank
             pass
 
-    _CACHE["classes"] = (ShardedDL, Trainer)
-    return _CACHE["classes"]
+    return Trainer
 
 
 def unwrap(model: Any) -> Any:

@@ -19,7 +19,7 @@ def explain(run_dir: str | Path, images: list[str], out: str | Path, printer: Pr
     classes = list(run.info.classes)
     if target_class is not None and target_class not in classes:
         raise ConfigError(f"--class {target_class!r}: not a class of this model {classes}")
-    paths = image_paths(images)
+    paths, _ = image_paths(images)  # files that are not images are simply not explained
     from nfx.data.cache import ImageCache
     from nfx.explain import gradcam_overlays
 

@@ -142,8 +142,7 @@ def select(cfg: RunConfig, samples, entries, split_of: list[str], classes: list[
     in_train = {samples[i].label for i in sel["train"]}
     for c in classes:
         if c not in in_train:
-            n = sum(1 for s in samples if s.label == c)
-            raise DataError(f"{cfg.data.path}: class {c!r} has no training images (its {n} image(s) are all in "
+            raise DataError(f"{cfg.data.path}: class {c!r} has no training images (its {per_class[c]} image(s) are all in "
                             "the validation/test split); add training images of it, or remove the class")
     return tuple(([entries[i] for i in sel[sp]], [cls_idx[samples[i].label] for i in sel[sp]])
                  for sp in ("train", "valid"))

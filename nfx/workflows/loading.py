@@ -58,18 +58,24 @@ def predict_probs(model, paths: list[str], info: ModelInfo, cache_dir: str | Non
                              bs=bs, on_decoded=bar.advance, on_batch=bar.advance)
 
 
-def image_paths(images: list[str]) -> list[str]:
-    from nfx.data.discover import candidate_files
+def image_paths(images: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Files and folders given on the command line → (image files, [(other file, reason)]).
+    Folders are walked as ingest walks them (nfx.data.discover.walk_files)."""
+    from nfx.data.discover import walk_files
 
     paths: list[str] = []
+    skipped: list[tuple[str, str]] = []
     for im in images:
         p = Path(im)
         if p.is_dir():
-            paths += [str(f) for f in candidate_files(p)]
+            ok, other = walk_files(p)
+            paths += [str(f) for f in ok]
+            skipped += other
         elif p.is_file():
             paths.append(str(p))
         else:
-            raise DataError(f"{im}: no such file or folder; pass image files or a folder of images")
+            raise DataError(f"{im}: no such file or folder; pass image files or folders of images")
     if not paths:
-        raise DataError(f"no image files found in {', '.join(images)}")
-    return paths
+        raise DataError(f"no image files found in {', '.join(images)}"
+                        + (f" ({len(skipped)} other file(s), e.g. {skipped[0][0]})" if skipped else ""))
+    return paths, skipped

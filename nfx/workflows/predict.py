@@ -21,29 +21,9 @@ from typing import Any
 from nfx import runs
 from nfx.console import Printer
 from nfx.errors import DataError, RunError
+from nfx.workflows.loading import image_paths, load_run, predict_probs
 
 BACKENDS = ("auto", "onnx", "torch")
-
-
-def _inputs(images: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
-    from nfx.data.discover import walk_files
-
-    paths: list[str] = []
-    skipped: list[tuple[str, str]] = []
-    for im in images:
-        p = Path(im)
-        if p.is_dir():
-            ok, other = walk_files(p)
-            paths += [str(f) for f in ok]
-            skipped += other
-        elif p.is_file():
-            paths.append(str(p))
-        else:
-            raise DataError(f"{im}: no such file or folder; pass image files or folders of images")
-    if not paths:
-        raise DataError(f"no image files found in {', '.join(images)}"
-                        + (f" ({len(skipped)} other file(s), e.g. {skipped[0][0]})" if skipped else ""))
-    return paths, skipped
 
 
 def _engine(model: Path, backend: str) -> tuple[str, Path]:
@@ -77,7 +57,7 @@ def predict(model: str | Path, images: list[str], printer: Printer | None = None
     if not model.exists():
         raise RunError(f"{model}: no such run folder or .onnx file; pass a folder made by `nfx finetune`")
     engine, source = _engine(model, backend)
-    paths, skipped = _inputs(images)
+    paths, skipped = image_paths(images)
     if engine == "onnxruntime":
         from nfx.export.onnx import OnnxPredictor
 
@@ -90,8 +70,6 @@ def predict(model: str | Path, images: list[str], printer: Printer | None = None
         with printer.progress(2 * len(paths), "decoding + predicting") as bar:
             probs, bad = predictor.predict_files(paths, cache_dir, on_decoded=bar.advance, on_batch=bar.advance)
     else:
-        from nfx.workflows.loading import load_run, predict_probs
-
         run = load_run(source)
         info = run.info
         probs, bad = predict_probs(run.model, paths, info, cache_dir or run.cfg.data.cache_dir, printer)
