@@ -8,8 +8,12 @@ standard one (forward + backward + batch AGC), for NF models.
 Defaults: CUDA 192 px, batch 16, bf16 autocast, channels_last (the issue's setting); CPU 64 px,
 batch 8, fp32 (so it finishes in minutes). Random init, random inputs, 2 classes.
 - standard step: forward, cross-entropy, backward, nfx batch AGC on the body.
-- per-sample step: what nfx's fastai callback does: the forward for loss/metrics under no_grad,
-  then `PerSampleAGC.accumulate_` (vmap(grad) in chunks, per-sample clip, fp32 mean).
+- one-pass (the default `--agc-mode per-sample`): what nfx's fastai callback does: one forward
+  with the clipped layers tapped, per-sample losses, one backward whose taps return
+  per-sample-clipped gradients (`nfx.train.onepass`).
+- vmap (the reference, used when a model has a layer the taps do not cover): the forward for
+  loss/metrics under no_grad, then `PerSampleAGC.accumulate_` (vmap(grad) in chunks, per-sample
+  clip, fp32 mean).
 Each (model, mode) runs in its own process so peak memory is its own: CUDA
 `max_memory_allocated`, CPU peak RSS (`ru_maxrss`). "Δ peak" subtracts the memory held before
 the first step (model, inputs, interpreter). Timing: CUDA median, CPU best of --repeats after a
@@ -45,6 +49,7 @@ def child(arch: str, mode: str, size: int, bs: int, precision: str, repeats: int
     import torch
 
     from nfx.train import agc
+    from nfx.train.onepass import OnePassPerSampleAGC
     from nfx.train.persample import PerSampleAGC
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -59,18 +64,24 @@ def child(arch: str, mode: str, size: int, bs: int, precision: str, repeats: int
     body = [p for p in m.parameters() if id(p) not in head]
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     ce = torch.nn.functional.cross_entropy
-    ps = PerSampleAGC(m, body, 0.01, chunk=chunk) if mode == "per-sample" else None
+    ps = PerSampleAGC(m, body, 0.01, chunk=chunk) if mode == "vmap" else None
+    op = OnePassPerSampleAGC(m, body, 0.01) if mode == "one-pass" else None
+    if op is not None:
+        assert not op.unsupported() and op.check(x[:2]) is None, "one-pass does not cover " + arch
 
     def step():
-        with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
-            if mode == "standard":
-                ce(m(x), y).backward()
-            else:
-                with torch.no_grad():
-                    ce(m(x), y)
+        if mode == "one-pass":
+            op.accumulate_(x, y, ce, autocast_dtype=amp)  # forward with taps + one backward
+        else:
+            with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
+                if mode == "standard":
+                    ce(m(x), y).backward()
+                else:
+                    with torch.no_grad():
+                        ce(m(x), y)
         if mode == "standard":
             agc.clip_(body, 0.01)
-        else:
+        elif mode == "vmap":
             ps.accumulate_(x, y, ce, autocast_dtype=amp)
         for p in m.parameters():
             if p.grad is not None:
@@ -108,7 +119,8 @@ def main(argv=None) -> int:
     ap.add_argument("--bs", type=int)
     ap.add_argument("--precision", choices=("bf16", "fp16", "fp32"))
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--chunk", type=int)
+    ap.add_argument("--chunk", type=int, help="samples per vmap chunk (vmap rows only)")
+    ap.add_argument("--modes", default="one-pass,vmap", help="per-sample implementations to time")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--child", nargs=2, metavar=("ARCH", "MODE"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -122,10 +134,11 @@ def main(argv=None) -> int:
         print(json.dumps(child(a.child[0], a.child[1], size, bs, precision, a.repeats, a.chunk)))
         return 0
     load0 = os.getloadavg()[0]
+    modes = ["standard"] + a.modes.split(",")
     rows = []
     for arch in a.models.split(","):
         res = {}
-        for mode in ("standard", "per-sample"):
+        for mode in modes:
             cmd = [sys.executable, __file__, "--child", arch, mode, "--size", str(size), "--bs", str(bs),
                    "--precision", precision, "--repeats", str(a.repeats)]
             if a.chunk:
@@ -135,21 +148,24 @@ def main(argv=None) -> int:
                 print(out.stderr[-3000:], file=sys.stderr)
                 return 1
             res[mode] = json.loads(out.stdout.strip().splitlines()[-1])
-        s, p = res["standard"], res["per-sample"]
-        row = dict(arch=arch, std_ms=s["ms"], ps_ms=p["ms"], t_ratio=p["ms"] / s["ms"],
-                   std_peak=s["peak"], ps_peak=p["peak"], m_ratio=p["peak"] / s["peak"],
-                   dm_ratio=(p["peak"] - p["base"]) / max(1, s["peak"] - s["base"]), chunk=p["chunk"])
-        rows.append(row)
-        print(f"{arch:14s} standard {s['ms']:9.1f} ms  per-sample {p['ms']:9.1f} ms  ×{row['t_ratio']:.2f}  "
-              f"peak {s['peak'] / 2**20:8.0f} → {p['peak'] / 2**20:8.0f} MiB  ×{row['m_ratio']:.2f} "
-              f"(Δ ×{row['dm_ratio']:.2f})  chunk {p['chunk']}", flush=True)
+        s = res["standard"]
+        for mode in modes[1:]:
+            p = res[mode]
+            row = dict(arch=arch, mode=mode, std_ms=s["ms"], ps_ms=p["ms"], t_ratio=p["ms"] / s["ms"],
+                       std_peak=s["peak"], ps_peak=p["peak"], m_ratio=p["peak"] / s["peak"],
+                       dm_ratio=(p["peak"] - p["base"]) / max(1, s["peak"] - s["base"]))
+            rows.append(row)
+            print(f"{arch:14s} {mode:8s} standard {s['ms']:9.1f} ms  per-sample {p['ms']:9.1f} ms  "
+                  f"×{row['t_ratio']:.2f}  peak {s['peak'] / 2**20:8.0f} → {p['peak'] / 2**20:8.0f} MiB  "
+                  f"×{row['m_ratio']:.2f} (Δ ×{row['dm_ratio']:.2f})", flush=True)
     mem = "peak CUDA memory allocated" if cuda else "peak RSS"
-    lines = [f"| model | standard step ms | per-sample step ms | time ratio | standard {mem} MiB | "
-             f"per-sample {mem} MiB | peak ratio | Δ-peak ratio | chunk |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"| model | per-sample implementation | standard step ms | per-sample step ms | time ratio | "
+             f"standard {mem} MiB | per-sample {mem} MiB | peak ratio | Δ-peak ratio |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['arch']} | {r['std_ms']:.1f} | {r['ps_ms']:.1f} | {r['t_ratio']:.2f}× | "
+        lines.append(f"| {r['arch']} | {r['mode']} | {r['std_ms']:.1f} | {r['ps_ms']:.1f} | {r['t_ratio']:.2f}× | "
                      f"{r['std_peak'] / 2**20:.0f} | {r['ps_peak'] / 2**20:.0f} | {r['m_ratio']:.2f}× | "
-                     f"{r['dm_ratio']:.2f}× | {r['chunk']} |")
+                     f"{r['dm_ratio']:.2f}× |")
     table = "\n".join(lines)
     print(table)
     if a.no_write:

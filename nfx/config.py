@@ -87,6 +87,7 @@ class TrainConfig:
     seed: int = 42
     agc_mode: str = "batch"  # "batch": clip the mean gradient; "per-sample": clip each sample's
     persample_chunk: int | None = None  # samples per vmap chunk in per-sample mode (None = auto)
+    persample_impl: str = "auto"  # per-sample AGC: auto (one-pass; vmap if a layer is not covered) | one-pass | vmap
     ema: float | None = None  # EMA decay of the weights (None = off)
     balance: str = "none"  # class imbalance: none | loss (weighted CE) | sampler (weighted sampling)
     patience: int | None = None  # early stopping: epochs without improvement of the monitor
@@ -242,6 +243,7 @@ def validate_train(t: TrainConfig) -> None:
         (t.ema is None or 0 < t.ema < 1, f"--ema must be a decay between 0 and 1, e.g. 0.999 (got {t.ema})"),
         (t.patience is None or t.patience >= 1, f"--patience must be >= 1 epoch (got {t.patience})"),
         (t.persample_chunk is None or t.persample_chunk >= 1, f"--persample-chunk must be >= 1 (got {t.persample_chunk})"),
+        (t.persample_impl in ("auto", "one-pass", "vmap"), f"--persample-impl must be auto, one-pass or vmap (got {t.persample_impl!r})"),
         (t.monitor is None or t.monitor in MONITORS, f"--monitor {t.monitor!r}: not a metric nfx records; "
                                                       f"choose one of {', '.join(MONITORS)}"),
         (math.isfinite(t.wd) and t.wd >= 0, f"weight decay must be a finite number >= 0 (got {t.wd})"),
@@ -301,9 +303,8 @@ MONITORS = ("valid_roc_auc", "valid_loss", "valid_accuracy", "train_loss")  # co
 
 def check_agc_mode(agc_mode: str, agc: float | None, compile_model: bool) -> None:
     """The cross-field rules of per-sample AGC (once AGC's λ is known)."""
-    if agc_mode == "per-sample" and compile_model:
-        raise ConfigError("--compile with --agc-mode per-sample is not supported (torch.func runs the "
-                          "eager model); drop one of them")
+    if agc_mode == "per-sample" and compile_model:  # its taps / torch.func run the eager model
+        raise ConfigError("--compile with --agc-mode per-sample is not supported; drop one of them")
     if agc_mode == "per-sample" and not agc:
         raise ConfigError("--agc-mode per-sample clips each sample's gradient and needs AGC on; "
                           "pass --agc auto or a clip factor, or use --agc-mode batch")
@@ -311,8 +312,7 @@ def check_agc_mode(agc_mode: str, agc: float | None, compile_model: bool) -> Non
 
 def check_training(cfg: RunConfig) -> None:
     """Every rule that needs the finished config (AGC resolved), checked before any file is read."""
-    t = cfg.train
-    check_agc_mode(t.agc_mode, t.agc, t.compile)
+    check_agc_mode(cfg.train.agc_mode, cfg.train.agc, cfg.train.compile)
 
 
 def parse_agc(value: str | None, effective_batch_size: int) -> tuple[float | None, bool]:

@@ -17,7 +17,6 @@ from fastai.callback.core import Callback
 from fastai.callback.fp16 import MixedPrecision
 
 from nfx.train import agc
-from nfx.train.accumulation import MicroBatchAccumulation
 from nfx.train.checkpoint import skipped
 
 
@@ -160,119 +159,6 @@ def _num(v: Any) -> Any:
     except (TypeError, ValueError):
         return v
     return round(f, 6) if math.isfinite(f) else f
-
-
-class PerSampleAGCCallback(Callback):
-    """Per-sample AGC: replaces the backward pass of each training micro-batch by per-sample
-    clipped gradients (nfx.train.persample), head excluded by identity.
-
-    Contract (order 7: after MicroBatchAccumulation (6), before MixedPrecision (10)):
-    - before_batch: if some clipped (body) parameter is trainable, the normal forward runs under
-      no_grad (its prediction and loss are still used for metrics and logging; no graph is kept).
-      With the body frozen this callback stays out of the way and the normal backward runs.
-    - after_loss: grad mode restored.
-    - before_backward: computes weight · mean_i clip(g_i) for this micro-batch and adds it to the
-      gradients (fp32), then raises CancelBackwardException so the normal backward is skipped.
-      weight = 1 / (micro-batches in the accumulation window), from MicroBatchAccumulation, so a
-      window's gradient is the mean over its samples, as in batch mode. Under fp16 the GradScaler's
-      scale is folded in so MixedPrecision's unscale_ and overflow skip work unchanged; under
-      bf16/fp16 the per-sample forward runs under the same autocast dtype.
-    - before_step: float32 side buffers (non-fp32 parameters only) are added into p.grad, before
-      MixedPrecision unscales. The batch-mode AGCCallback must not be installed alongside.
-    - Class-weighted cross-entropy: the batch loss Σ w_yi L_i / Σ w_yj is split into per-sample
-      losses (B·w_yi / Σ w_yj) · L_i, so with clipping off the result equals the batch gradient.
-    Clip statistics (fraction of (sample, unit) pairs clipped) stay on the device during the epoch.
-    """
-
-    order = MicroBatchAccumulation.order + 1
-
-    def __init__(self, model: torch.nn.Module, params: list[torch.Tensor], clip_factor: float,
-                 eps: float = 1e-3, chunk: int | None = None, accum_cb: MicroBatchAccumulation | None = None):
-        from nfx.train.persample import PerSampleAGC
-
-        self.clipper = PerSampleAGC(model, params, clip_factor, eps=eps, chunk=chunk)
-        self.params, self.clip_factor, self.eps, self.accum_cb = params, clip_factor, eps, accum_cb
-        self.n_calls = 0
-        self.epoch_fraction: float | None = None
-        self.epoch_min_step_fraction: float | None = None
-        self._active = False
-        self._window_active = False
-        self._grad_was: bool | None = None
-
-    def before_epoch(self) -> None:
-        self._clipped: list[torch.Tensor] = []
-        self._units: list[int] = []
-
-    def before_batch(self) -> None:
-        self._active = bool(self.training) and self.clipper.any_clipped_trainable()
-        self._window_active = self._window_active or self._active
-        if self._active:
-            self._grad_was = torch.is_grad_enabled()
-            torch.set_grad_enabled(False)
-
-    def _restore(self) -> None:
-        if self._grad_was is not None:
-            torch.set_grad_enabled(self._grad_was)
-            self._grad_was = None
-
-    def after_loss(self) -> None:
-        self._restore()
-
-    def after_cancel_batch(self) -> None:
-        self._restore()
-
-    def after_batch(self) -> None:
-        self._restore()
-
-    def before_backward(self) -> None:
-        if not self._active:
-            return
-        from fastai.callback.core import CancelBackwardException
-
-        x = self.learn.xb[0].as_subclass(torch.Tensor)
-        y = self.learn.yb[0].as_subclass(torch.Tensor)
-        weight = 1.0 / self.accum_cb.window_len() if self.accum_cb is not None else 1.0
-        autocast_dtype, loss_scale = None, None
-        mp = next((cb for cb in self.learn.cbs if isinstance(cb, MixedPrecision)), None)
-        if mp is not None and getattr(mp, "autocast", None) is not None and x.device.type == "cuda":
-            autocast_dtype = mp.autocast.fast_dtype
-            scaler = getattr(self.learn, "scaler", None)
-            if scaler is not None and scaler.is_enabled():
-                loss_scale = scaler.scale(torch.ones((), device=x.device))  # device tensor, no sync
-        loss_fn, sample_weight = _per_sample_loss(self.learn.loss_func, y)
-        clipped, units = self.clipper.accumulate_(x, y, loss_fn, weight=weight, loss_scale=loss_scale,
-                                                  autocast_dtype=autocast_dtype, sample_weight=sample_weight)
-        self.n_calls += 1
-        if units:
-            self._clipped.append(clipped)
-            self._units.append(units)
-        raise CancelBackwardException()
-
-    def before_step(self) -> None:
-        self.clipper.flush_()
-        if self._window_active:
-            # the normal backward (and with it DDP's all-reduce) was skipped: average the
-            # gradients over processes here, once per optimizer step (no-op in one process)
-            from nfx.train.distributed import all_reduce_mean
-
-            all_reduce_mean([p.grad for p in self.learn.model.parameters() if p.grad is not None])
-        self._window_active = False
-
-    def after_train(self) -> None:
-        self.epoch_fraction, self.epoch_min_step_fraction = clip_stats(self._clipped, self._units)
-
-
-def _per_sample_loss(loss_func: Any, y: torch.Tensor) -> tuple[Any, torch.Tensor | None]:
-    """A loss for a batch of one (plain tensors, usable under vmap) and per-sample weights that
-    make the mean of per-sample losses equal the batch loss (class-weighted cross-entropy)."""
-    func = getattr(loss_func, "func", loss_func)  # fastai BaseLoss wraps the torch loss
-    if not isinstance(func, torch.nn.Module):
-        return loss_func, None
-    w = getattr(func, "weight", None)
-    if w is None or not isinstance(func, torch.nn.CrossEntropyLoss):
-        return func, None
-    wy = w.to(y.device)[y]
-    return func, wy * (y.shape[0] / wy.sum())
 
 
 class EagerValidation(Callback):

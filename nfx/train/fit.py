@@ -55,7 +55,8 @@ def fit(cfg: RunConfig, model, prep, *, train, valid, num_classes: int, device: 
     w = build_learner(dls, model, num_classes=num_classes, wd=t.wd, precision=precision,
                       accum=t.accum, agc=t.agc, device=device,
                       class_weights=class_weights(train[1], num_classes) if t.balance == "loss" else None,
-                      agc_mode=t.agc_mode, persample_chunk=t.persample_chunk, compile_model=t.compile)
+                      agc_mode=t.agc_mode, persample_chunk=t.persample_chunk, compile_model=t.compile,
+                      persample_impl=t.persample_impl, note=printer.note)
     learn = w.learn
     from nfx.train import distributed
 
@@ -143,6 +144,7 @@ def fit(cfg: RunConfig, model, prep, *, train, valid, num_classes: int, device: 
         ema=t.ema,
         optimizer_steps=w.accum_cb.n_steps if w.accum_cb else None,
         agc_calls=w.agc_cb.n_calls if w.agc_cb else 0,
+        persample_impl=getattr(w.agc_cb, "impl", None),
     )
     return history, final
 

@@ -10,7 +10,8 @@ from typing import Any
 import torch
 
 from nfx.models.factory import head_and_body, no_decay_params
-from nfx.train.callbacks import AGCCallback, EagerValidation, MicroBatchAccumulation, StopOnNaN
+from nfx.train.accumulation import MicroBatchAccumulation
+from nfx.train.callbacks import AGCCallback, EagerValidation, StopOnNaN
 
 
 def resolve_device() -> torch.device:
@@ -51,7 +52,8 @@ def splitter_for(model: Any):
 def build_learner(dls, model, *, num_classes: int, wd: float, precision: str, accum: int,
                   agc: float | None, device: torch.device, opt_func: Any = None,
                   class_weights: list[float] | None = None, agc_mode: str = "batch",
-                  persample_chunk: int | None = None, compile_model: bool = False) -> Wiring:
+                  persample_chunk: int | None = None, compile_model: bool = False,
+                  persample_impl: str = "auto", note: Any = None) -> Wiring:
     import fastai.callback.schedule  # noqa: F401  (adds Learner.fit_one_cycle)
     from fastai.callback.fp16 import MixedPrecision
     from fastai.callback.progress import ProgressCallback
@@ -80,10 +82,11 @@ def build_learner(dls, model, *, num_classes: int, wd: float, precision: str, ac
         cbs.append(MixedPrecision(amp_mode=precision))
     _head, body = head_and_body(model)
     if agc_mode == "per-sample":
-        from nfx.train.callbacks import PerSampleAGCCallback
+        from nfx.train.persample_cb import PerSampleAGCCallback
 
         # replaces the backward pass; the batch-mode AGCCallback is not installed with it
-        agc_cb = PerSampleAGCCallback(model, body, agc, chunk=persample_chunk, accum_cb=accum_cb)
+        agc_cb = PerSampleAGCCallback(model, body, agc, chunk=persample_chunk, accum_cb=accum_cb,
+                                      impl=persample_impl, note=note)
     else:
         agc_cb = AGCCallback(body, agc) if agc else None
     if agc_cb:
