@@ -137,14 +137,18 @@ def test_two_processes_killed_then_resumed_equal_the_uninterrupted_run(tmp_path)
 
 
 @pytest.mark.slow
-def test_per_sample_agc_on_two_processes_all_reduces_its_gradients(tmp_path):
+@pytest.mark.parametrize("impl", ["auto", "vmap"])
+def test_per_sample_agc_on_two_processes_all_reduces_its_gradients(tmp_path, impl):
+    # one-pass (auto): autograd fills p.grad, DDP's hooks all-reduce; vmap: the callback does
     env = _env(tmp_path / "tmp")
     out = tmp_path / "runs"
-    r = _ddp(out, "ps", "--bs", "4", "--accum", "2", "--agc-mode", "per-sample", env=env,
-             port=29700 + os.getpid() % 200)
+    r = _ddp(out, "ps", "--bs", "4", "--accum", "2", "--agc-mode", "per-sample", "--persample-impl", impl,
+             env=env, port=29700 + os.getpid() % 100 + (100 if impl == "vmap" else 0))
     assert r.returncode == 0, r.stderr[-3000:]
     digests = re.findall(r"weights sha1 (\w+)", r.stderr)
     assert len(digests) == 2 and len(set(digests)) == 1  # without the all-reduce the ranks would drift apart
+    if impl == "vmap":
+        return
     ddp = load_file(str(out / "ps" / "model.safetensors"))
     one = load_file(str(_single(out.parent / "single", "ps", "--bs", "8", "--accum", "2", "--agc-mode",
                                 "per-sample", env=env) / "model.safetensors"))

@@ -46,3 +46,30 @@ def test_fp16_agc_clip_decisions_match_fp32():
     # fp16 rounding may flip a unit sitting exactly at the bound; more than 0.5% would mean
     # AGC saw scaled (or otherwise wrong) gradients
     assert differ <= max(1, 0.005 * total), f"{differ} of {total} clip decisions differ"
+
+
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16], ids=["fp32", "bf16"])
+def test_one_pass_per_sample_agc_matches_vmap_on_cuda_channels_last(dtype):
+    import timm
+
+    from nfx.models.factory import head_and_body
+    from nfx.train.onepass import OnePassPerSampleAGC
+    from nfx.train.persample import PerSampleAGC
+
+    torch.manual_seed(0)
+    model = timm.create_model("dm_nfnet_f0", num_classes=2).cuda().to(memory_format=torch.channels_last)
+    x = torch.randn(8, 3, 96, 96, device="cuda").contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 2, (8,), device="cuda")
+    _, body = head_and_body(model)
+    ce = torch.nn.functional.cross_entropy
+    out = {}
+    for name, cls in (("vmap", PerSampleAGC), ("one-pass", OnePassPerSampleAGC)):
+        model.zero_grad(set_to_none=True)
+        clipper = cls(model, body, 0.02)
+        clipper.accumulate_(x, y, ce, autocast_dtype=dtype)
+        clipper.flush_()
+        out[name] = {n: p.grad.float().clone() for n, p in model.named_parameters() if p.grad is not None}
+    tol = 2e-4 if dtype is None else 5e-2  # bf16: both paths round their own forward/backward
+    for n, want in out["vmap"].items():
+        err = float((out["one-pass"][n] - want).abs().max()) / (float(want.abs().max()) + 1e-12)
+        assert err <= tol, (n, err)
