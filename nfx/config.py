@@ -17,14 +17,16 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from nfx.config_types import type_errors
 from nfx.errors import ConfigError
-from nfx.records import RESIZE_POLICIES
+from nfx.records import RESIZE_POLICIES as RESIZE  # nfx.data.resize applies them
+from nfx.records import VOI_FALLBACKS
 
 AUG_PRESETS = ("none", "light", "strong")
+MAX_SIZE = 2048  # input side; larger ones exhaust memory decoding the cache before any error would name a file
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 AGC_MODES = ("batch", "per-sample")
 BALANCE = ("none", "loss", "sampler")
-RESIZE = RESIZE_POLICIES  # nfx.data.resize applies them
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ class DataConfig:
     resize: str = "squish"  # squish | letterbox | crop (nfx.data.resize); chosen on real data, docs/LEARNING.md
     # True: raw patient ids in outputs, else pseudonyms (nfx.data.pseudonym); None = an older run (raw)
     keep_patient_ids: bool | None = None
+    voi_fallback: str | None = None  # DICOM without VOI: stored | minmax | percentile; None = older run (stored)
 
 
 @dataclass(frozen=True)
@@ -146,21 +149,16 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "config") -> RunConfig:
+        if not isinstance(d, dict):
+            raise ConfigError(f"{source}: expected a JSON object with data/model/train sections, got {type(d).__name__}; "
+                              "pass a run folder's config.json")
         d = dict(d)
         d.pop("nfx_version", None)
         sections = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
-        kwargs: dict[str, Any] = {}
         top = {f.name for f in fields(cls)}
-        unknown = set(d) - top
-        if unknown:
-            raise ConfigError(
-                f"{source}: unknown key(s) {sorted(unknown)}; valid top-level keys are {sorted(top)}"
-            )
-        for key, value in d.items():
-            if key in sections:
-                kwargs[key] = _section(sections[key], value, f"{source}: {key}")
-            else:
-                kwargs[key] = value
+        if unknown := set(d) - top:
+            raise ConfigError(f"{source}: unknown key(s) {sorted(unknown)}; valid top-level keys are {sorted(top)}")
+        kwargs = {k: _section(sections[k], v, f"{source}: {k}") if k in sections else v for k, v in d.items()}
         return validate(cls(**kwargs))
 
     def save(self, path: Path) -> None:
@@ -201,9 +199,10 @@ def _section(cls: type, value: Any, source: str) -> Any:
     if not isinstance(value, dict):
         raise ConfigError(f"{source}: expected an object, got {type(value).__name__}")
     names = {f.name for f in fields(cls)}
-    unknown = set(value) - names
-    if unknown:
+    if unknown := set(value) - names:
         raise ConfigError(f"{source}: unknown key(s) {sorted(unknown)}; valid keys are {sorted(names)}")
+    if wrong := type_errors(cls, value):
+        raise ConfigError(f"{source}: {'; '.join(wrong)}; fix the value (numbers without quotes, true/false, null)")
     return cls(**value)
 
 
@@ -258,11 +257,12 @@ def validate(cfg: RunConfig) -> RunConfig:
     validate_train(t)
     checks = [
         (dcfg.resize in RESIZE, f"--resize must be one of {RESIZE} (got {dcfg.resize!r})"),
+        (dcfg.voi_fallback in (None, *VOI_FALLBACKS), f"--voi-fallback must be one of {VOI_FALLBACKS} (got {dcfg.voi_fallback!r})"),
         (dcfg.aug in AUG_PRESETS, f"--aug must be one of {AUG_PRESETS} (got {dcfg.aug!r})"),
-        (dcfg.num_workers is None or dcfg.num_workers >= 0,
-         f"--workers must be >= 0 (0 = load in the main process; got {dcfg.num_workers})"),
+        (dcfg.num_workers is None or dcfg.num_workers >= 0, f"--workers must be >= 0 (0 = load in the main process; got {dcfg.num_workers})"),
         (0 < dcfg.valid_pct < 1, f"--valid-pct must be between 0 and 1 (got {dcfg.valid_pct})"),
         (dcfg.size is None or dcfg.size >= 32, f"--size must be >= 32 px (got {dcfg.size})"),
+        (dcfg.size is None or dcfg.size <= MAX_SIZE, f"--size must be <= {MAX_SIZE} px (got {dcfg.size}); NFNets are trained at 192-448 px"),
     ]
     for ok, msg in checks:
         if not ok:

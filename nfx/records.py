@@ -26,6 +26,17 @@ def check_policy(policy: str) -> str:
     return policy
 
 
+VOI_FALLBACKS = ("stored", "minmax", "percentile")  # nfx.data.dicom_values applies them
+
+
+def voi_of(recorded: str | None) -> str:
+    """The VOI fallback rule from a recorded value; records made before the option: stored."""
+    rule = recorded or "stored"
+    if rule not in VOI_FALLBACKS:
+        raise ValueError(f"unknown VOI fallback {recorded!r}; expected one of {VOI_FALLBACKS}")
+    return rule
+
+
 def policy_of(recorded: str | None) -> str:
     """The resize policy from a recorded value. Runs made before the policy was an option
     recorded a sentence starting with 'letterbox' (or nothing, in ONNX files); they keep it."""
@@ -46,9 +57,11 @@ class InputSpec:
     std: tuple[float, ...]
     resize: str  # no default: every record says its policy (old records are parsed by policy_of)
     frame: int | None = None
+    voi: str = "stored"  # DICOM grayscale without VOI (nfx.data.dicom_values); old records: stored
 
     def __post_init__(self) -> None:
         check_policy(self.resize)
+        voi_of(self.voi)
 
     def onnx_metadata(self) -> dict[str, str]:
         return {
@@ -57,6 +70,7 @@ class InputSpec:
             "nfx_std": json.dumps(list(self.std)),
             "nfx_resize": self.resize,
             "nfx_frame": "" if self.frame is None else str(self.frame),
+            "nfx_voi_fallback": self.voi,
         }
 
     @classmethod
@@ -64,7 +78,8 @@ class InputSpec:
         """KeyError when a required key is missing (the caller names the file)."""
         return cls(size=int(meta["nfx_input_size"]), mean=tuple(json.loads(meta["nfx_mean"])),
                    std=tuple(json.loads(meta["nfx_std"])), resize=policy_of(meta.get("nfx_resize")),
-                   frame=int(meta["nfx_frame"]) if meta.get("nfx_frame") else None)
+                   frame=int(meta["nfx_frame"]) if meta.get("nfx_frame") else None,
+                   voi=voi_of(meta.get("nfx_voi_fallback")))
 
 
 @dataclass(frozen=True)
@@ -88,12 +103,13 @@ class ModelInfo:
             "arch": self.arch, "classes": list(self.classes), "num_classes": self.num_classes,
             "input_size": self.input.size, "mean": list(self.input.mean), "std": list(self.input.std),
             "weights_source": self.weights_source, "resize": self.input.resize, "frame": self.input.frame,
+            "voi_fallback": self.input.voi,
         }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ModelInfo:
         spec = InputSpec(size=int(d["input_size"]), mean=tuple(d["mean"]), std=tuple(d["std"]),
-                         resize=policy_of(d.get("resize")), frame=d.get("frame"))
+                         resize=policy_of(d.get("resize")), frame=d.get("frame"), voi=voi_of(d.get("voi_fallback")))
         return cls(arch=d["arch"], classes=tuple(d["classes"]), input=spec,
                    weights_source=d.get("weights_source", ""))
 

@@ -13,6 +13,7 @@ from nfx.console import show_compare, show_finetune
 FINETUNE_FLAGS = {
     "data": ("data", "path"), "size": ("data", "size"), "valid_pct": ("data", "valid_pct"),
     "patient_regex": ("data", "patient_regex"), "keep_patient_ids": ("data", "keep_patient_ids"),
+    "voi_fallback": ("data", "voi_fallback"),
     "skip_bad": ("data", "skip_bad"), "aug": ("data", "aug"),
     "cache_dir": ("data", "cache_dir"), "workers": ("data", "num_workers"), "labels": ("data", "labels"),
     "frame": ("data", "frame"), "allow_patient_leak": ("data", "allow_patient_leak"), "flip": ("data", "flip"),
@@ -52,6 +53,7 @@ def finetune(
     name: str | None = typer.Option(None, "--name", help="Run folder name [default: <arch>-<time>]."),
     valid_pct: float | None = typer.Option(None, "--valid-pct", help="Share of patients for validation [default: 0.2]."),
     patient_regex: str | None = typer.Option(None, "--patient-regex", help="Regex on file names; group 1 = patient id (when no DICOM PatientID)."),
+    voi_fallback: str | None = typer.Option(None, "--voi-fallback", help="Grey DICOMs without any window/VOI LUT: stored (full BitsStored range), minmax or percentile (0.5-99.5) per image [default: minmax, see docs/VOI_FALLBACK.md]."),
     keep_patient_ids: bool | None = typer.Option(None, "--keep-patient-ids", help="Write raw patient ids to the run's outputs [default: pseudonyms, see README]."),
     skip_bad: bool | None = typer.Option(None, "--skip-bad/--no-skip-bad", help="Continue past unreadable files (listed in bad_files.csv)."),
     aug: str | None = typer.Option(None, "--aug", help="Augmentation preset: none, light, strong [default: none; try light for long runs]."),

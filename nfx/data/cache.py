@@ -50,11 +50,11 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def preprocess(path: str | Path, size: int, frame: int | None, resize: str) -> np.ndarray:
+def preprocess(path: str | Path, size: int, frame: int | None, resize: str, voi: str = "stored") -> np.ndarray:
     """decode → 3 channels → resize by `resize` policy: float32 size×size×3 in [0, 1]."""
     from nfx.data.resize import resize as resize_to
 
-    img = decode_file(Path(path), frame=frame)
+    img = decode_file(Path(path), frame=frame, voi=voi)
     return resize_to(intensity.to_channels(img, 3), size, resize)
 
 
@@ -66,10 +66,14 @@ def _reason(e: BaseException) -> str:
 
 
 class ImageCache:
-    def __init__(self, cache_dir: str | Path | None, size: int, frame: int | None = None, *, resize: str):
+    def __init__(self, cache_dir: str | Path | None, size: int, frame: int | None = None, *, resize: str,
+                 voi: str = "stored"):
         from nfx.records import check_policy
 
         self.resize = check_policy(resize)  # fails here, before any file is hashed or decoded
+        if voi not in intensity.VOI_FALLBACKS:
+            raise ValueError(f"unknown VOI fallback {voi!r}; expected one of {intensity.VOI_FALLBACKS}")
+        self.voi = voi
         self.dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.size = int(size)
         self.frame = frame
@@ -77,10 +81,16 @@ class ImageCache:
         # np.save of a float16 size×size×3 array: a ≥ 64-byte header + the data
         self._min_bytes = self.size * self.size * 3 * 2 + 64
 
+    @classmethod
+    def for_spec(cls, cache_dir: str | Path | None, spec: InputSpec) -> ImageCache:
+        """The cache that preprocesses as a model's InputSpec says (size, frame, resize, VOI fallback)."""
+        return cls(cache_dir, spec.size, spec.frame, resize=spec.resize, voi=spec.voi)
+
     def key(self, path: str | Path) -> str:
         p = Path(path).resolve()
         st = p.stat()
-        ident = f"{p}|{st.st_size}|{st.st_mtime_ns}|{self.size}|{self.resize}|{self.frame}|v{PREPROC_VERSION}"
+        voi = "" if self.voi == "stored" else f"|voi={self.voi}"  # entries made before the option stay valid
+        ident = f"{p}|{st.st_size}|{st.st_mtime_ns}|{self.size}|{self.resize}|{self.frame}{voi}|v{PREPROC_VERSION}"
         return hashlib.sha256(ident.encode()).hexdigest()[:32]
 
     def entry(self, path: str | Path) -> Path:
@@ -101,7 +111,7 @@ class ImageCache:
                 return np.load(e)
             except (OSError, ValueError):
                 pass  # damaged entry: rebuild it
-        arr = preprocess(path, self.size, self.frame, self.resize).astype(np.float16)
+        arr = preprocess(path, self.size, self.frame, self.resize, self.voi).astype(np.float16)
         self._store(e, arr)
         return arr
 
@@ -150,7 +160,7 @@ class ImageCache:
         n = max(1, workers or default_workers())
         if pool == "auto":
             pool = "thread"  # measured: see the module docstring
-        args = [(str(self.dir), self.size, self.frame, self.resize, i, paths[i]) for i in misses]
+        args = [(str(self.dir), self.size, self.frame, self.resize, self.voi, i, paths[i]) for i in misses]
         results, pool = map_files(_decode_one, args, workers=n, pool=pool, on_done=on_done,
                                   initializer=_worker_init)
         for i, entry, reason in results:
@@ -180,13 +190,13 @@ def _worker_init() -> None:
         pass
 
 
-def _decode_one(args: tuple[str, int, int | None, str, int, str]) -> tuple[int, str | None, str | None]:
+def _decode_one(args: tuple[str, int, int | None, str, str, int, str]) -> tuple[int, str | None, str | None]:
     """Decode one file into the cache (module level: runs in worker processes too)."""
-    cache_dir, size, frame, resize, i, path = args
-    cache = ImageCache(cache_dir, size, frame, resize=resize)
+    cache_dir, size, frame, resize, voi, i, path = args
+    cache = ImageCache(cache_dir, size, frame, resize=resize, voi=voi)
     try:
         e = cache.entry(path)
-        arr = preprocess(path, size, frame, resize).astype(np.float16)
+        arr = preprocess(path, size, frame, resize, voi).astype(np.float16)
     except Exception as err:
         return i, None, _reason(err)
     try:
@@ -215,7 +225,7 @@ def predict_files(
     Runtime). Rows of files that could not be decoded are NaN; those files come back in `bad`."""
     from nfx.data.intensity import normalise
 
-    entries, bad = ImageCache(cache_dir, spec.size, spec.frame, resize=spec.resize).fill(list(paths), on_done=on_decoded)
+    entries, bad = ImageCache.for_spec(cache_dir, spec).fill(list(paths), on_done=on_decoded)
     probs = np.full((len(paths), n_classes), np.nan, dtype=np.float64)
     ok = [i for i, e in enumerate(entries) if e is not None]
     for s in range(0, len(ok), bs):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from nfx.records import VOI_FALLBACKS
+
 
 def to_unit_range(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """Map [lo, hi] linearly to [0, 1] (clipping outside) as float32."""
@@ -15,6 +17,23 @@ def to_unit_range(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
     if hi <= lo:
         return np.zeros(arr.shape, dtype=np.float32)
     return np.clip((arr - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+
+PERCENTILES = (0.5, 99.5)
+
+
+def fallback_to_unit(values: np.ndarray, lo: float, hi: float, rule: str) -> np.ndarray:
+    """A grayscale image without any VOI → [0, 1] by `rule` (nfx.data.dicom_values): `stored` maps
+    the representable range [lo, hi]; `minmax` / `percentile` the image's own range (a constant
+    image falls back to `stored`)."""
+    if rule not in VOI_FALLBACKS:
+        raise ValueError(f"unknown VOI fallback {rule!r}; expected one of {VOI_FALLBACKS}")
+    if rule != "stored":
+        v = np.asarray(values, dtype=np.float64)
+        a, b = (float(v.min()), float(v.max())) if rule == "minmax" else map(float, np.percentile(v, PERCENTILES))
+        if b > a:
+            return to_unit_range(v, a, b)
+    return to_unit_range(values, lo, hi)
 
 
 def invert(unit: np.ndarray) -> np.ndarray:

@@ -24,7 +24,7 @@ def explain(run_dir: str | Path, images: list[str], out: str | Path, printer: Pr
     from nfx.explain import gradcam_overlays
 
     spec = run.info.input
-    cache = ImageCache(run.cfg.data.cache_dir, spec.size, spec.frame, resize=spec.resize)
+    cache = ImageCache.for_spec(run.cfg.data.cache_dir, spec)
     with printer.progress(len(paths), "decoding") as bar:
         entries, bad = cache.fill(paths, on_done=lambda: bar.advance(1))
     res = gradcam_overlays(run.model, run.info, entries, paths, Path(out),

@@ -16,8 +16,10 @@ from nfx.config import RunConfig
 from nfx.console import Printer
 from nfx.data.split import split_counts
 from nfx.errors import DataError, RunError
-from nfx.records import MODEL_INFO, InputSpec, ModelInfo
+from nfx.records import MODEL_INFO, InputSpec, ModelInfo, voi_of
 from nfx.workflows.splitting import split, write_splits
+
+DEFAULT_VOI_FALLBACK = "minmax"  # new runs; measured in docs/VOI_FALLBACK.md
 
 
 @dataclass
@@ -47,7 +49,8 @@ def _finetune(cfg: RunConfig, printer: Printer) -> RunResult:
     from nfx.config import check_training
 
     check_training(cfg)  # cross-field rules fail before any file is read
-    cfg = replace(cfg, data=replace(cfg.data, keep_patient_ids=bool(cfg.data.keep_patient_ids)))  # recorded
+    cfg = replace(cfg, data=replace(cfg.data, keep_patient_ids=bool(cfg.data.keep_patient_ids),  # recorded
+                                    voi_fallback=cfg.data.voi_fallback or DEFAULT_VOI_FALLBACK))
     disc = discover_data(cfg, printer)
     pat = f"{disc.n_patients} patients" if disc.n_patients else "no patient ids"
     printer.info(f"found {len(disc.samples)} images in {len(disc.classes)} classes ({', '.join(disc.classes)}), {pat}")
@@ -59,7 +62,8 @@ def _finetune(cfg: RunConfig, printer: Printer) -> RunResult:
     train, valid = select(cfg, samples, entries, split_of, disc.classes)
     info = ModelInfo(arch=cfg.model.arch, classes=tuple(disc.classes), weights_source=prep.weights_source,
                      input=InputSpec(size=cfg.data.size, mean=tuple(prep.data.mean), std=tuple(prep.data.std),
-                                     resize=cfg.data.resize, frame=cfg.data.frame))
+                                     resize=cfg.data.resize, frame=cfg.data.frame,
+                                     voi=voi_of(cfg.data.voi_fallback)))
     info.write(run_dir)
     return train_run(cfg, prep.model, prep.data, info, train, valid, prep.device, prep.precision, run_dir, printer,
                      counts, t_start, prep.notes)
@@ -227,7 +231,7 @@ def _resume(run_dir: Path, printer: Printer) -> RunResult:
 
     rows = runs.read_csv(run_dir / runs.SPLITS)
     spec = info.input  # the preprocessing the model was trained with, as recorded
-    cache = ImageCache(cfg.data.cache_dir, spec.size, spec.frame, resize=spec.resize)
+    cache = ImageCache.for_spec(cfg.data.cache_dir, spec)
     paths = [r["path"] for r in rows]
     with printer.progress(len(paths), "checking cache") as bar:
         entries, bad = cache.fill(paths, on_done=lambda: bar.advance(1))
@@ -265,7 +269,8 @@ def ingest(cfg: RunConfig, disc, run_dir: Path, printer: Printer):
     """
     from nfx.data.cache import ImageCache
 
-    cache = ImageCache(cfg.data.cache_dir, cfg.data.size, cfg.data.frame, resize=cfg.data.resize)
+    cache = ImageCache(cfg.data.cache_dir, cfg.data.size, cfg.data.frame, resize=cfg.data.resize,
+                       voi=voi_of(cfg.data.voi_fallback))
     paths = [s.path for s in disc.samples]
     with printer.progress(len(paths), "decoding + caching") as bar:
         entries, bad = cache.fill(paths, workers=cfg.data.num_workers or None, on_done=lambda: bar.advance(1))
