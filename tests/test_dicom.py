@@ -607,3 +607,56 @@ def test_is_dicom(tmp_path):
     (tmp_path / "image.png").write_bytes(src)
     assert not is_dicom(tmp_path / "image.png")
     assert not is_dicom(tmp_path / "missing")
+
+
+# ---------------------------------------------------------------- tolerated defects (ingestion)
+
+def test_jpeg_with_a_partial_spectrum_scan_header_is_repaired_with_a_note():
+    """JPEG-lossy.dcm declares Se=0 in a sequential JPEG's scan header; pydicom-data ships the
+    fixed file (JPGExtended.dcm): the repaired decode must equal it exactly."""
+    notes: list[str] = []
+    img = decode_dicom(TEST_FILES / "JPEG-lossy.dcm", notes=notes)
+    assert len(notes) == 1 and "JPEG scan header" in notes[0]
+    np.testing.assert_array_equal(img, decode_dicom(TEST_FILES / "JPGExtended.dcm"))
+    # strict (no notes list): refused as before
+    assert "could not be decoded" in bad_reason(TEST_FILES / "JPEG-lossy.dcm")
+
+
+def test_repair_leaves_valid_and_progressive_jpegs_alone():
+    import io
+
+    from PIL import Image
+
+    from nfx.data.dicom import repair_sequential_jpeg
+
+    buf = io.BytesIO()
+    Image.new("L", (16, 16), 7).save(buf, "JPEG")
+    assert repair_sequential_jpeg(buf.getvalue()) is None  # baseline, already 0..63
+    prog = io.BytesIO()
+    Image.new("L", (16, 16), 7).save(prog, "JPEG", progressive=True)
+    assert repair_sequential_jpeg(prog.getvalue()) is None  # progressive scans are partial by design
+    assert repair_sequential_jpeg(b"not a jpeg") is None
+
+
+def test_unparseable_number_of_frames_is_taken_from_the_pixel_data():
+    """badVR.dcm: Number of Frames '1A'; its uncompressed pixel data holds 15 frames of 10×10×32 bit."""
+    notes: list[str] = []
+    with pytest.raises(BadFileError, match="multi-frame .15 frames.*--frame"):
+        decode_dicom(TEST_FILES / "badVR.dcm", notes=notes)
+    assert "'1A'" in notes[0] and "15 frame" in notes[0]
+    img = decode_dicom(TEST_FILES / "badVR.dcm", frame=3, notes=[])
+    assert img.shape == (10, 10, 1)
+
+
+def test_cache_reports_notes_on_every_use(tmp_path):
+    import shutil
+
+    from nfx.data.cache import ImageCache
+
+    src = tmp_path / "x.dcm"
+    shutil.copy(TEST_FILES / "JPEG-lossy.dcm", src)
+    for _ in range(2):  # decode, then a cache hit
+        cache = ImageCache(tmp_path / "cache", 32, resize="squish")
+        entries, bad = cache.fill([str(src)], workers=1)
+        assert bad == [] and entries[0] is not None
+        assert [p for p, _ in cache.last_notes] == [str(src)] and "repaired" in cache.last_notes[0][1]

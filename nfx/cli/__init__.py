@@ -11,6 +11,7 @@ unless --debug (or NFX_DEBUG=1) is given. Nothing heavy is imported at module le
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -84,6 +85,9 @@ def _fail(msg: str) -> None:
     raise typer.Exit(1)
 
 
+NOISY_LOGGERS = ("pydicom", "PIL")
+
+
 @app.callback()
 def _main(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
@@ -92,6 +96,12 @@ def _main(
 ) -> None:
     _state["debug"] = _state["debug"] or debug
     _state["quiet"] = quiet
+    if _state["debug"]:
+        import warnings
+
+        warnings.simplefilter("default")
+        for name in NOISY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 # finetune option (parameter name) → (config section, field): the one place the two meet
@@ -102,6 +112,11 @@ def main() -> None:
     # Library deprecation chatter (torch.jit, fastai) is not actionable for nfx users.
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+    # Decoder and library chatter (pydicom's plugin failures, torch/fastai/timm UserWarnings)
+    # reaches users as nfx's own bad-file reasons and notes; --debug shows it again.
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"(pydicom|torch|fastai|timm|PIL)(\.|$)")
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
         code = app(standalone_mode=False, prog_name="nfx")
     except Exception as e:  # a command-line usage error (Click's UsageError: bad value, unknown option)

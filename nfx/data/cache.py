@@ -50,11 +50,12 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def preprocess(path: str | Path, size: int, frame: int | None, resize: str, voi: str = "stored") -> np.ndarray:
+def preprocess(path: str | Path, size: int, frame: int | None, resize: str, voi: str = "stored",
+               notes: list[str] | None = None) -> np.ndarray:
     """decode → 3 channels → resize by `resize` policy: float32 size×size×3 in [0, 1]."""
     from nfx.data.resize import resize as resize_to
 
-    img = decode_file(Path(path), frame=frame, voi=voi)
+    img = decode_file(Path(path), frame=frame, voi=voi, notes=notes)
     return resize_to(intensity.to_channels(img, 3), size, resize)
 
 
@@ -78,6 +79,7 @@ class ImageCache:
         self.size = int(size)
         self.frame = frame
         self.last_stats: dict[str, object] = {}
+        self.last_notes: list[tuple[str, str]] = []
         # np.save of a float16 size×size×3 array: a ≥ 64-byte header + the data
         self._min_bytes = self.size * self.size * 3 * 2 + 64
 
@@ -111,7 +113,7 @@ class ImageCache:
                 return np.load(e)
             except (OSError, ValueError):
                 pass  # damaged entry: rebuild it
-        arr = preprocess(path, self.size, self.frame, self.resize, self.voi).astype(np.float16)
+        arr = preprocess(path, self.size, self.frame, self.resize, self.voi, notes=[]).astype(np.float16)
         self._store(e, arr)
         return arr
 
@@ -169,6 +171,8 @@ class ImageCache:
             else:
                 bad.append((paths[i], reason))
         bad.sort()
+        self.last_notes = [(paths[i], note_of(e).read_text()) for i, e in enumerate(entries)
+                           if e is not None and note_of(e).is_file()]  # (path, tolerated defect)
         self.last_stats = {
             "files": len(paths), "hits": hits,
             "decoded": sum(1 for i in misses if entries[i] is not None), "bad": len(bad),
@@ -190,16 +194,24 @@ def _worker_init() -> None:
         pass
 
 
+def note_of(entry: Path) -> Path:
+    return entry.with_suffix(".note")
+
+
 def _decode_one(args: tuple[str, int, int | None, str, str, int, str]) -> tuple[int, str | None, str | None]:
     """Decode one file into the cache (module level: runs in worker processes too)."""
     cache_dir, size, frame, resize, voi, i, path = args
     cache = ImageCache(cache_dir, size, frame, resize=resize, voi=voi)
+    notes: list[str] = []
     try:
         e = cache.entry(path)
-        arr = preprocess(path, size, frame, resize, voi).astype(np.float16)
+        arr = preprocess(path, size, frame, resize, voi, notes=notes).astype(np.float16)
     except Exception as err:
         return i, None, _reason(err)
     try:
+        if notes:  # a tolerated defect (nfx.data.dicom): kept beside the entry, reported on every use
+            e.parent.mkdir(parents=True, exist_ok=True)
+            note_of(e).write_text("; ".join(notes))
         cache._store(e, arr)  # the atomic writer removes its temp file on failure
     except OSError as err:
         if err.errno in MACHINE_ERRNOS:  # the cache's disk, not the image: never a bad file; ends the map

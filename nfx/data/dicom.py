@@ -117,8 +117,11 @@ def patient_id(ds: Any) -> str | None:
     return pid or None
 
 
-def check_usable(ds: Any, path: Path, frame: int | None = None) -> int:
-    """Reasons a DICOM cannot become one 2-D image; returns the number of frames."""
+def check_usable(ds: Any, path: Path, frame: int | None = None, notes: list[str] | None = None) -> int:
+    """Reasons a DICOM cannot become one 2-D image; returns the number of frames. A Number of
+    Frames that is not a number is tolerated (set to 1, with a note) when the pixel data holds
+    a whole number of frames (uncompressed data: its length says how many): the count is taken
+    from the data, with a note, and the multi-frame rule applies as usual."""
     sop = str(ds.get("SOPClassUID", ""))
     if "DirectoryRecordSequence" in ds or sop == "1.2.840.10008.1.3.10":
         raise BadFileError(path, "DICOMDIR (an index of other files, no image); skipped")
@@ -131,8 +134,13 @@ def check_usable(ds: Any, path: Path, frame: int | None = None) -> int:
     try:
         n_frames = int(raw_frames or 1)
     except (TypeError, ValueError):
-        reason = f"invalid Number of Frames {str(raw_frames)!r}; re-export the file"
-        raise BadFileError(path, reason) from None
+        n_data = _native_frames(ds)
+        if notes is None or not n_data:
+            reason = f"invalid Number of Frames {str(raw_frames)!r}; re-export the file"
+            raise BadFileError(path, reason) from None
+        ds.NumberOfFrames = n_frames = n_data
+        notes.append(f"Number of Frames {str(raw_frames)!r} is not a number; the pixel data holds "
+                     f"{n_data} frame(s), used that")
     if n_frames > 1 and frame is None:
         raise BadFileError(
             path,
@@ -144,9 +152,11 @@ def check_usable(ds: Any, path: Path, frame: int | None = None) -> int:
     return n_frames
 
 
-def decode_dicom(path: Path, frame: int | None = None, voi: str = "stored") -> np.ndarray:
+def decode_dicom(path: Path, frame: int | None = None, voi: str = "stored",
+                 notes: list[str] | None = None) -> np.ndarray:
     """Decode one DICOM file to float32 H×W×C in [0, 1]. `voi`: the rule for grayscale images
-    without any VOI (nfx.data.dicom_values.to_unit)."""
+    without any VOI (nfx.data.dicom_values.to_unit). `notes`: where tolerated defects are
+    described (without it they are refused)."""
     path = Path(path)
     ds = _read(path, header_only=False)
     if len(ds) == 0:
@@ -154,8 +164,8 @@ def decode_dicom(path: Path, frame: int | None = None, voi: str = "stored") -> n
         raise BadFileError(
             path, "no DICOM elements could be read (file truncated or corrupt); re-export it"
         )
-    n_frames = check_usable(ds, path, frame)
-    raw = _decode_pixels(ds, path, frame if n_frames > 1 else None)
+    n_frames = check_usable(ds, path, frame, notes)
+    raw = _decode_pixels(ds, path, frame if n_frames > 1 else None, notes)
     try:
         return to_unit(raw, ds, path, voi=voi)
     except BadFileError:
@@ -165,7 +175,62 @@ def decode_dicom(path: Path, frame: int | None = None, voi: str = "stored") -> n
         raise BadFileError(path, reason) from e
 
 
-def _decode_pixels(ds: Any, path: Path, frame: int | None) -> np.ndarray:
+def _native_frames(ds: Any) -> int | None:
+    """Frames in uncompressed pixel data, from its length (None: compressed or unknown)."""
+    meta = getattr(ds, "file_meta", None)
+    ts = getattr(meta, "TransferSyntaxUID", None)
+    data = ds.get("PixelData")
+    if ts is None or ts.is_compressed or not isinstance(data, bytes):
+        return None
+    try:
+        bits = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * int(ds.BitsAllocated)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    per_frame = -(-bits // 8)
+    n, rest = divmod(len(data), per_frame) if per_frame else (0, 1)
+    return n if n and rest <= 1 else None  # a whole number of frames (+ the even-length pad byte)
+
+
+SEQUENTIAL_JPEG = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51")
+
+
+def repair_sequential_jpeg(frame: bytes) -> bytes | None:
+    """A baseline/extended (sequential DCT) JPEG must scan the whole spectrum: SOS Ss=0, Se=63,
+    Ah=Al=0. Some writers put other values there (pydicom's JPEG-lossy.dcm: Se=0), which strict
+    decoders refuse and lenient ones ignore. Returns the frame with the first scan header set to
+    0/63/0, or None when it is not such a file or needs no change."""
+    b, i, sof = bytearray(frame), 2, None
+    if b[:2] != b"\xff\xd8":
+        return None
+    while i + 4 <= len(b) and b[i] == 0xFF:
+        marker, length = b[i + 1], int.from_bytes(b[i + 2:i + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            sof = marker
+        if marker == 0xDA:
+            p = i + 5 + 2 * b[i + 4]
+            if sof not in (0xC0, 0xC1) or p + 3 > len(b) or tuple(b[p:p + 3]) == (0, 63, 0):
+                return None
+            b[p:p + 3] = bytes((0, 63, 0))
+            return bytes(b)
+        i += 2 + length
+    return None
+
+
+def _repaired(ds: Any) -> bool:
+    """Rewrite a single-frame sequential JPEG's scan header in place (see repair_sequential_jpeg)."""
+    from pydicom.encaps import encapsulate, generate_frames
+
+    if str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "")) not in SEQUENTIAL_JPEG:
+        return False
+    frames = list(generate_frames(ds.PixelData, number_of_frames=1))
+    fixed = repair_sequential_jpeg(frames[0]) if len(frames) == 1 else None
+    if fixed is None:
+        return False
+    ds.PixelData = encapsulate([fixed])
+    return True
+
+
+def _decode_pixels(ds: Any, path: Path, frame: int | None, notes: list[str] | None = None) -> np.ndarray:
     from pydicom.pixels import pixel_array
 
     try:
@@ -174,6 +239,15 @@ def _decode_pixels(ds: Any, path: Path, frame: int | None) -> np.ndarray:
         else:
             arr = pixel_array(ds, index=frame % int(ds.NumberOfFrames))
     except Exception as e:
+        if notes is not None and frame is None:
+            try:
+                if _repaired(ds):
+                    arr = ds.pixel_array
+                    notes.append("its JPEG scan header declared a partial spectrum (a sequential JPEG "
+                                 "scans 0..63); repaired in memory and decoded")
+                    return np.asarray(arr)
+            except Exception:  # the repair did not help: report the original failure
+                pass
         ts = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", ""))
         msg = short_reason(e)
         pkg = DECODER_PACKAGES.get(ts)

@@ -95,12 +95,13 @@ def _read_deep_colour(path: Path) -> np.ndarray | None:
     return intensity.to_unit_range(rgb, 0, 65535)
 
 
-def decode_file(path: Path, frame: int | None = None, voi: str = "stored") -> np.ndarray:
+def decode_file(path: Path, frame: int | None = None, voi: str = "stored",
+                notes: list[str] | None = None) -> np.ndarray:
     """Any supported file → float32 H×W×C in [0, 1], finite (a file whose pixels decode to NaN
     or inf — NaN pixels in a float TIFF, a DICOM RescaleSlope that overflows — is a bad file)."""
     path = Path(path)
     if is_dicom(path):
-        out = decode_dicom(path, frame=frame, voi=voi)
+        out = decode_dicom(path, frame=frame, voi=voi, notes=notes)
     elif path.suffix.lower() in IMAGE_SUFFIXES:
         out = decode_image(path)
     else:

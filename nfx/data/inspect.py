@@ -187,7 +187,7 @@ def _probe(args: tuple[int, str, int | None]) -> tuple[int, dict[str, Any]]:
             info["photometric"] = str(ds.get("PhotometricInterpretation", "") or "") or "(none)"
             bits = ds.get("BitsStored", None)
             info["bits"] = int(bits) if bits not in (None, "") else None
-            img = decode_dicom(p, frame=frame)
+            img = decode_dicom(p, frame=frame, notes=[])  # tolerant, as ingestion is
         else:
             from PIL import Image
 

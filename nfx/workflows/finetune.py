@@ -275,6 +275,9 @@ def ingest(cfg: RunConfig, disc, run_dir: Path, printer: Printer):
     with printer.progress(len(paths), "decoding + caching") as bar:
         entries, bad = cache.fill(paths, workers=cfg.data.num_workers or None, on_done=lambda: bar.advance(1))
     st = cache.last_stats
+    if cache.last_notes:
+        path, note = cache.last_notes[0]
+        printer.note(f"{len(cache.last_notes)} file(s) decoded despite a defect in the file (first: {path}: {note})")
     if st.get("hits"):
         printer.info(f"cache: {st['hits']} of {len(paths)} images reused, {st['decoded']} decoded ({cache.dir})")
     bad = sorted(disc.bad + bad)
