@@ -8,7 +8,16 @@ import errno
 
 
 class NfxError(Exception):
-    """Base class: a problem the user can fix."""
+    """Base class: a problem the user can fix. The message is kept apart from `args`: fastai
+    rewrites the args of an exception raised in a callback ("Exception occured in `X` when
+    calling event ...") and the user must see nfx's own one line."""
+
+    def __init__(self, *args: object):
+        super().__init__(*args)
+        self.message = str(args[0]) if len(args) == 1 else super().__str__()
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class DataError(NfxError):

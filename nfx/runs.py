@@ -104,7 +104,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+    # surrogateescape: a file name that is not valid UTF-8 is written as its original bytes
+    # (and read back by read_csv the same way), so splits.csv still names the real file
+    atomic_write_bytes(path, text.encode("utf-8", "surrogateescape"))
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -132,7 +134,7 @@ def atomic_write_csv(path: Path, rows: list[dict[str, Any]], fieldnames: list[st
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
         return list(csv.DictReader(f))
 
 

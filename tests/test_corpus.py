@@ -51,6 +51,7 @@ class Case:
     build: Callable[[Path, Path, Path], list]  # (work folder, tiny data, tiny run) → argv
     expect: str  # "error" | "skip" | "ok"
     needles: tuple[str, ...] = ()
+    setup: Callable | None = None  # (monkeypatch, work folder) → None: a simulated fault
 
 
 def _train(data, work, *extra):
@@ -151,6 +152,94 @@ def _unseen_class(w, t, r):
     (root / "suspect").mkdir()
     shutil.copy(sorted((root / "normal").glob("*.png"))[0], root / "suspect" / "x.png")
     return ["evaluate", r, root]
+
+
+def _edit_dcm(tiny: Path, pixels=None, **tags):
+    """A tiny DICOM rewritten as uncompressed 16-bit grey (MONOCHROME2 unless `tags` say
+    otherwise), `pixels(grey uint16 array)` → the stored array, then `tags` applied."""
+    def make(p: Path) -> None:
+        import pydicom
+        from pydicom.uid import ExplicitVRLittleEndian
+
+        ds = pydicom.dcmread(_dcm(tiny))
+        arr = ds.pixel_array
+        grey = (arr.mean(-1) if arr.ndim == 3 else arr).astype("uint16") * 16  # 12-bit values
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        for k in ("PlanarConfiguration", "LossyImageCompression"):
+            if k in ds:
+                delattr(ds, k)
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        out = pixels(grey) if pixels else grey
+        for k, v in tags.items():
+            setattr(ds, k, v)
+        ds.PixelData = out.tobytes()
+        ds.save_as(p)
+    return make
+
+
+def _multipage_tiff(p: Path) -> None:
+    pages = [Image.new("L", (32, 32), v) for v in (10, 120, 240)]
+    pages[0].save(p, save_all=True, append_images=pages[1:])
+
+
+def _missing_decoder(mp, w) -> None:
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import JPEG2000Lossless
+
+    decoder = get_decoder(JPEG2000Lossless)
+    mp.setattr(decoder, "_available", {})
+    mp.setattr(decoder, "_unavailable", {"pylibjpeg": ("pylibjpeg>=2.0", "pylibjpeg-openjpeg>=2.0")})
+
+
+def _j2k(p: Path) -> None:
+    from pydicom.data import get_testdata_file
+
+    shutil.copy(get_testdata_file("MR_small_jp2klossless.dcm"), p)
+
+
+def _mixed_frames(w, t, r):
+    root = _with(t, w, "dicom", files={"normal/cine.dcm": _multiframe})
+    return _train(root, w, "--frame", "0")
+
+
+def _disk_full(mp, w) -> None:
+    import errno
+
+    from nfx.train import checkpoint
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(w / "runs" / "x" / "checkpoints" / "last.pt"))
+    mp.setattr(checkpoint, "save_state_dict", full)
+
+
+def _read_only(mp, w) -> None:
+    import errno
+
+    from nfx import runs
+
+    real = runs.atomic_write_csv
+
+    def ro(path, *a, **k):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+    mp.setattr(runs, "atomic_write_csv", ro)
+    return real
+
+
+def _twice(w, t, r):
+    argv = _train(t / "png", w, "--name", "same")
+    code, _, err = cli(*argv)
+    assert code == 0, err[-2000:]
+    return argv
+
+
+def _corrupt_cache(w, t, r):
+    argv = _train(t / "png", w, "--cache-dir", w / "cache")
+    assert cli(*argv)[0] == 0
+    entries = sorted((w / "cache").rglob("*.npy"))
+    for e in entries[:5]:
+        e.write_bytes(e.read_bytes()[:100])  # truncated entries: rebuilt, not refused
+    return _train(t / "png", w, "--cache-dir", w / "cache", "--name", "again")
 
 
 def _symlink(target: str):
@@ -274,7 +363,72 @@ CASES = [
     Case("predict a folder with a bad file", "predict",
          lambda w, t, r: ["predict", r, _with(t, w, files={"normal/notes.txt": b"hi"})], "ok", ("notes.txt",)),
     Case("explain a missing file", "explain", lambda w, t, r: ["explain", r, w / "nope.png"], "error", ("nope.png",)),
+    # ---- added: DICOM kinds, odd names, more options and run folders, simulated faults ----
+    Case("DICOMDIR in the data folder", "finetune",
+         lambda w, t, r: _train(_with(t, w, "dicom", files={"normal/DICOMDIR": lambda p: shutil.copy(
+             __import__("pydicom.data", fromlist=["x"]).get_testdata_file("DICOMDIR"), p)}), w), "ok", ("DICOMDIR",)),
+    Case("compressed DICOM whose decoder is missing (simulated)", "finetune",
+         lambda w, t, r: _train(_with(t, w, "dicom", files={"normal/j2k.dcm": _j2k}), w), "error",
+         ("j2k.dcm", "pip install pylibjpeg"), setup=_missing_decoder),
+    Case("BitsStored 12 with garbage in the unused high bits", "finetune",
+         lambda w, t, r: _train(_with(t, w, "dicom", files={"normal/odd.dcm": _edit_dcm(
+             t, BitsStored=12, HighBit=11, pixels=lambda a: a | 0xF000)}), w), "ok"),
+    Case("signed 16-bit DICOM", "finetune",
+         lambda w, t, r: _train(_with(t, w, "dicom", files={"normal/signed.dcm": _edit_dcm(
+             t, PixelRepresentation=1, pixels=lambda a: (a.astype("int32") - 2000).astype("int16"))}), w), "ok"),
+    Case("MONOCHROME1 DICOM", "finetune",
+         lambda w, t, r: _train(_with(t, w, "dicom", files={"normal/mono1.dcm": _edit_dcm(
+             t, PhotometricInterpretation="MONOCHROME1")}), w), "ok"),
+    Case("non-UTF-8 file name", "finetune",
+         lambda w, t, r: _train(_with(t, w, files={"normal/" + b"caf\xe9.png".decode("utf-8", "surrogateescape"):
+                                                    _png_bytes(t)}), w), "ok"),
+    Case("multi-page TIFF", "finetune", lambda w, t, r: _train(_with(t, w, files={"normal/stack.tif": _multipage_tiff}), w),
+         "error", ("stack.tif", "3 pages")),
+    Case("--frame N with single-frame files in the series", "finetune", _mixed_frames, "ok", ("--frame",)),
+    Case("labels CSV that disagrees with the folders", "finetune",
+         lambda w, t, r: _train(_with(t, w), w, "--labels", _relabel_one(w / "data")), "ok", ("labels.csv", "folder")),
+    Case("--size 1000000", "finetune", lambda w, t, r: _train(t / "png", w, "--size", "1000000"), "error", ("--size",)),
+    Case("--config that is not an object", "finetune",
+         lambda w, t, r: ["finetune", "--config", (lambda p: (p.write_text("[1, 2]"), p)[1])(w / "c.json")],
+         "error", ("c.json", "object")),
+    Case("--config value of the wrong type", "finetune",
+         lambda w, t, r: ["finetune", "--config", (lambda p: (p.write_text(json.dumps(
+             {"train": {"bs": "eight"}})), p)[1])(w / "c.json")], "error", ("c.json", "bs", "expected int")),
+    Case("--out that is a file", "finetune",
+         lambda w, t, r: ["finetune", t / "png", "--arch", "test_nfnet", "--no-pretrained", "--size", "32",
+                          "--out", (lambda p: (p.write_text("x"), p)[1])(w / "runs.txt")], "error", ("runs.txt",)),
+    Case("two runs with the same --name", "finetune", _twice, "error", ("same", "--name")),
+    Case("corrupt decoded-image cache entries (rebuilt)", "finetune", _corrupt_cache, "ok"),
+    Case("--lr 1e30 (training diverges to NaN)", "finetune",
+         lambda w, t, r: _train(t / "png", w, "--lr", "1e30", "--agc", "off"), "error", ("--lr",)),
+    Case("disk full while writing a checkpoint (simulated ENOSPC)", "finetune",
+         lambda w, t, r: _train(t / "png", w), "error", ("No space left", "free space"), setup=_disk_full),
+    Case("read-only output folder (simulated EROFS)", "finetune",
+         lambda w, t, r: _train(t / "png", w), "error", ("Read-only", "writable --out"), setup=_read_only),
+    Case("corrupt model.onnx", "predict",
+         lambda w, t, r: ["predict", _corrupt_onnx(w, r), t / "png" / "normal", "--backend", "onnx"],
+         "error", ("model.onnx",)),
+    Case("truncated checkpoints/last.pt (resume)", "finetune",
+         lambda w, t, r: ["finetune", "--resume", _run_copy(w, r, lambda d: (d / "checkpoints" / "last.pt").write_bytes(
+             (d / "checkpoints" / "last.pt").read_bytes()[:1000]))], "error", ("last.pt",)),
+    Case("splits.csv missing", "evaluate",
+         lambda w, t, r: ["evaluate", _run_copy(w, r, lambda d: (d / "splits.csv").unlink())], "error", ("splits.csv",)),
 ]
+
+
+def _relabel_one(root: Path) -> Path:
+    """A labels CSV that agrees with the folders except for one normal/ file labelled glaucoma."""
+    files = sorted(root.rglob("*.png"))
+    odd = next(p for p in files if p.parent.name == "normal")
+    rows = [f"{p.relative_to(root)},{'glaucoma' if p == odd else p.parent.name}" for p in files]
+    return _csv(root, "path,label\n" + "\n".join(rows) + "\n")
+
+
+def _corrupt_onnx(w: Path, r: Path) -> Path:
+    d = _run_copy(w, r, lambda d: None)
+    assert cli("export", d)[0] == 0
+    (d / "model.onnx").write_bytes(b"\x08\x07garbage, not a protobuf")
+    return d
 
 
 def _train_mixed(w: Path, t: Path) -> list:
@@ -305,10 +459,15 @@ def _write_doc():
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_corpus(case: Case, tiny_data, tiny_run, tmp_path):
+def test_corpus(case: Case, tiny_data, tiny_run, tmp_path, monkeypatch):
     argv = case.build(tmp_path, tiny_data, tiny_run.run_dir)
+    if case.setup:
+        case.setup(monkeypatch, tmp_path)
     code, out, err = cli(*argv)
     assert "Traceback" not in err, err
+    import re
+
+    assert not re.search(r"\w+Warning:|^ERROR|^WARNING", err, re.M), err[-2000:]  # no library chatter
     lines = [ln for ln in err.strip().splitlines() if ln.strip()]
     if case.expect == "error":
         assert code == 1, (code, err[-2000:])
@@ -322,7 +481,7 @@ def test_corpus(case: Case, tiny_data, tiny_run, tmp_path):
             assert all(n in bad for n in case.needles), bad
             said = "skipped, recorded in bad_files.csv: " + bad.splitlines()[1]
         else:
-            said = next((ln for ln in lines if ln.startswith("warning:") and any(n in ln for n in case.needles)),
+            said = next((ln for ln in lines if ln.startswith(("warning:", "note:")) and any(n in ln for n in case.needles)),
                         "runs clean")
     for n in case.needles:
         assert n in said, (n, said)

@@ -68,8 +68,13 @@ def _run(fn) -> None:
     except KeyboardInterrupt:
         _fail("interrupted")
     except Exception as e:  # noqa: BLE001 - the boundary: no traceback unless --debug
+        from nfx.errors import MACHINE_ERRNOS
+
         if _state["debug"]:
             raise
+        if isinstance(e, OSError) and e.errno in MACHINE_ERRNOS:  # a full disk / read-only folder: the machine
+            _fail(f"{e.filename or 'an output file'}: {e.strerror or e}; free space there or choose a writable "
+                  "--out (files already written, e.g. the last good checkpoint, are kept)")
         _fail(f"internal error: {short_reason(e, 200, with_type=True)} "
               "(run again with --debug for the traceback, and report it)")
 

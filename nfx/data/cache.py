@@ -93,7 +93,7 @@ class ImageCache:
         st = p.stat()
         voi = "" if self.voi == "stored" else f"|voi={self.voi}"  # entries made before the option stay valid
         ident = f"{p}|{st.st_size}|{st.st_mtime_ns}|{self.size}|{self.resize}|{self.frame}{voi}|v{PREPROC_VERSION}"
-        return hashlib.sha256(ident.encode()).hexdigest()[:32]
+        return hashlib.sha256(ident.encode("utf-8", "surrogateescape")).hexdigest()[:32]  # any file name
 
     def entry(self, path: str | Path) -> Path:
         k = self.key(path)

@@ -25,6 +25,8 @@ from nfx.data.dicom_values import to_unit
 from nfx.errors import BadFileError, short_reason
 
 PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+# a DICOM media index (PS3.10): expected beside exported studies, listed but never an error
+DICOMDIR_REASON = "DICOMDIR (an index of other files, no image); skipped"
 
 # Transfer syntax UID → pip package(s) that decode it (pydicom decodes the rest natively).
 DECODER_PACKAGES = {
@@ -124,7 +126,7 @@ def check_usable(ds: Any, path: Path, frame: int | None = None, notes: list[str]
     from the data, with a note, and the multi-frame rule applies as usual."""
     sop = str(ds.get("SOPClassUID", ""))
     if "DirectoryRecordSequence" in ds or sop == "1.2.840.10008.1.3.10":
-        raise BadFileError(path, "DICOMDIR (an index of other files, no image); skipped")
+        raise BadFileError(path, DICOMDIR_REASON)
     if not any(t in ds for t in PIXEL_TAGS):
         if "Rows" in ds and "Columns" in ds:  # an image header whose pixel data is gone
             raise BadFileError(path, "image header but no pixel data (file truncated?); re-export it")
@@ -165,6 +167,8 @@ def decode_dicom(path: Path, frame: int | None = None, voi: str = "stored",
             path, "no DICOM elements could be read (file truncated or corrupt); re-export it"
         )
     n_frames = check_usable(ds, path, frame, notes)
+    if frame is not None and n_frames == 1 and notes is not None:
+        notes.append(f"a single-frame file: --frame {frame} does not apply, its only frame was used")
     raw = _decode_pixels(ds, path, frame if n_frames > 1 else None, notes)
     try:
         return to_unit(raw, ds, path, voi=voi)

@@ -19,7 +19,6 @@ file — each becomes a `bad` entry (path, reason) for bad_files.csv.
 
 from __future__ import annotations
 
-import csv
 import os
 import re
 from collections import Counter
@@ -61,6 +60,7 @@ class Discovery:
     bad: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     user_splits: bool = False
     n_files: int = 0  # every file considered: len(samples) + len(bad)
+    notes: list[str] = field(default_factory=list)  # things worth a warning (labels CSV vs folders)
 
     @property
     def n_patients(self) -> int:
@@ -149,8 +149,11 @@ def discover(
             raise DataError(f"{root}: not a folder; pass a folder with one sub-folder per label")
     regex = _compile(patient_regex)
 
+    notes: list[str] = []
     if labels is not None:
-        items, bad, user_splits = _from_csv(root, Path(labels))
+        from nfx.data.labels_csv import from_csv
+
+        items, bad, user_splits, notes = from_csv(root, Path(labels))
         where = str(labels)
     else:
         items, bad, user_splits = _from_folders(root)
@@ -184,7 +187,7 @@ def discover(
             f"{where}: only one class ({only!r}) found; classification needs at least two label "
             f"sub-folders, e.g. {root}/normal/ and {root}/glaucoma/"
         )
-    return Discovery(str(root), samples, classes, sorted(bad), user_splits, n_files)
+    return Discovery(str(root), samples, classes, sorted(bad), user_splits, n_files, notes)
 
 
 def _compile(patient_regex: str | None) -> re.Pattern | None:
@@ -233,64 +236,6 @@ def _from_folders(root: Path) -> tuple[list[_Item], list[tuple[str, str]], bool]
                 items.append((f, label_dir.name, split, None))
             else:
                 bad.append((str(f), _unsupported_reason(f)))
-    return items, bad, user_splits
-
-
-def _from_csv(root: Path, csv_path: Path) -> tuple[list[_Item], list[tuple[str, str]], bool]:
-    if not csv_path.is_file():
-        raise DataError(f"{csv_path}: labels file not found; pass a CSV with path,label[,patient][,split] columns")
-    try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            header = [h.strip() for h in (reader.fieldnames or [])]
-            rows = list(reader)
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise DataError(f"{csv_path}: could not be read as CSV ({e}); save it as UTF-8 CSV") from e
-    lower = {h.lower(): h for h in header}
-    cols = {k: next((lower[a] for a in aliases if a in lower), None) for k, aliases in CSV_COLUMNS.items()}
-    for need in ("path", "label"):
-        if cols[need] is None:
-            raise DataError(
-                f"{csv_path}: no {need} column (found {header}); name the columns "
-                f"{'/'.join(CSV_COLUMNS[need][:3])} and label, with optional patient and split"
-            )
-    base = root if root.is_dir() else csv_path.parent
-    items: list[_Item] = []
-    bad: list[tuple[str, str]] = []
-    seen: dict[Path, int] = {}
-    user_splits = False
-    for n, row in enumerate(rows, start=2):  # row 1 is the header
-        row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
-        raw = row.get(cols["path"], "")
-        if not raw:
-            raise DataError(f"{csv_path}: row {n} has an empty {cols['path']!r}; fill it or delete the row")
-        p = Path(raw)
-        if not p.is_absolute():
-            p = base / raw
-            if not p.exists() and (csv_path.parent / raw).exists():
-                p = csv_path.parent / raw
-        label = row.get(cols["label"], "")
-        split = None
-        if cols["split"] and row.get(cols["split"]):
-            value = row[cols["split"]].lower()
-            if value not in SPLIT_VALUES:
-                raise DataError(f"{csv_path}: row {n}: split {row[cols['split']]!r} is not train, valid or test; fix it")
-            split = SPLIT_VALUES[value]
-            user_splits = True
-        pid = (row.get(cols["patient"]) or None) if cols["patient"] else None
-        key = p.resolve()
-        if key in seen:
-            bad.append((str(p), f"listed twice in {csv_path.name} (rows {seen[key]} and {n}); keep one row"))
-            continue
-        seen[key] = n
-        if not label:
-            bad.append((str(p), f"no label in {csv_path.name} row {n}; fill it in"))
-        elif not p.is_file():
-            bad.append((str(p), f"listed in {csv_path.name} row {n} but not found; fix the path"))
-        elif not _is_supported(p):
-            bad.append((str(p), _unsupported_reason(p)))
-        else:
-            items.append((p, label, split, pid))
     return items, bad, user_splits
 
 

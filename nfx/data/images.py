@@ -41,6 +41,10 @@ def _decode_pil(path: Path) -> np.ndarray:
     from PIL import Image
 
     with Image.open(path) as im:
+        pages = getattr(im, "n_frames", 1)
+        if pages > 1 and im.format in ("TIFF", "MPO", "GIF", "PNG", "WEBP"):  # PNG/WEBP: animated
+            raise BadFileError(path, f"multi-page image ({pages} pages); nfx reads one 2-D image per file: "
+                                     "save the page you want as its own file")
         im.load()
         mode = im.mode
         if mode in ("I;16", "I;16B", "I;16L", "I"):

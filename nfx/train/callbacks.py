@@ -127,7 +127,14 @@ class RichProgress(Callback):
         self._bar.advance(1)
 
     def after_fit(self) -> None:
-        self._ctx.__exit__(None, None, None)
+        self.close()
+
+    def close(self) -> None:
+        """Stop the bar (idempotent). fastai skips after_fit when an exception ends the fit, so
+        fit() also calls this on the way out: an error must be the last line printed."""
+        ctx, self._ctx = getattr(self, "_ctx", None), None
+        if ctx is not None:
+            ctx.__exit__(None, None, None)
 
 
 class StopOnNaN(Callback):

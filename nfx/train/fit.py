@@ -117,7 +117,10 @@ def fit(cfg: RunConfig, model, prep, *, train, valid, num_classes: int, device: 
                EpochLog(phase, on_epoch, w.agc_cb, printer, offset, start_epoch=start),
                Checkpointer(run_dir, history, monitor, t.patience, state, ema_cb, phase, offset, start_epoch=start),
                RichProgress(printer, f"training ({phase})")]
-        learn.fit_one_cycle(n_epoch, lr, cbs=cbs, start_epoch=start)
+        try:
+            learn.fit_one_cycle(n_epoch, lr, cbs=cbs, start_epoch=start)
+        finally:
+            cbs[-1].close()
         done = int(state.get("epochs_done", done))
 
     if state.get("early_stopped_at"):

@@ -256,8 +256,11 @@ def discover_data(cfg: RunConfig, printer: Printer):
     from nfx.data.discover import discover
 
     with printer.progress(None, "scanning files") as bar:
-        return discover(cfg.data.path, cfg.data.patient_regex, cfg.data.labels, on_progress=bar.advance,
+        disc = discover(cfg.data.path, cfg.data.patient_regex, cfg.data.labels, on_progress=bar.advance,
                         pseudonymise=not cfg.data.keep_patient_ids)
+    for note in disc.notes:
+        printer.warn(note)
+    return disc
 
 
 def ingest(cfg: RunConfig, disc, run_dir: Path, printer: Printer):
@@ -277,20 +280,27 @@ def ingest(cfg: RunConfig, disc, run_dir: Path, printer: Printer):
     st = cache.last_stats
     if cache.last_notes:
         path, note = cache.last_notes[0]
-        printer.note(f"{len(cache.last_notes)} file(s) decoded despite a defect in the file (first: {path}: {note})")
+        printer.note(f"{len(cache.last_notes)} file(s) decoded with a note (first: {path}: {note})")
     if st.get("hits"):
         printer.info(f"cache: {st['hits']} of {len(paths)} images reused, {st['decoded']} decoded ({cache.dir})")
     bad = sorted(disc.bad + bad)
     bad_csv = run_dir / runs.BAD_FILES
     if bad:
+        from nfx.data.dicom import DICOMDIR_REASON
+
         runs.atomic_write_csv(bad_csv, [{"path": p, "reason": r} for p, r in bad], fieldnames=["path", "reason"])
-        if not cfg.data.skip_bad:
+        n_index = sum(r == DICOMDIR_REASON for _, r in bad)
+        if n_index:
+            printer.note(f"{n_index} DICOMDIR index file(s) skipped (not images; listed in {bad_csv})")
+        if not cfg.data.skip_bad and n_index < len(bad):
+            bad = [b for b in bad if b[1] != DICOMDIR_REASON]
             first = f"{bad[0][0]}: {bad[0][1]}"
             raise DataError(
                 f"{len(bad)} file(s) could not be used (listed in {bad_csv}; first: {first}); "
                 "fix or remove them, or pass --skip-bad"
             )
-        printer.warn(f"skipping {len(bad)} unusable file(s), listed with reasons in {bad_csv}")
+        if len(bad) > n_index:
+            printer.warn(f"skipping {len(bad) - n_index} unusable file(s), listed with reasons in {bad_csv}")
     bad_paths = {p for p, _ in bad}
     keep = [i for i, s in enumerate(disc.samples) if s.path not in bad_paths]
     samples = [disc.samples[i] for i in keep]
