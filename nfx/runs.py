@@ -168,6 +168,8 @@ def require_run(run_dir: Path, *files: str) -> Path:
             hint = (
                 "the run did not finish training; resume or re-run `nfx finetune`"
                 if f == WEIGHTS
+                else "it records the run's train/validation split; restore it from a backup or re-run training"
+                if f == SPLITS
                 else "is this a run folder made by `nfx finetune`?"
             )
             raise RunError(f"{run_dir / f}: missing; {hint}")

@@ -483,6 +483,7 @@ def test_corpus(case: Case, tiny_data, tiny_run, tmp_path, monkeypatch):
         else:
             said = next((ln for ln in lines if ln.startswith(("warning:", "note:")) and any(n in ln for n in case.needles)),
                         "runs clean")
+    assert "internal error" not in said, said  # every failure here is a known one: a clear message
     for n in case.needles:
         assert n in said, (n, said)
     import re

@@ -99,7 +99,11 @@ class OnnxPredictor:
         import onnxruntime as ort
 
         self.path = Path(path)
-        self.sess = ort.InferenceSession(str(self.path), providers=local_providers())
+        try:
+            self.sess = ort.InferenceSession(str(self.path), providers=local_providers())
+        except Exception as e:  # not a readable ONNX model (truncated, overwritten, not ONNX)
+            raise ExportError(f"{self.path}: not a loadable ONNX model ({short_reason(e, 100)}); "
+                              "re-create it with `nfx export RUN --onnx`") from e
         meta = self.sess.get_modelmeta().custom_metadata_map
         try:
             self.info = ModelInfo.from_onnx_metadata(meta)

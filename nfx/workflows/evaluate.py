@@ -33,6 +33,7 @@ def evaluate(run_dir: str | Path, data: str | None = None, printer: Printer | No
                    n_bootstrap=n_bootstrap, tta=tta, per_patient=per_patient).validate()  # before any work
     run = load_run(run_dir)
     classes = list(run.info.classes)
+    runs.require_run(run.run_dir, runs.SPLITS)  # the run's own split record: evaluation uses its validation split
     split_rows = runs.read_csv(run.run_dir / runs.SPLITS)
     if data is None:
         rows = [r for r in split_rows if r["split"] == split]
