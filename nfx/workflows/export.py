@@ -19,6 +19,7 @@ def export(run_dir: str | Path, printer: Printer | None = None, tolerance: float
     from nfx.export.onnx import export_onnx
 
     out = run.run_dir / runs.ONNX
+    runs.remove_stale_temps(run.run_dir)  # left by an export that was killed (its files are whole)
     report = export_onnx(run.model, run.info, out, tolerance=tolerance)
     result = {"onnx": str(out), "tolerance": tolerance, **report}
     evaluation = _read_json(run.run_dir / runs.EVALUATION)

@@ -1,0 +1,142 @@
+"""SIGKILL at (seeded) random points of `nfx finetune` and `nfx export`: whatever the moment, every
+file left in the run folder is whole (never half-written), `--resume` — or, when the run died
+before its first checkpoint, a fresh run — ends with the weights of an uninterrupted run, and an
+interrupted export can simply be run again."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+ARGS = ["--arch", "test_nfnet", "--no-pretrained", "--epochs", "4", "--freeze-epochs", "0", "--bs", "4",
+        "--size", "48", "--lr", "2e-3", "--workers", "0"]
+
+
+def _cmd(*args):
+    return [sys.executable, "-m", "nfx", *map(str, args)]
+
+
+def _env():
+    return {**os.environ, "COLUMNS": "200"}
+
+
+def _rows(run: Path) -> int:
+    try:
+        return max(0, len((run / "history.csv").read_text().splitlines()) - 1)
+    except OSError:
+        return -1  # no history yet (run folder maybe not even created)
+
+
+def _kill_when(cmd, run: Path, ready, delay: float) -> int:
+    """Start `cmd`, wait until `ready(run)`, sleep `delay`, SIGKILL it; returns its exit status."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not ready(run):
+        time.sleep(0.02)
+    time.sleep(delay)
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGKILL)
+    return proc.wait(timeout=60)
+
+
+def _all_files_whole(run: Path) -> None:
+    """Every file nfx wrote is complete: JSON parses, CSVs end in a newline, safetensors load."""
+    for p in run.rglob("*"):
+        if not p.is_file() or p.name.endswith(".tmp"):
+            continue
+        if p.suffix == ".json":
+            json.loads(p.read_text())
+        elif p.suffix == ".csv":
+            assert p.read_text().endswith("\n"), p
+        elif p.suffix == ".safetensors":
+            load_file(str(p))
+        elif p.suffix == ".pt":
+            from nfx.train.checkpoint import load_last
+
+            load_last(run)
+
+
+def _same_weights(a: Path, b: Path) -> None:
+    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_points_of_finetune_then_resume(tiny_data, tmp_path):
+    data = tiny_data / "png"
+    full = subprocess.run(_cmd("finetune", data, *ARGS, "--out", tmp_path, "--name", "full"),
+                          capture_output=True, text=True, env=_env(), timeout=600)
+    assert full.returncode == 0, full.stderr
+    rng = random.Random(14)
+    # (what must have happened first, a random extra delay): before any checkpoint (ingest or
+    # the first epoch), in the middle, and at the end (last epoch, final writes)
+    points = [("started", lambda r: r.is_dir(), rng.uniform(0.0, 0.3)),
+              ("mid-run", lambda r: _rows(r) >= 2, rng.uniform(0.0, 0.4)),
+              ("last epoch", lambda r: _rows(r) >= 3, rng.uniform(0.0, 0.6))]
+    outcomes = []
+    for i, (label, ready, delay) in enumerate(points):
+        run = tmp_path / f"killed{i}"
+        status = _kill_when(_cmd("finetune", data, *ARGS, "--out", tmp_path, "--name", run.name), run, ready, delay)
+        if status == 0:  # finished before the kill landed: still a valid (uninterrupted) outcome
+            _same_weights(tmp_path / "full", run)
+            outcomes.append("finished")
+            continue
+        assert status == -signal.SIGKILL, (label, status)
+        _all_files_whole(run)
+        res = subprocess.run(_cmd("finetune", "--resume", run), capture_output=True, text=True, env=_env(),
+                             timeout=600)
+        if "no checkpoint to resume from" in res.stderr:  # died before its first epoch ended
+            assert res.returncode == 1 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+            run = tmp_path / f"again{i}"
+            outcomes.append("rerun")
+            res = subprocess.run(_cmd("finetune", data, *ARGS, "--out", tmp_path, "--name", run.name),
+                                 capture_output=True, text=True, env=_env(), timeout=600)
+        elif "already complete" in res.stderr:  # killed after its last checkpoint, before the end
+            assert res.returncode == 1, res.stderr
+            outcomes.append("complete")
+            continue
+        else:
+            outcomes.append("resumed")
+        assert res.returncode == 0, (label, res.stderr[-2000:])
+        _same_weights(tmp_path / "full", run)
+        assert not list(run.rglob("*.tmp")), label  # resume cleans up after the killed writer
+    print("outcomes:", outcomes)
+    assert "resumed" in outcomes  # the kills did land mid-training
+
+@pytest.mark.slow
+def test_sigkill_during_export_then_export_again(tiny_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run.run_dir, run)
+    for name in ("model.onnx", "MODEL.md"):
+        (run / name).unlink(missing_ok=True)
+    rng = random.Random(7)
+    killed = 0
+    for _ in range(3):
+        status = _kill_when(_cmd("export", run, "--onnx"), run, lambda r: True, rng.uniform(0.5, 6.0))
+        onnx = run / "model.onnx"
+        if onnx.exists():  # written through the atomic writer: complete or absent, never half
+            import onnx as onnx_lib
+
+            onnx_lib.checker.check_model(str(onnx))
+        _all_files_whole(run)
+        if status == 0:
+            break
+        killed += 1
+    again = subprocess.run(_cmd("export", run, "--onnx"), capture_output=True, text=True, env=_env(), timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert (run / "model.onnx").is_file() and (run / "MODEL.md").is_file()
+    assert killed >= 1 and not list(run.glob(".*.tmp"))  # the re-export removed the dead writers' temps
