@@ -140,3 +140,61 @@ def test_sigkill_during_export_then_export_again(tiny_run, tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
     assert (run / "model.onnx").is_file() and (run / "MODEL.md").is_file()
     assert killed >= 1 and not list(run.glob(".*.tmp"))  # the re-export removed the dead writers' temps
+
+
+def _mount_tmpfs(where: Path, *opts: str) -> bool:
+    where.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join(opts), "tmpfs", str(where)],
+                          capture_output=True).returncode == 0
+
+
+@pytest.mark.slow
+def test_a_real_full_disk_keeps_the_last_good_checkpoint_and_the_run_resumes_elsewhere(tiny_data, tmp_path):
+    """--out on a 4.6 MB tmpfs: epoch 1's checkpoints fit, epoch 2's last.pt does not (the atomic
+    writer needs room for the new file beside the old one)."""
+    import shutil
+
+    small = tmp_path / "small"
+    if not _mount_tmpfs(small, "size=4600k"):
+        pytest.skip("cannot mount a tmpfs here (needs root / CAP_SYS_ADMIN); the simulated ENOSPC case "
+                    "in tests/test_corpus.py still runs")
+    args = ["--arch", "test_nfnet", "--no-pretrained", "--size", "32", "--epochs", "3", "--freeze-epochs", "0",
+            "--bs", "8", "--workers", "0"]
+    data = Path(__file__).resolve().parents[1] / "sample_data" / "png"
+    try:
+        r = subprocess.run(_cmd("finetune", data, *args, "--out", small, "--name", "a"), capture_output=True,
+                           text=True, env=_env(), timeout=600)
+        lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+        assert r.returncode == 1 and lines[-1].startswith("error: ") and "No space left on device" in lines[-1]
+        assert str(small / "a" / "checkpoints") in lines[-1] and "free space" in lines[-1]  # names the file
+        assert sum(ln.startswith("error:") for ln in lines) == 1 and "Traceback" not in r.stderr
+        from nfx.train.checkpoint import load_last
+
+        assert load_last(small / "a")["state"]["epochs_done"] == 1  # the last good checkpoint, whole
+        assert not list((small / "a").rglob("*.tmp"))
+        shutil.copytree(small / "a", tmp_path / "moved")
+    finally:
+        subprocess.run(["umount", str(small)], capture_output=True)
+    res = subprocess.run(_cmd("finetune", "--resume", tmp_path / "moved"), capture_output=True, text=True,
+                         env=_env(), timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    full = subprocess.run(_cmd("finetune", data, *args, "--out", tmp_path, "--name", "full"), capture_output=True,
+                          text=True, env=_env(), timeout=600)
+    assert full.returncode == 0, full.stderr[-2000:]
+    _same_weights(tmp_path / "full", tmp_path / "moved")
+
+
+def test_a_read_only_output_folder_is_one_clear_error(tmp_path):
+    ro = tmp_path / "ro"
+    if not _mount_tmpfs(ro, "size=1m", "ro"):
+        pytest.skip("cannot mount a tmpfs here (needs root / CAP_SYS_ADMIN); the simulated EROFS case "
+                    "in tests/test_corpus.py still runs")
+    try:
+        data = Path(__file__).resolve().parents[1] / "sample_data" / "png"
+        r = subprocess.run(_cmd("finetune", data, "--arch", "test_nfnet", "--no-pretrained", "--out", ro),
+                           capture_output=True, text=True, env=_env(), timeout=600)
+    finally:
+        subprocess.run(["umount", str(ro)], capture_output=True)
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert r.returncode == 1 and lines[-1].startswith("error: ") and "Traceback" not in r.stderr, r.stderr
+    assert "Read-only file system" in lines[-1] and str(ro) in lines[-1]
