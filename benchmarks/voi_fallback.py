@@ -70,7 +70,11 @@ def main() -> int:
         "keeps fewer levels. nfx's default for new runs is therefore `minmax`; `percentile` suits images "
         "with a few extreme pixels (metal, padding values), `stored` a series that must keep one fixed "
         "mapping. The rule is recorded in model.json and the ONNX metadata and applied unchanged at "
-        "evaluation and prediction; runs made before the option keep `stored`.\n")
+        "evaluation and prediction; runs made before the option keep `stored`.\n\n"
+        "Files that do carry a VOI are unaffected. A VOI LUT is scaled by its actual smallest..largest "
+        "entry rather than by the bit depth its descriptor declares: writers may only declare 8 or 16 "
+        "bits there, so a 12-bit table declared as 16 bits would use 1/16 of the range and come out "
+        "black; where a table spans its declared depth the two rules agree.\n")
     print(f"wrote {doc}", file=sys.stderr)
     return 0
 

@@ -140,6 +140,15 @@ def _split_lacking_class(w, t, r):
     return _train(root, w)
 
 
+def _valid_lacking_class(w, t, r):
+    root = w / "d"
+    for f in sorted((t / "png").rglob("*.png")):
+        sp = "valid" if f.parent.name == "glaucoma" and int(f.name[3:7]) % 3 == 0 else "train"
+        (root / sp / f.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, root / sp / f.parent.name / f.name)
+    return _train(root, w)
+
+
 def _run_copy(w: Path, run: Path, edit: Callable[[Path], None]) -> Path:
     dst = w / "run"
     shutil.copytree(run, dst)
@@ -305,6 +314,12 @@ CASES = [
          ("'suspect' has 1 image",)),
     Case("train/ lacking a class valid/ has", "finetune", _split_lacking_class, "error",
          ("no training images",)),
+    Case("valid/ lacking a class train/ has", "finetune", _valid_lacking_class, "error", ("no validation images",)),
+    Case("inspect a folder with a truncated DICOM and a text file", "inspect",
+         lambda w, t, r: ["inspect", _with(t, w, "dicom", files={"normal/cut.dcm": _dcm(t).read_bytes()[:700],
+                                                                 "normal/notes.txt": b"hi"})], "ok",
+         ("cannot be used",)),
+    Case("inspect a missing folder", "inspect", lambda w, t, r: ["inspect", w / "nope"], "error", ("nope",)),
     Case("labels CSV without a label column", "finetune",
          lambda w, t, r: _train(_with(t, w), w, "--labels", _csv_from_folders(w / "data", header="path,diagnosis_x")),
          "error", ("labels.csv",)),

@@ -101,13 +101,13 @@ def _visible_files(folder: Path) -> list[Path]:
     return _walk(folder)[0]
 
 
-def _is_supported(p: Path) -> bool:
+def is_supported(p: Path) -> bool:
     return p.suffix.lower() in IMAGE_SUFFIXES or is_dicom(p)
 
 
 def candidate_files(folder: Path) -> list[Path]:
     """Supported image files under a folder (stray images beside the split folders)."""
-    return [p for p in _visible_files(folder) if _is_supported(p)]
+    return [p for p in _visible_files(folder) if is_supported(p)]
 
 
 def walk_files(folder: Path) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -116,14 +116,14 @@ def walk_files(folder: Path) -> tuple[list[Path], list[tuple[str, str]]]:
     ok: list[Path] = []
     found, other = _walk(folder)
     for p in found:
-        if _is_supported(p):
+        if is_supported(p):
             ok.append(p)
         else:
-            other.append((str(p), _unsupported_reason(p)))
+            other.append((str(p), unsupported_reason(p)))
     return ok, other
 
 
-def _unsupported_reason(p: Path) -> str:
+def unsupported_reason(p: Path) -> str:
     kind = f"{p.suffix}" if p.suffix else "no extension and no DICM marker"
     return f"unsupported file type ({kind}); use {SUPPORTED}, or move it out of the data folder"
 
@@ -168,7 +168,7 @@ def discover(
         samples = [replace(s, patient=pseudonym(s.patient)) if s.patient else s for s in samples]
     n_files = len(samples) + len(bad)
     if not samples and not bad:
-        loose = [p for p in root.iterdir() if p.is_file() and _is_supported(p)] if root.is_dir() else []
+        loose = [p for p in root.iterdir() if p.is_file() and is_supported(p)] if root.is_dir() else []
         hint = (
             f"found {len(loose)} image(s) directly in {root}, but labels come from sub-folder names"
             if loose
@@ -200,14 +200,14 @@ def _compile(patient_regex: str | None) -> re.Pattern | None:
 
 
 # (path, label, split, csv patient)
-_Item = tuple[Path, str, "str | None", "str | None"]
+Item = tuple[Path, str, "str | None", "str | None"]
 
 
-def _from_folders(root: Path) -> tuple[list[_Item], list[tuple[str, str]], bool]:
+def _from_folders(root: Path) -> tuple[list[Item], list[tuple[str, str]], bool]:
     subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     split_dirs = [d for d in subdirs if d.name.lower() in SPLIT_DIRS]
     user_splits = bool(split_dirs)
-    items: list[_Item] = []
+    items: list[Item] = []
     bad: list[tuple[str, str]] = []
     label_dirs: list[tuple[Path, str | None]] = []
     if user_splits:
@@ -216,7 +216,7 @@ def _from_folders(root: Path) -> tuple[list[_Item], list[tuple[str, str]], bool]
                 label_dirs += [(ld, SPLIT_DIRS[d.name.lower()]) for ld in sorted(d.iterdir())
                                if ld.is_dir() and not ld.name.startswith(".")]
                 bad += [(str(p), f"directly in {d}, not in a label sub-folder; move it into {d}/<label>/")
-                        for p in sorted(d.iterdir()) if p.is_file() and _is_supported(p)]
+                        for p in sorted(d.iterdir()) if p.is_file() and is_supported(p)]
             else:
                 bad += [(str(p), f"outside the train/valid/test folders of {root}; move it into one of them")
                         for p in candidate_files(d)]
@@ -225,23 +225,23 @@ def _from_folders(root: Path) -> tuple[list[_Item], list[tuple[str, str]], bool]
     # loose images next to label folders would otherwise vanish without a word
     if subdirs:
         bad += [(str(p), f"directly in {root}, not in a label sub-folder; move it into one")
-                for p in sorted(root.iterdir()) if p.is_file() and p.name not in IGNORED and _is_supported(p)]
+                for p in sorted(root.iterdir()) if p.is_file() and p.name not in IGNORED and is_supported(p)]
     for label_dir, split in label_dirs:
         found, problems = _walk(label_dir)
         bad += problems
         if not found and not problems:
             bad.append((str(label_dir), "empty class folder (no files); add its images or remove the folder"))
         for f in found:
-            if _is_supported(f):
+            if is_supported(f):
                 items.append((f, label_dir.name, split, None))
             else:
-                bad.append((str(f), _unsupported_reason(f)))
+                bad.append((str(f), unsupported_reason(f)))
     return items, bad, user_splits
 
 
-def _resolve_patients(items: list[_Item], regex: re.Pattern | None, bad: list[tuple[str, str]],
+def _resolve_patients(items: list[Item], regex: re.Pattern | None, bad: list[tuple[str, str]],
                       workers: int | None, on_progress: Callable[[int], None] | None) -> list[Sample]:
-    def one(item: _Item) -> Sample | tuple[str, str]:
+    def one(item: Item) -> Sample | tuple[str, str]:
         f, label, split, pid = item
         source = "csv" if pid else None
         try:

@@ -7,11 +7,11 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from nfx.data.discover import CSV_COLUMNS, SPLIT_VALUES, _is_supported, _Item, _unsupported_reason
+from nfx.data.discover import CSV_COLUMNS, SPLIT_VALUES, Item, is_supported, unsupported_reason
 from nfx.errors import DataError
 
 
-def from_csv(root: Path, csv_path: Path) -> tuple[list[_Item], list[tuple[str, str]], bool, list[str]]:
+def from_csv(root: Path, csv_path: Path) -> tuple[list[Item], list[tuple[str, str]], bool, list[str]]:
     """Items from a labels CSV, the bad rows, whether it gives splits, and notes."""
     if not csv_path.is_file():
         raise DataError(f"{csv_path}: labels file not found; pass a CSV with path,label[,patient][,split] columns")
@@ -31,7 +31,7 @@ def from_csv(root: Path, csv_path: Path) -> tuple[list[_Item], list[tuple[str, s
                 f"{'/'.join(CSV_COLUMNS[need][:3])} and label, with optional patient and split"
             )
     base = root if root.is_dir() else csv_path.parent
-    items: list[_Item] = []
+    items: list[Item] = []
     bad: list[tuple[str, str]] = []
     seen: dict[Path, int] = {}
     user_splits = False
@@ -63,14 +63,14 @@ def from_csv(root: Path, csv_path: Path) -> tuple[list[_Item], list[tuple[str, s
             bad.append((str(p), f"no label in {csv_path.name} row {n}; fill it in"))
         elif not p.is_file():
             bad.append((str(p), f"listed in {csv_path.name} row {n} but not found; fix the path"))
-        elif not _is_supported(p):
-            bad.append((str(p), _unsupported_reason(p)))
+        elif not is_supported(p):
+            bad.append((str(p), unsupported_reason(p)))
         else:
             items.append((p, label, split, pid))
     return items, bad, user_splits, _folder_disagreements(items, base, csv_path)
 
 
-def _folder_disagreements(items: list[_Item], base: Path, csv_path: Path) -> list[str]:
+def _folder_disagreements(items: list[Item], base: Path, csv_path: Path) -> list[str]:
     """A CSV label that differs from the label folder the file sits in (a folder named like one
     of the CSV's labels) is worth a warning: one of the two is wrong. The CSV wins."""
     labels = {label for _, label, _, _ in items}

@@ -148,6 +148,13 @@ def select(cfg: RunConfig, samples, entries, split_of: list[str], classes: list[
         if c not in in_train:
             raise DataError(f"{cfg.data.path}: class {c!r} has no training images (its {per_class[c]} image(s) are all in "
                             "the validation/test split); add training images of it, or remove the class")
+    in_valid = {samples[i].label for i in sel["valid"]}
+    for c in classes:  # its accuracy would count nothing and ROC AUC / the checkpoint monitor be undefined
+        if c not in in_valid:
+            fix = ("add validation images of it (valid/<class>/) or let nfx split (no train/valid folders)"
+                   if any(s.split for s in samples) else "raise --valid-pct or add images of it")
+            raise DataError(f"{cfg.data.path}: class {c!r} has no validation images (its {per_class[c]} image(s) "
+                            f"are all in the training split); {fix}")
     return tuple(([entries[i] for i in sel[sp]], [cls_idx[samples[i].label] for i in sel[sp]])
                  for sp in ("train", "valid"))
 
