@@ -69,7 +69,12 @@ def test_one_pass_per_sample_agc_matches_vmap_on_cuda_channels_last(dtype):
         clipper.accumulate_(x, y, ce, autocast_dtype=dtype)
         clipper.flush_()
         out[name] = {n: p.grad.float().clone() for n, p in model.named_parameters() if p.grad is not None}
-    tol = 2e-4 if dtype is None else 5e-2  # bf16: both paths round their own forward/backward
+    # relative L2 error per tensor and over all of them. bf16: the two paths round different
+    # forwards (batch of one vs the batch); measured on the CPU with test_nfnet: worst tensor
+    # 0.037, all 0.0043 (fp32: 8.5e-6 and 1.2e-6)
+    tol, tol_all = (1e-4, 1e-5) if dtype is None else (0.1, 0.02)
     for n, want in out["vmap"].items():
-        err = float((out["one-pass"][n] - want).abs().max()) / (float(want.abs().max()) + 1e-12)
+        err = float((out["one-pass"][n] - want).norm() / (want.norm() + 1e-12))
         assert err <= tol, (n, err)
+    num = sum(float((out["one-pass"][n] - w).norm() ** 2) for n, w in out["vmap"].items())
+    assert (num / sum(float(w.norm() ** 2) for w in out["vmap"].values())) ** 0.5 <= tol_all
