@@ -29,12 +29,16 @@ def check_policy(policy: str) -> str:
 VOI_FALLBACKS = ("stored", "minmax", "percentile")  # nfx.data.dicom_values applies them
 
 
+def check_voi(rule: str) -> str:
+    """`rule` if it is a VOI fallback rule, else ValueError naming the valid ones (the one check)."""
+    if rule not in VOI_FALLBACKS:
+        raise ValueError(f"unknown VOI fallback {rule!r}; expected one of {VOI_FALLBACKS}")
+    return rule
+
+
 def voi_of(recorded: str | None) -> str:
     """The VOI fallback rule from a recorded value; records made before the option: stored."""
-    rule = recorded or "stored"
-    if rule not in VOI_FALLBACKS:
-        raise ValueError(f"unknown VOI fallback {recorded!r}; expected one of {VOI_FALLBACKS}")
-    return rule
+    return check_voi(recorded or "stored")
 
 
 def policy_of(recorded: str | None) -> str:
@@ -61,7 +65,7 @@ class InputSpec:
 
     def __post_init__(self) -> None:
         check_policy(self.resize)
-        voi_of(self.voi)
+        check_voi(self.voi)
 
     def onnx_metadata(self) -> dict[str, str]:
         return {

@@ -69,12 +69,10 @@ def _reason(e: BaseException) -> str:
 class ImageCache:
     def __init__(self, cache_dir: str | Path | None, size: int, frame: int | None = None, *, resize: str,
                  voi: str = "stored"):
-        from nfx.records import check_policy
+        from nfx.records import check_policy, check_voi
 
         self.resize = check_policy(resize)  # fails here, before any file is hashed or decoded
-        if voi not in intensity.VOI_FALLBACKS:
-            raise ValueError(f"unknown VOI fallback {voi!r}; expected one of {intensity.VOI_FALLBACKS}")
-        self.voi = voi
+        self.voi = check_voi(voi)
         self.dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.size = int(size)
         self.frame = frame

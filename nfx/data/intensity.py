@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nfx.records import VOI_FALLBACKS
+from nfx.records import check_voi
 
 
 def to_unit_range(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -26,9 +26,7 @@ def fallback_to_unit(values: np.ndarray, lo: float, hi: float, rule: str) -> np.
     """A grayscale image without any VOI → [0, 1] by `rule` (nfx.data.dicom_values): `stored` maps
     the representable range [lo, hi]; `minmax` / `percentile` the image's own range (a constant
     image falls back to `stored`)."""
-    if rule not in VOI_FALLBACKS:
-        raise ValueError(f"unknown VOI fallback {rule!r}; expected one of {VOI_FALLBACKS}")
-    if rule != "stored":
+    if check_voi(rule) != "stored":
         v = np.asarray(values, dtype=np.float64)
         a, b = (float(v.min()), float(v.max())) if rule == "minmax" else map(float, np.percentile(v, PERCENTILES))
         if b > a:

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from nfx.train.onepass_layers import ClipState, LayerSpec, LayerTap, ScalarTap
-from nfx.train.persample import refuse_batchnorm
+from nfx.train.persample import ClipperBase
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -71,15 +71,13 @@ def _layer_forward(mod: nn.Module, spec: LayerSpec, st: ClipState, x: torch.Tens
     return LayerTap.apply(x, mod.weight, mod.bias, getattr(mod, "gain", None), spec, st)
 
 
-class OnePassPerSampleAGC:
+class OnePassPerSampleAGC(ClipperBase):
     """Per-sample AGC with one backward pass. `clip_params` (the body, by identity) are clipped
     per sample; every other trainable parameter gets the plain mean."""
 
     def __init__(self, model: nn.Module, clip_params: Iterable[torch.Tensor], clip_factor: float,
                  eps: float = 1e-3, path: str = "auto"):
-        refuse_batchnorm(model)
-        self.model = model
-        self.clip_ids = {id(p) for p in clip_params}
+        super().__init__(model, clip_params)
         self.state = ClipState(float(clip_factor), float(eps), path)
         self.layers: list[tuple[nn.Module, LayerSpec]] = []
         self.scalars: list[tuple[nn.Module, str, bool]] = []  # module, 0-d parameter name, clipped
@@ -98,20 +96,12 @@ class OnePassPerSampleAGC:
                 self.layers.append((mod, spec))
         self._handles: list[Any] = []
         self._patched: list[nn.Module] = []
+        self._shadowed: list[tuple[nn.Module, str]] = []  # (module, 0-d parameter) shadowed in forward
 
     # -- public -----------------------------------------------------------------------------
     def unsupported(self) -> list[str]:
         """Modules holding a clipped parameter that no tap covers (empty: this class applies)."""
         return list(self._unsupported)
-
-    def trainable(self) -> list[tuple[str, nn.Parameter]]:
-        return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-
-    def any_clipped_trainable(self) -> bool:
-        return any(id(p) in self.clip_ids for _, p in self.trainable())
-
-    def units(self) -> int:
-        return sum(1 if p.ndim <= 1 else p.shape[0] for _, p in self.trainable() if id(p) in self.clip_ids)
 
     def install(self, batch: int) -> None:
         """Replace the clipped layers' forwards by taps until `remove()` (idempotent)."""
@@ -136,16 +126,16 @@ class OnePassPerSampleAGC:
                 m.__dict__.pop(_name, None)
 
             self._handles += [mod.register_forward_pre_hook(pre), mod.register_forward_hook(post)]
-            self._scalar_modules = getattr(self, "_scalar_modules", []) + [(mod, name)]
+            self._shadowed.append((mod, name))
 
     def remove(self) -> None:
         for mod in self._patched:
             mod.__dict__.pop("forward", None)
         for h in self._handles:
             h.remove()
-        for mod, name in getattr(self, "_scalar_modules", []):
+        for mod, name in self._shadowed:
             mod.__dict__.pop(name, None)
-        self._patched, self._handles, self._scalar_modules = [], [], []
+        self._patched, self._handles, self._shadowed = [], [], []
 
     def check(self, x: torch.Tensor, rtol: float = 1e-4) -> str | None:
         """Compare the model's eval-mode output with and without taps on `x` (a few samples, float32,

@@ -32,6 +32,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from nfx.train.agc import unitwise_norm
+
 
 @dataclass
 class ClipState:
@@ -69,12 +71,9 @@ class LayerSpec:
     scale: float = 1.0  # timm's gamma/√fan-in (ScaledStdConv2d); 1 for StdConv2d
     std_eps: float = 0.0
 
-    def effective_weight(self, w: torch.Tensor, gain: torch.Tensor | None) -> torch.Tensor:
-        if not self.std:
-            return w
-        affine = None if gain is None else (gain * self.scale).reshape(-1)
-        return F.batch_norm(w.reshape(1, w.shape[0], -1), None, None, weight=affine, training=True,
-                            momentum=0.0, eps=self.std_eps).reshape_as(w)
+    def gain_scale(self, gain: torch.Tensor | None, units: int) -> torch.Tensor | float:
+        """γ_u·s as (U, 1) float32 (s alone without a gain): Ŵ_u = γ_u·s·z_u."""
+        return self.scale * (gain.detach().float().reshape(units, 1) if gain is not None else 1.0)
 
     def pad_same(self, x: torch.Tensor) -> torch.Tensor:
         pads: list[int] = []
@@ -117,13 +116,11 @@ class LayerSpec:
 
 
 def _unit_norms(w: torch.Tensor) -> torch.Tensor:
-    w = w.detach().float()
-    if w.ndim <= 1:
-        return torch.linalg.vector_norm(w).reshape(1)
-    return torch.linalg.vector_norm(w.reshape(w.shape[0], -1), dim=1)
+    """(U,) float32 unit norms of a stored parameter, units as in nfx.train.agc."""
+    return unitwise_norm(w.detach().float()).reshape(-1)
 
 
-def _choose(spec: LayerSpec, st: ClipState, B: int, U: int, D: int, T: int) -> str:
+def _choose(spec: LayerSpec, st: ClipState, U: int, D: int, T: int) -> str:
     if st.path != "auto":
         return st.path
     materialise = U * D
@@ -139,8 +136,7 @@ def standardise(spec: LayerSpec, w: torch.Tensor, gain: torch.Tensor | None):
     z, _mean, rstd = torch.native_batch_norm(w.detach().float().reshape(1, U, -1), None, None, None, None,
                                              True, 0.0, spec.std_eps)
     z = z.reshape(U, -1)
-    gs = spec.scale * (gain.detach().float().reshape(U, 1) if gain is not None else 1.0)
-    return (z * gs).reshape(w.shape), z, rstd.reshape(U, 1)
+    return (z * spec.gain_scale(gain, U)).reshape(w.shape), z, rstd.reshape(U, 1)
 
 
 def param_grads(spec: LayerSpec, st: ClipState, a: torch.Tensor, d: torch.Tensor, w: torch.Tensor,
@@ -163,7 +159,7 @@ def param_grads(spec: LayerSpec, st: ClipState, a: torch.Tensor, d: torch.Tensor
     P = spec.patches(a)
     D = P.shape[1] // g
     Pg, dg = P.view(B, g, D, T), dT.view(B, g, U // g, T)
-    path = st.chosen[spec.name] = _choose(spec, st, B, U, D, T)
+    path = st.chosen[spec.name] = _choose(spec, st, U, D, T)
     G = None
     if path == "materialise":
         G = torch.matmul(dg, Pg.transpose(-1, -2)).reshape(B, U, D)  # each sample's ∂L_b/∂Ŵ
@@ -179,8 +175,7 @@ def param_grads(spec: LayerSpec, st: ClipState, a: torch.Tensor, d: torch.Tensor
             dz = (dg * torch.matmul(z.view(g, U // g, D), Pg)).sum(-1).reshape(B, U)
     alpha = None
     if spec.std:
-        gs = spec.scale * (gain.detach().float().reshape(U, 1) if gain is not None else 1.0)
-        alpha = gs * rstd  # (U, 1): γ s / σ
+        alpha = spec.gain_scale(gain, U) * rstd  # (U, 1): γ s / σ
         zz = (z * z).sum(-1)
         sq = alpha.reshape(1, U) ** 2 * (sq - s1 ** 2 / D - dz ** 2 / D * (2 - zz / D))  # ‖∂L_b/∂W_u‖²
     if need_w:
@@ -218,7 +213,7 @@ class LayerTap(torch.autograd.Function):
         need = ctx.needs_input_grad
         grad_a = None
         if need[0]:
-            w_eff = w if z is None else (z * spec.scale * (1.0 if gain is None else gain.reshape(-1, 1))).reshape(w.shape)
+            w_eff = w if z is None else (z * spec.gain_scale(gain, z.shape[0])).reshape(w.shape)
             grad_a = spec.input_grad(a, w_eff, d)
         gw, gb, gg = param_grads(spec, st, a, d, w, z, rstd, bias, gain, (need[1], need[2], need[3]))
         return grad_a, gw, gb, gg, None, None

@@ -37,6 +37,7 @@ import torch
 from torch.func import functional_call, grad, vmap
 
 from nfx.errors import ModelError
+from nfx.train.agc import count_units
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -119,7 +120,26 @@ def free_memory_bytes(device: torch.device) -> int:
     return 4 << 30
 
 
-class PerSampleAGC:
+class ClipperBase:
+    """What both per-sample implementations share: the model (BatchNorm refused), the clipped
+    parameters by identity, and which of them are trainable now."""
+
+    def __init__(self, model: torch.nn.Module, clip_params: Iterable[torch.Tensor]):
+        refuse_batchnorm(model)
+        self.model = model
+        self.clip_ids = {id(p) for p in clip_params}
+
+    def trainable(self) -> list[tuple[str, torch.nn.Parameter]]:
+        return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+
+    def any_clipped_trainable(self) -> bool:
+        return any(id(p) in self.clip_ids for _, p in self.trainable())
+
+    def units(self) -> int:
+        return count_units(p for _, p in self.trainable() if id(p) in self.clip_ids)
+
+
+class PerSampleAGC(ClipperBase):
     """Adds per-sample-clipped mean gradients of micro-batches into the model's gradients.
 
     `clip_params` (the body, selected by identity) are clipped per sample; every other trainable
@@ -129,11 +149,9 @@ class PerSampleAGC:
     def __init__(self, model: torch.nn.Module, clip_params: Iterable[torch.Tensor], clip_factor: float,
                  eps: float = 1e-3, chunk: int | None = None, memory_fraction: float = 0.6,
                  randomness: str = "different"):
-        refuse_batchnorm(model)
         if chunk is not None and chunk < 1:
             raise ValueError(f"chunk must be >= 1 (got {chunk})")
-        self.model = model
-        self.clip_ids = {id(p) for p in clip_params}
+        super().__init__(model, clip_params)
         self.clip_factor, self.eps = float(clip_factor), float(eps)
         self.chunk = chunk
         self.memory_fraction = memory_fraction
@@ -143,15 +161,6 @@ class PerSampleAGC:
         self._side: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id → (param, fp32 buffer)
 
     # -- public -----------------------------------------------------------------------------
-    def trainable(self) -> list[tuple[str, torch.nn.Parameter]]:
-        return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-
-    def any_clipped_trainable(self) -> bool:
-        return any(id(p) in self.clip_ids for _, p in self.trainable())
-
-    def units(self) -> int:
-        return sum(1 if p.ndim <= 1 else p.shape[0] for _, p in self.trainable() if id(p) in self.clip_ids)
-
     def accumulate_(self, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn, *, weight: float = 1.0,
                     loss_scale: torch.Tensor | None = None, autocast_dtype: torch.dtype | None = None,
                     sample_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
@@ -260,5 +269,5 @@ def reference_clipped_mean(model: torch.nn.Module, loss_fn: LossFn, x: torch.Ten
     return out
 
 
-__all__ = ["PerSampleAGC", "clip_per_sample_", "per_sample_grads", "reference_clipped_mean",
+__all__ = ["ClipperBase", "PerSampleAGC", "clip_per_sample_", "per_sample_grads", "reference_clipped_mean",
            "refuse_batchnorm", "free_memory_bytes"]
