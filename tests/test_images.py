@@ -60,3 +60,28 @@ def test_non_finite_pixels_are_a_bad_file_with_a_reason(tmp_path):
         warnings.simplefilter("ignore")
         with pytest.raises(BadFileError, match=r"huge_slope\.dcm: pixel values are not finite"):
             decode_file(tmp_path / "huge_slope.dcm")
+
+
+def test_a_camera_mpo_jpeg_is_its_primary_picture_and_a_multipage_tiff_is_refused(tmp_path):
+    import subprocess
+    import sys
+
+    import numpy as np
+    import pytest
+    from PIL import Image
+
+    from nfx.data.images import decode_image
+    from nfx.errors import BadFileError
+
+    a, b = Image.new("RGB", (16, 16), (200,) * 3), Image.new("RGB", (16, 16), (20,) * 3)
+    mpo = tmp_path / "cam.jpg"
+    # written by a fresh interpreter: Pillow's MPO writer fails inside the test process once the
+    # imaging stack (cv2/albumentations) is loaded; reading is what is tested here
+    subprocess.run([sys.executable, "-c", "from PIL import Image; a, b = (Image.new('RGB', (16, 16), (v,) * 3) "
+                    f"for v in (200, 20)); a.save({str(mpo)!r}, 'MPO', save_all=True, append_images=[b])"], check=True)
+    assert Image.open(mpo).format == "MPO" and Image.open(mpo).n_frames == 2
+    assert abs(float(np.mean(decode_image(mpo))) - 200 / 255) < 0.02
+    tif = tmp_path / "stack.tif"
+    a.save(tif, save_all=True, append_images=[b])
+    with pytest.raises(BadFileError, match="multi-page image .2 pages"):
+        decode_image(tif)

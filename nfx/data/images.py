@@ -42,7 +42,8 @@ def _decode_pil(path: Path) -> np.ndarray:
 
     with Image.open(path) as im:
         pages = getattr(im, "n_frames", 1)
-        if pages > 1 and im.format in ("TIFF", "MPO", "GIF", "PNG", "WEBP"):  # PNG/WEBP: animated
+        # a multi-page TIFF or an animated PNG/WEBP; an MPO (a camera JPEG with extra pictures) is its first
+        if pages > 1 and im.format in ("TIFF", "PNG", "WEBP"):
             raise BadFileError(path, f"multi-page image ({pages} pages); nfx reads one 2-D image per file: "
                                      "save the page you want as its own file")
         im.load()
