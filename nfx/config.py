@@ -42,6 +42,7 @@ class DataConfig:
     labels: str | None = None  # CSV with path, label[, patient][, split] columns
     frame: int | None = None  # frame to use from multi-frame DICOMs (None = skip them with a reason)
     allow_patient_leak: bool = False  # accept user splits that share a patient (recorded, warned)
+    allow_duplicate_leak: bool = False  # accept copies across user splits / across labels (recorded, warned)
     flip: bool = True  # horizontal flips in augmentation (off for chest X-rays)
     resize: str = "squish"  # squish | letterbox | crop (nfx.data.resize); chosen on real data, docs/LEARNING.md
     # True: raw patient ids in outputs, else pseudonyms (nfx.data.pseudonym); None = an older run (raw)
@@ -62,8 +63,7 @@ SCHEDULES = ("fine-tune", "from-scratch")
 #   then the whole network with the body at lr/10 (the head at lr/2 after the warm-up).
 # from-scratch: no frozen phase and one learning rate for every parameter (a random body has
 #   nothing to protect: freezing it trains a head on random features, and lr/10 starves it).
-#   Measured on real brain MRI (docs/LEARNING.md): the fine-tune schedule on a random body cost
-#   0.1-0.2 accuracy against a plain fastai Learner.
+#   Measured on real brain MRI (docs/LEARNING.md): the fine-tune schedule on a random body cost 0.1-0.2 accuracy.
 SCHEDULE_DEFAULTS: dict[str, dict[str, float]] = {
     # head warm-up at 4e-3, then every layer at 2e-3 (the head lr is halved at unfreezing):
     # measured on real MRI from local weights above fastai's lr/10-body practice (docs/LEARNING.md)

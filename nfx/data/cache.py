@@ -4,6 +4,9 @@ Key = file identity (absolute path, size, mtime) + preprocessing settings (input
 policy, DICOM frame) + PREPROC_VERSION, so a changed file or setting is a cache miss (the old entry is simply
 never read again). Entries are float16 size×size×3 .npy files in [0, 1], written atomically
 (temp file + rename), so concurrent runs sharing a cache never see half-written entries.
+Beside each entry, `<key>.sig.npy` holds the image's copy signature (nfx.data.copies), computed
+from the same decoded array before resizing (no second decode); an entry counts as a hit only
+with its signature, so a cache made before signatures existed is decoded once more.
 
 `fill` checks hits in the calling process (a stat, a hash and a size check per file: no
 decoding, no pool start-up), then decodes the misses on all cores. Pool choice, measured by
@@ -53,10 +56,17 @@ def default_workers() -> int:
 def preprocess(path: str | Path, size: int, frame: int | None, resize: str, voi: str = "stored",
                notes: list[str] | None = None) -> np.ndarray:
     """decode → 3 channels → resize by `resize` policy: float32 size×size×3 in [0, 1]."""
+    return preprocess_with_signature(path, size, frame, resize, voi, notes)[0]
+
+
+def preprocess_with_signature(path: str | Path, size: int, frame: int | None, resize: str, voi: str = "stored",
+                              notes: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(the model input as `preprocess` makes it, the copy signature of the decoded image)."""
+    from nfx.data.copies import signature
     from nfx.data.resize import resize as resize_to
 
     img = decode_file(Path(path), frame=frame, voi=voi, notes=notes)
-    return resize_to(intensity.to_channels(img, 3), size, resize)
+    return resize_to(intensity.to_channels(img, 3), size, resize), signature(img)
 
 
 def _reason(e: BaseException) -> str:
@@ -99,9 +109,11 @@ class ImageCache:
 
     def _is_hit(self, e: Path) -> bool:
         try:
-            return e.stat().st_size >= self._min_bytes
+            return e.stat().st_size >= self._min_bytes and sig_of(e).stat().st_size >= SIG_BYTES
         except OSError:
             return False
+
+
 
     def get(self, path: str | Path) -> np.ndarray:
         """The cached array (decoding and storing it on a miss)."""
@@ -111,7 +123,9 @@ class ImageCache:
                 return np.load(e)
             except (OSError, ValueError):
                 pass  # damaged entry: rebuild it
-        arr = preprocess(path, self.size, self.frame, self.resize, self.voi, notes=[]).astype(np.float16)
+        arr, sig = preprocess_with_signature(path, self.size, self.frame, self.resize, self.voi, notes=[])
+        arr = arr.astype(np.float16)
+        self._store(sig_of(e), sig)
         self._store(e, arr)
         return arr
 
@@ -196,6 +210,30 @@ def note_of(entry: Path) -> Path:
     return entry.with_suffix(".note")
 
 
+def signatures(entries: Sequence[Path]) -> np.ndarray:
+    """The copy signatures (N×16×16 float16) beside filled cache entries. One that cannot be read
+    (damaged since `fill`) reads as a signature without contrast, which is never grouped."""
+    from nfx.data.copies import LOW
+
+    out = np.zeros((len(entries), LOW, LOW), dtype=np.float16)
+    for i, e in enumerate(entries):
+        try:
+            a = np.load(sig_of(e), allow_pickle=False)
+            if a.shape == (LOW, LOW) and np.isfinite(a).all():
+                out[i] = a
+        except (OSError, ValueError):
+            pass
+    return out
+
+
+def sig_of(entry: Path) -> Path:
+    """The copy signature beside a cache entry."""
+    return entry.with_suffix(".sig.npy")
+
+
+SIG_BYTES = 16 * 16 * 2 + 64  # a float16 16×16 .npy
+
+
 def _decode_one(args: tuple[str, int, int | None, str, str, int, str]) -> tuple[int, str | None, str | None]:
     """Decode one file into the cache (module level: runs in worker processes too)."""
     cache_dir, size, frame, resize, voi, i, path = args
@@ -203,13 +241,15 @@ def _decode_one(args: tuple[str, int, int | None, str, str, int, str]) -> tuple[
     notes: list[str] = []
     try:
         e = cache.entry(path)
-        arr = preprocess(path, size, frame, resize, voi, notes=notes).astype(np.float16)
+        arr, sig = preprocess_with_signature(path, size, frame, resize, voi, notes=notes)
+        arr = arr.astype(np.float16)
     except Exception as err:
         return i, None, _reason(err)
     try:
         if notes:  # a tolerated defect (nfx.data.dicom): kept beside the entry, reported on every use
             e.parent.mkdir(parents=True, exist_ok=True)
             note_of(e).write_text("; ".join(notes))
+        cache._store(sig_of(e), sig)  # first: an entry without its signature is a miss
         cache._store(e, arr)  # the atomic writer removes its temp file on failure
     except OSError as err:
         if err.errno in MACHINE_ERRNOS:  # the cache's disk, not the image: never a bad file; ends the map

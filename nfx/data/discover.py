@@ -158,6 +158,7 @@ def discover(
     else:
         items, bad, user_splits = _from_folders(root)
         where = str(root)
+        notes += layout_notes(root)
 
     samples = _resolve_patients(items, regex, bad, workers, on_progress)
     if pseudonymise:
@@ -188,6 +189,28 @@ def discover(
             f"sub-folders, e.g. {root}/normal/ and {root}/glaucoma/"
         )
     return Discovery(str(root), samples, classes, sorted(bad), user_splits, n_files, notes)
+
+
+def layout_notes(root: Path) -> list[str]:
+    """A warning when the class folders themselves hold the same label-like sub-folders
+    (DATA/png/{glaucoma,normal} and DATA/dicom/{glaucoma,normal}): the "classes" are then formats
+    or sites, and the user probably meant one of those folders."""
+    def subfolders(d: Path) -> set[str]:
+        return {c.name for c in d.iterdir() if c.is_dir() and not c.name.startswith(".")}
+
+    try:
+        tops = [d for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")
+                and d.name.lower() not in SPLIT_DIRS]
+        inner = {d.name: subfolders(d) for d in tops}
+    except OSError:
+        return []
+    shared = set.intersection(*inner.values()) if len(inner) >= 2 else set()
+    if len(shared) < 2:
+        return []
+    names = ", ".join(f"{n}/" for n in sorted(shared))
+    first = tops[0].name
+    return [f"the class folders {', '.join(d.name + '/' for d in tops)} each contain the same label-like folders "
+            f"({names}): they look like formats or sites, not classes; did you mean {root / first}?"]
 
 
 def _compile(patient_regex: str | None) -> re.Pattern | None:

@@ -73,17 +73,72 @@ def find_leaks(groups: Sequence[str], splits: Sequence[str]) -> dict[str, set[st
     return {g: s for g, s in seen.items() if len(s) > 1 and g.startswith("patient:")}
 
 
-def check_no_leaks(groups: Sequence[str], splits: Sequence[str], allow: bool = False) -> list[str]:
-    """Raise (or, with allow=True, return the list of) patients found in two splits."""
+def check_no_leaks(groups: Sequence[str], splits: Sequence[str], allow: bool = False,
+                   paths: Sequence[str] | None = None) -> list[str]:
+    """Raise (or, with allow=True, return the list of) patients found in two splits. With `paths`,
+    the error names, for each patient shown, one file on each side, so a user who only sees
+    pseudonyms can find and move them."""
     leaks = find_leaks(groups, splits)
     names = sorted(g.split(":", 1)[1] for g in leaks)
     if leaks and not allow:
-        shown = ", ".join(names[:5]) + (" …" if len(names) > 5 else "")
+        shown_ids = names[:3]
+        if paths is not None:
+            parts = []
+            for name in shown_ids:
+                idx = [i for i, g in enumerate(groups) if g == f"patient:{name}"]
+                sides = {}
+                for i in idx:
+                    sides.setdefault(splits[i], paths[i])
+                parts.append(f"{name}: " + " vs ".join(f"{sp} {f}" for sp, f in sorted(sides.items())))
+            shown = "; ".join(parts)
+        else:
+            shown = ", ".join(shown_ids)
+        more = f"; and {len(names) - len(shown_ids)} more" if len(names) > len(shown_ids) else ""
         raise DataError(
-            f"{len(names)} patient(s) appear in more than one split ({shown}); "
+            f"{len(names)} patient(s) appear in more than one split ({shown}{more}); "
             "move all of a patient's images into one split, or pass --allow-patient-leak"
         )
     return names
+
+
+def merge_copy_groups(groups: Sequence[str], copy_of: Sequence[int]) -> list[str]:
+    """Split groups that keep copies together: items joined when they share a group (patient) or
+    are copies of one image (`copy_of[i]`: the first index of i's copy group), transitively."""
+    parent = list(range(len(groups)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first: dict[str, int] = {}
+    for i, g in enumerate(groups):
+        j = first.setdefault(g, i)
+        parent[find(i)] = find(j)
+    for i, c in enumerate(copy_of):
+        a, b = find(i), find(int(c))
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+    return [groups[find(i)] for i in range(len(groups))]
+
+
+def copy_sets(copy_of: Sequence[int]) -> list[list[int]]:
+    """Copy groups of two or more items, as index lists in order."""
+    sets: dict[int, list[int]] = defaultdict(list)
+    for i, c in enumerate(copy_of):
+        sets[int(c)].append(i)
+    return [m for _, m in sorted(sets.items()) if len(m) > 1]
+
+
+def copy_label_conflicts(labels: Sequence[str], copy_of: Sequence[int]) -> list[list[int]]:
+    """Copy groups whose members carry different labels."""
+    return [m for m in copy_sets(copy_of) if len({labels[i] for i in m}) > 1]
+
+
+def copy_straddles(splits: Sequence[str], copy_of: Sequence[int]) -> list[list[int]]:
+    """Copy groups whose members sit in different splits."""
+    return [m for m in copy_sets(copy_of) if len({splits[i] for i in m}) > 1]
 
 
 def assign_splits(
@@ -93,6 +148,8 @@ def assign_splits(
     valid_pct: float,
     seed: int,
     allow_leak: bool = False,
+    split_groups: Sequence[str] | None = None,
+    paths: Sequence[str] | None = None,
 ) -> tuple[list[str], list[str]]:
     """Final 'train' / 'valid' / 'test' per item and the patients found in two splits.
 
@@ -101,19 +158,22 @@ def assign_splits(
     - User splits without 'valid' (e.g. train/ and test/ only): user 'test' stays test (never
       trained on or used for model selection); validation is carved out of the rest, grouped.
     A patient in two splits is a DataError unless allow_leak (then it is returned, for the
-    caller to warn about and record).
+    caller to warn about and record). `split_groups` (default `groups`): what the grouped split
+    keeps together — patients joined with copy groups (`merge_copy_groups`); the leak check
+    always uses the patient `groups`.
     """
+    split_groups = groups if split_groups is None else split_groups
     if not (len(labels) == len(groups) == len(user_splits)):
         raise ValueError("labels, groups and user_splits differ in length")
     final: list[str | None] = list(user_splits)
     has_valid = "valid" in final
     pool = [i for i, s in enumerate(final) if s is None or (s == "train" and not has_valid)]
     if pool and not has_valid:
-        sub = grouped_stratified_split([labels[i] for i in pool], [groups[i] for i in pool], valid_pct, seed)
+        sub = grouped_stratified_split([labels[i] for i in pool], [split_groups[i] for i in pool], valid_pct, seed)
         for i, s in zip(pool, sub, strict=True):
             final[i] = s
     out = [s or "train" for s in final]
-    leaks = check_no_leaks(groups, out, allow=allow_leak) if any(user_splits) else []
+    leaks = check_no_leaks(groups, out, allow=allow_leak, paths=paths) if any(user_splits) else []
     return out, leaks
 
 

@@ -57,7 +57,9 @@ def _finetune(cfg: RunConfig, printer: Printer) -> RunResult:
     prep = prepare(cfg, len(disc.classes), printer)
     cfg, run_dir = create_run_folder(prep.cfg, prep.precision)
     samples, entries = ingest(cfg, disc, run_dir, printer)
-    split_of = split(cfg, samples, printer, run_dir)
+    from nfx.data.cache import signatures
+
+    split_of = split(cfg, samples, printer, run_dir, sigs=signatures(entries))
     counts = write_splits(samples, split_of, run_dir, printer)
     train, valid = select(cfg, samples, entries, split_of, disc.classes)
     info = ModelInfo(arch=cfg.model.arch, classes=tuple(disc.classes), weights_source=prep.weights_source,

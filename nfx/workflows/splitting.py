@@ -8,15 +8,54 @@ from nfx import runs
 from nfx.config import RunConfig
 from nfx.console import Printer
 from nfx.data.split import split_counts
+from nfx.errors import DataError
 
 
-def split(cfg: RunConfig, samples, printer: Printer, run_dir: Path | None = None) -> list[str]:
-    """train / valid / test per sample: user splits kept (leak-checked), the rest grouped by
-    patient and stratified by label. Writes split_summary.json (patients per split, leaks)."""
-    from nfx.data.split import assign_splits, group_keys, split_summary
+def _pair(samples, members: list[int]) -> str:
+    a, b = members[0], members[1]
+    return f"{samples[a].path} ({samples[a].label}) ≈ {samples[b].path} ({samples[b].label})"
+
+
+def check_copies(cfg: RunConfig, samples, sigs, printer: Printer) -> tuple[list[int], dict]:
+    """Copy groups (nfx.data.copies) of the samples: per sample the first index of its group,
+    and the summary recorded in split_summary.json. Copies under different labels are a
+    DataError unless --allow-duplicate-leak (then warned and recorded)."""
+    from nfx.data.copies import THRESHOLD, group_copies
+    from nfx.data.split import copy_label_conflicts, copy_sets
+
+    if sigs is None:
+        return list(range(len(samples))), {"checked": False}
+    groups = group_copies(sigs)
+    copy_of = groups.group.tolist()
+    sets = copy_sets(copy_of)
+    conflicts = copy_label_conflicts([s.label for s in samples], copy_of)
+    summary = {"checked": True, "threshold": THRESHOLD, "groups": len(sets),
+               "images_in_groups": sum(len(m) for m in sets), "no_contrast": int(groups.flat.sum()),
+               "label_conflicts": len(conflicts),
+               "examples": [[samples[i].path for i in m[:4]] for m in sets[:5]]}
+    if conflicts:
+        n_img = sum(len(m) for m in conflicts)
+        msg = (f"{len(conflicts)} group(s) of copies of one image carry different labels ({n_img} images; "
+               f"e.g. {_pair(samples, conflicts[0])})")
+        if not cfg.data.allow_duplicate_leak:
+            raise DataError(f"{msg}; correct the labels or remove the copies, or pass --allow-duplicate-leak")
+        printer.warn(f"{msg}; allowed by --allow-duplicate-leak, recorded in split_summary.json")
+    if sets:
+        printer.info(f"copies: {summary['images_in_groups']} images are copies of another (other size, encoding, "
+                     f"window, rotation or mirror) in {len(sets)} group(s); each group stays in one split")
+    return copy_of, summary
+
+
+def split(cfg: RunConfig, samples, printer: Printer, run_dir: Path | None = None, sigs=None) -> list[str]:
+    """train / valid / test per sample: user splits kept (leak-checked for patients and copies),
+    the rest grouped by patient and copy group and stratified by label. `sigs`: the samples'
+    copy signatures (ImageCache.signatures); None skips the copy check. Writes
+    split_summary.json (patients per split, leaks, copies)."""
+    from nfx.data.split import assign_splits, copy_straddles, group_keys, merge_copy_groups, split_summary
 
     patients = [s.patient for s in samples]
     groups = group_keys([s.path for s in samples], patients)
+    copy_of, copies = check_copies(cfg, samples, sigs, printer)
     n_with = sum(1 for p in patients if p)
     if n_with == 0:
         printer.warn(
@@ -28,7 +67,18 @@ def split(cfg: RunConfig, samples, printer: Printer, run_dir: Path | None = None
                      "each of those is its own group in the split")
     user = [s.split for s in samples]
     splits, leaks = assign_splits([s.label for s in samples], groups, user, cfg.data.valid_pct,
-                                  cfg.train.seed, allow_leak=cfg.data.allow_patient_leak)
+                                  cfg.train.seed, allow_leak=cfg.data.allow_patient_leak,
+                                  split_groups=merge_copy_groups(groups, copy_of), paths=[s.path for s in samples])
+    straddle = copy_straddles(splits, copy_of)
+    copies["across_splits"] = len(straddle)
+    if straddle:
+        msg = (f"{len(straddle)} group(s) of copies of one image sit in different splits (e.g. "
+               f"{_pair(samples, straddle[0])})")
+        if not cfg.data.allow_duplicate_leak:
+            raise DataError(f"{msg}; move each image's copies into one split (or delete them), or pass "
+                            "--allow-duplicate-leak")
+        printer.warn(f"{msg}; allowed by --allow-duplicate-leak, recorded in split_summary.json: metrics will be "
+                     "optimistic")
     if leaks:
         shown = ", ".join(leaks[:5]) + (" …" if len(leaks) > 5 else "")
         printer.warn(f"{len(leaks)} patient(s) appear in more than one split ({shown}); allowed by "
@@ -44,6 +94,8 @@ def split(cfg: RunConfig, samples, printer: Printer, run_dir: Path | None = None
             "splits": split_summary([s.label for s in samples], patients, splits),
             "patient_leaks": leaks,
             "allow_patient_leak": cfg.data.allow_patient_leak,
+            "copies": copies,
+            "allow_duplicate_leak": cfg.data.allow_duplicate_leak,
         }
         runs.atomic_write_json(run_dir / runs.SPLIT_SUMMARY, summary)
     return splits

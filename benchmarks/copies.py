@@ -1,0 +1,365 @@
+"""Copy detection measured on real images: recall per transformation, false matches between
+distinct images and neighbouring frames, the threshold sweep, and the grouping speed at scale.
+
+    python benchmarks/copies.py [--bases 80] [--scale 100000] [--no-write]
+
+Labelled set (nothing committed; built in a temp folder from files a package ships):
+- bases: distinct real images — the brain MRI set of benchmarks/real_data.py (byte-identical
+  files dropped) and every single-frame image of pydicom's and pydicom-data's test files.
+- positives: each of `--bases` bases re-saved by nfx's own decode path after one transformation
+  (PNG at 0.5× and 2×, JPEG q70/q90, 16-bit PNG, a new window (linear stretch clipping 2 % each
+  end), a crop of 4 px on two sides, 90°/180°/270° rotation, mirror, DICOM uncompressed 16-bit
+  with a window, DICOM RLE); plus pydicom-data's own re-encodings of one picture (same file family
+  and shape, e.g. MR_small vs MR_small_RLE / _jp2klossless).
+- negatives: every pair of distinct bases (pydicom files of one family excluded: they are the
+  same picture in other encodings), and neighbouring frames of pydicom-data's multi-frame files
+  (the closest thing to neighbouring slices of one patient available here).
+Writes docs/COPIES.md and the "Copy grouping" sub-section of docs/BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+
+from _doc import ROOT, cpu_name, write_subsection  # noqa: E402
+
+
+# pydicom-data files that hold one picture in other encodings, sizes or LUTs (names and shapes say
+# so: pydicom's docs list US1_* / examples_* as one ultrasound frame, SC_* as one test picture)
+SAME_PICTURE = {"us1": "us", "examples_jpeg2k": "us", "examples_rgb": "us", "examples_ybr": "us3d",
+                "color3d_jpeg": "us3d", "color-pl": "color-p", "color-px": "color-p", "liver": "liver",
+                "liver_expb": "liver", "liver_1frame": "liver", "liver_expb": "liver", "mlut_18": "lut",
+                "vlut_04": "lut", "jpeg2000": "jpg1024", "jpgextended": "jpg1024", "sc": "sc",
+                "gdcm-us-aloka-16": "aloka", "gdcm-us-aloka-16_big": "aloka", "emri_small": "emri"}
+
+
+def _family(p: Path) -> str:
+    stem = p.stem.lower()
+    for k in sorted(SAME_PICTURE, key=len, reverse=True):
+        if stem == k or stem.startswith(k + "_") or stem.startswith(k + "."):
+            return SAME_PICTURE[k]
+    parts = stem.split("_")
+    return "_".join(parts[:2])
+
+
+def _bases():
+    import real_data
+
+    from nfx.data.images import decode_file
+
+    warnings.filterwarnings("ignore")
+    out = []  # (name, family, float image, source path)
+    seen = set()
+    for f in sorted(real_data.brain_mri().rglob("*")):
+        if not f.is_file():
+            continue
+        h = hashlib.sha256(f.read_bytes()).hexdigest()
+        if h in seen:
+            continue
+        seen.add(h)
+        try:
+            out.append((f"mri/{f.parent.name}/{f.name}", f"mri:{f.name}", decode_file(f, voi="minmax"), f))
+        except Exception:
+            pass
+    multi = []
+    for f in real_data._dicom_sources():
+        try:
+            import pydicom
+
+            ds = pydicom.dcmread(f, stop_before_pixels=True)
+            nf = int(getattr(ds, "NumberOfFrames", 1) or 1)
+        except Exception:
+            continue
+        try:
+            img = decode_file(f, voi="minmax", frame=0 if nf > 1 else None)
+        except Exception:
+            continue
+        if min(img.shape[:2]) < 64 or img.std() < 1e-3:
+            continue
+        if nf > 1:
+            multi.append((f, nf))
+        out.append((f"dicom/{f.name}", f"dcm:{_family(f)}", img, f))
+    return out, multi
+
+
+def _save_png(img: np.ndarray, path: Path, bits: int = 8) -> Path:
+    from PIL import Image
+
+    a = img if img.ndim == 2 else (img[..., 0] if img.shape[2] == 1 else img)
+    if bits == 16:
+        g = a.mean(axis=2) if a.ndim == 3 else a
+        Image.fromarray((g * 65535).round().astype(np.uint16)).save(path)
+    else:
+        Image.fromarray((a * 255).round().astype(np.uint8)).save(path)
+    return path
+
+
+def _save_jpeg(img: np.ndarray, path: Path, q: int) -> Path:
+    from PIL import Image
+
+    a = img[..., 0] if img.shape[2] == 1 else img
+    Image.fromarray((a * 255).round().astype(np.uint8)).save(path, quality=q)
+    return path
+
+
+def _save_dicom(img: np.ndarray, path: Path, rle: bool) -> Path:
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import RLELossless, generate_uid
+
+    g = img.mean(axis=2) if img.ndim == 3 else img
+    raw = (g * 4095).round().astype(np.uint16)
+    ds = pydicom.Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds.Modality = "OT"
+    ds.Rows, ds.Columns = raw.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.WindowCenter, ds.WindowWidth = 1900, 3600  # a window that clips both ends a little
+    ds.PixelData = raw.tobytes()
+    if rle:
+        ds.compress(RLELossless, raw)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _stretch(img: np.ndarray) -> np.ndarray:
+    lo, hi = np.percentile(img, (2, 98))
+    return np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1).astype(np.float32)
+
+
+def _resized(img: np.ndarray, f: float) -> np.ndarray:
+    import cv2
+
+    h, w = img.shape[:2]
+    out = cv2.resize(img, (max(8, round(w * f)), max(8, round(h * f))),
+                     interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_CUBIC)
+    return out if out.ndim == 3 else out[..., None]
+
+
+TRANSFORMS = {
+    "resize 0.5× (PNG)": lambda im, d: _save_png(_resized(im, 0.5), d / "a.png"),
+    "resize 2× (PNG)": lambda im, d: _save_png(np.clip(_resized(im, 2.0), 0, 1), d / "a.png"),
+    "JPEG q70": lambda im, d: _save_jpeg(im, d / "a.jpg", 70),
+    "JPEG q90": lambda im, d: _save_jpeg(im, d / "a.jpg", 90),
+    "16-bit PNG": lambda im, d: _save_png(im, d / "a.png", bits=16),
+    "new window (2–98 % stretch)": lambda im, d: _save_png(_stretch(im), d / "a.png"),
+    "crop 4 px (top, left)": lambda im, d: _save_png(im[4:, 4:], d / "a.png"),
+    "rotate 90°": lambda im, d: _save_png(np.ascontiguousarray(np.rot90(im, 1)), d / "a.png"),
+    "rotate 180°": lambda im, d: _save_png(np.ascontiguousarray(np.rot90(im, 2)), d / "a.png"),
+    "rotate 270°": lambda im, d: _save_png(np.ascontiguousarray(np.rot90(im, 3)), d / "a.png"),
+    "mirror": lambda im, d: _save_png(np.ascontiguousarray(im[:, ::-1]), d / "a.png"),
+    "DICOM 12-bit + window": lambda im, d: _save_dicom(im, d / "a.dcm", rle=False),
+    "DICOM RLE 12-bit + window": lambda im, d: _save_dicom(im, d / "a.dcm", rle=True),
+}
+
+
+def measure(n_bases: int) -> dict:
+    from nfx.data import copies
+    from nfx.data.images import decode_file
+
+    bases, multi = _bases()
+    sigs = np.stack([copies.signature(b[2]) for b in bases])
+    rng = np.random.default_rng(0)
+    pick = sorted(rng.choice(len(bases), size=min(n_bases, len(bases)), replace=False).tolist())
+    pos: dict[str, list[float]] = {k: [] for k in TRANSFORMS}
+    pos_sigs, pos_of = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in pick:
+            for name, make in TRANSFORMS.items():
+                d = Path(tmp) / f"{i}-{len(pos_of)}"
+                d.mkdir()
+                s = copies.signature(decode_file(make(bases[i][2], d), voi="minmax"))
+                pos[name].append(copies.correlation(sigs[i], s))
+                pos_sigs.append(s)
+                pos_of.append((i, name))
+    # pydicom-data's own re-encodings of one picture
+    fam: dict[str, list[int]] = {}
+    for k, b in enumerate(bases):
+        fam.setdefault(b[1], []).append(k)
+    enc = []
+    for ks in fam.values():
+        for a in range(len(ks)):
+            for b in range(a + 1, len(ks)):
+                ia, ib = ks[a], ks[b]
+                if bases[ia][1].startswith("dcm:") and bases[ia][2].shape[:2] == bases[ib][2].shape[:2]:
+                    enc.append((ia, ib, copies.correlation(sigs[ia], sigs[ib])))
+    pos["DICOM re-encodings in pydicom-data"] = [c for _, _, c in enc]
+    # negatives: distinct bases (all pairs, best orientation), and neighbouring frames
+    v, ok = copies.unit_vectors(sigs)
+    flat = v.reshape(len(v), -1)
+    best = np.full((len(v), len(v)), -1.0, dtype=np.float32)
+    for o in copies.orientations(v):
+        best = np.maximum(best, o.reshape(len(v), -1) @ flat.T)
+    fams = np.array([b[1] for b in bases])
+    same = fams[:, None] == fams[None, :]
+    iu = np.triu_indices(len(v), 1)
+    mri = np.array([b[1].startswith("mri:") for b in bases])
+    neg_pairs = [(a, b) for a, b in zip(*iu, strict=True) if not same[a, b] and ok[a] and ok[b]]
+    neg = {
+        "distinct MRI slices (byte-distinct files)": [float(best[a, b]) for a, b in neg_pairs if mri[a] and mri[b]],
+        "distinct DICOM images (other files)": [float(best[a, b]) for a, b in neg_pairs if not mri[a] and not mri[b]],
+        "MRI vs DICOM": [float(best[a, b]) for a, b in neg_pairs if mri[a] != mri[b]],
+    }
+    slices, cine, done = [], [], set()
+    for f, nf in multi:
+        if _family(f) in done:  # one picture in several encodings: count its frames once
+            continue
+        done.add(_family(f))
+        try:
+            fr = [copies.signature(decode_file(f, voi="minmax", frame=k)) for k in range(min(nf, 30))]
+        except Exception:
+            continue
+        c = [copies.correlation(fr[k], fr[k + 1]) for k in range(len(fr) - 1)]
+        (slices if _family(f) == "emri" else cine).extend(c)
+    neg["neighbouring MR slices (emri_small, 10 slices)"] = slices
+    frames_note = cine
+    high_mri = sorted(((float(best[a, b]), bases[a][0], bases[b][0]) for a, b in neg_pairs
+                       if mri[a] and mri[b] and best[a, b] >= 0.9), reverse=True)
+    # the candidate search: does group_copies find every positive pair?
+    all_sigs = np.concatenate([sigs, np.stack(pos_sigs)])
+    t = time.perf_counter()
+    g = copies.group_copies(all_sigs)
+    secs = time.perf_counter() - t
+    found = sum(1 for k, (i, _) in enumerate(pos_of) if g.group[len(bases) + k] == g.group[i])
+    above = sum(1 for k, (i, name) in enumerate(pos_of) if pos[name][pick.index(i)] >= copies.THRESHOLD)
+    return {"bases": len(bases), "n_mri": int(mri.sum()), "picked": len(pick), "pos": pos, "neg": neg,
+            "high_mri": high_mri, "lsh_found": found, "lsh_above": above, "n_pos": len(pos_of),
+            "group_seconds": secs, "candidates": g.candidates, "sigs": sigs, "cine": frames_note}
+
+
+def sweep(res: dict) -> list[tuple[float, float, float]]:
+    pos = [c for v in res["pos"].values() for c in v]
+    neg = [c for v in res["neg"].values() for c in v]
+    out = []
+    for t in (0.85, 0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99):
+        tp = sum(c >= t for c in pos)
+        fp = sum(c >= t for c in neg)
+        out.append((t, tp / len(pos), tp / max(tp + fp, 1), fp))
+    return out
+
+
+def scale(n: int, real: np.ndarray, seed: int = 0) -> dict:
+    """Grouping time and memory for n signatures shaped like a real set: each new "image" mixes two
+    real signatures (random weights) plus noise, so the set is as homogeneous as real images are;
+    5 % of them are re-saved copies (contrast change + noise) of another."""
+    import resource
+
+    from nfx.data import copies
+
+    rng = np.random.default_rng(seed)
+    real = real.astype(np.float32)
+    n_orig = int(n * 0.95)
+    a, b = rng.integers(0, len(real), n_orig), rng.integers(0, len(real), n_orig)
+    w = rng.uniform(0.2, 0.8, (n_orig, 1, 1)).astype(np.float32)
+    sig = np.empty((n, copies.LOW, copies.LOW), np.float32)
+    scale_ = np.abs(real).mean()
+    sig[:n_orig] = w * real[a] + (1 - w) * real[b] + rng.standard_normal((n_orig, copies.LOW, copies.LOW)) * scale_ * 0.3
+    src = rng.integers(0, n_orig, n - n_orig)
+    sig[n_orig:] = sig[src] * 0.8 + rng.standard_normal((n - n_orig, copies.LOW, copies.LOW)).astype(np.float32) * scale_ * 0.01
+    sig = sig.astype(np.float16)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t = time.perf_counter()
+    g = copies.group_copies(sig)
+    secs = time.perf_counter() - t
+    found = float(np.mean(g.group[n_orig:] == g.group[src]) * 100)
+    return {"n": n, "seconds": secs, "copies_found_pct": round(found, 1), "candidates": g.candidates,
+            "groups": len(g.members()), "rss_growth_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024}
+
+
+def _fmt(v: list[float], t: float) -> str:
+    if not v:
+        return "| – | – | – |"
+    a = np.array(v)
+    return f"| {len(a)} | {np.mean(a >= t):.3f} | {a.min():.3f} | {np.median(a):.3f} | {a.max():.3f} |"
+
+
+def render(res: dict, sw, sc: list[dict], cmd: str) -> str:
+    from nfx.data import copies
+
+    t = copies.THRESHOLD
+    lines = [
+        "# Finding copies of one image: measured precision and recall",
+        "",
+        f"Command: `{cmd}` — {cpu_name()}, {time.strftime('%Y-%m-%d')}. Signature: nfx.data.copies "
+        f"(32×32 grey thumbnail, 16×16 low-frequency DCT, best of 8 orientations); threshold **{t}** "
+        "(correlation of the low-passed thumbnails).",
+        "",
+        f"Bases: {res['bases']} distinct real images ({res['n_mri']} byte-distinct brain MRI files of "
+        "benchmarks/real_data.py, the rest single-frame images of pydicom's and pydicom-data's test files); "
+        f"{res['picked']} of them re-saved by each transformation and decoded by nfx.",
+        "",
+        "## Copies (must match): recall at the threshold",
+        "",
+        "| transformation | pairs | recall | min corr | median | max |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [f"| {k} {_fmt(v, t)}" for k, v in res["pos"].items()]
+    lines += ["", "## Distinct images (must stay apart): share at or above the threshold", "",
+              "| pairs of | pairs | matched (false) | min corr | median | max |", "|---|---|---|---|---|---|"]
+    lines += [f"| {k} {_fmt(v, t)}" for k, v in res["neg"].items()]
+    if res["cine"]:
+        c = np.array(res["cine"])
+        lines += ["", f"Not counted as negatives: {len(c)} neighbouring frames of the other multi-frame files (ultrasound "
+                  f"cine loops, 2-frame test files): correlation {c.min():.3f}–{c.max():.3f}, {np.mean(c >= t):.0%} "
+                  "grouped. Cine frames of a still probe are near-identical pictures of one patient; grouping them "
+                  "keeps them on one side of the split, which is what a patient split does too."]
+    lines += ["", "## Threshold sweep (all pairs above)", "",
+              "| threshold | recall | precision | false pairs |", "|---|---|---|---|"]
+    lines += [f"| {a} | {b:.4f} | {c:.4f} | {d} |" for a, b, c, d in sw]
+    lines += ["", f"Candidate search (every pair up to {copies.EXACT_MAX} images, 8 orientations): it put "
+              f"{res['lsh_found']} of the {res['lsh_above']} transformed copies whose correlation is above the "
+              f"threshold into their base's group ({res['n_pos']} transformed files + {res['bases']} bases grouped in "
+              f"{res['group_seconds']:.2f} s, {res['candidates']} candidate pairs confirmed).", ""]
+    if res["high_mri"]:
+        lines += ["Byte-distinct MRI pairs at correlation ≥ 0.9 (the set ships re-saved copies, so the highest of "
+                  "these are real copies — inspect them before calling them false):", "",
+                  "| corr | file | file |", "|---|---|---|"]
+        lines += [f"| {c:.3f} | {a} | {b} |" for c, a, b in res["high_mri"][:15]]
+        lines.append("")
+    lines += ["## Grouping at scale", "", "| images | seconds | copies found | candidate pairs | groups | RSS growth MB |",
+              "|---|---|---|---|---|---|"]
+    lines += [f"| {s['n']} | {s['seconds']:.2f} | {s['copies_found_pct']} % | {s['candidates']} | {s['groups']} | "
+              f"{s['rss_growth_mb']:.0f} |" for s in sc]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bases", type=int, default=80)
+    ap.add_argument("--scale", default="10000,100000")
+    ap.add_argument("--no-write", action="store_true")
+    a = ap.parse_args()
+    res = measure(a.bases)
+    sw = sweep(res)
+    sc = [scale(int(n), res["sigs"]) for n in a.scale.split(",") if n]
+    cmd = "python benchmarks/copies.py" + (f" --bases {a.bases}" if a.bases != 80 else "")
+    text = render(res, sw, sc, cmd)
+    print(text)
+    if not a.no_write:
+        (ROOT / "docs" / "COPIES.md").write_text(text)
+        body = "\n".join(text.split("## Grouping at scale", 1)[1].strip().splitlines()) + "\n"
+        write_subsection("Copy grouping", "CPU", f"`{cmd}` ({cpu_name()}): nfx.data.copies.group_copies on "
+                         "synthetic signatures (5 % copies).\n\n" + body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,266 @@
+"""Copies of one image (other size, encoding, bit depth, window, a few pixels of crop, a 90°/180°
+rotation or a mirror) found from decoded pixels, and grouped (pure numpy).
+
+Public medical sets hold re-saved copies of one image; a split that puts two copies on both
+sides validates on a training image. This module owns:
+
+- the **signature** of a decoded image (float32 H×W×C in [0, 1], after VOI): the grey image
+  squished to a 32×32 thumbnail (area averaging), its 2-D DCT-II (orthonormal) and the 16×16
+  lowest frequencies kept (256 numbers, stored as float16 beside the decode-cache entry). Because
+  the DCT is orthonormal, the dot product of two signatures with the DC term removed and scaled to
+  unit length is the Pearson correlation of the two *low-passed* thumbnails: invariant to any
+  linear change of brightness/contrast (window, bit depth), and blind to the pixel-level noise of
+  JPEG re-encoding and resampling. A mirror multiplies coefficient k of the flipped axis by
+  (-1)^k and a transpose swaps the axes, so the 8 rotations/mirrors of a signature are sign
+  flips and a transpose of it: no image is decoded or resized again to compare orientations.
+- the **candidate search**: unit signatures whose correlation is c lie sqrt(2 − 2c) apart, and a
+  linear projection never lengthens a distance; so a k-d tree range search on the data's
+  `SEARCH_DIMS` principal directions finds every pair above the threshold (exact recall, no
+  random misses) without looking at all pairs; each image is looked up in all 8 orientations.
+  Memory is linear in the number of images; only confirmed pairs are kept.
+- the **confirmation**: the best correlation over the 8 orientations ≥ `THRESHOLD`, chosen from
+  the labelled real-image set in docs/COPIES.md (`python benchmarks/copies.py`).
+- **grouping**: union-find over confirmed pairs (copies of copies are one group).
+
+ImageHash was considered (the issue asks to prefer a kept library): its hashes take PIL images,
+so nfx's float arrays after VOI would be quantised to 8 bit first, and a mirrored or rotated copy
+needs 8 re-hashes of 8 re-made PIL images; its 64-bit pHash alone is also the measure that
+PITFALLS.md quotes at recall 0.08 on transformed copies. The DCT of a 32×32 thumbnail is a few
+lines of numpy, works on the float arrays directly and gives the confirmation measure too.
+
+Images with almost no contrast (a blank frame) carry no signature and are never grouped.
+Must not import torch, fastai or pydicom.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+THUMB = 32  # thumbnail side (px)
+LOW = 16  # DCT block kept as the signature: LOW×LOW coefficients
+EXACT_MAX = 5_000  # up to this many images every pair is compared (blocked matrix products)
+HASH_BITS = 64  # beyond: principal-coordinate sign bits, multi-index hashed in 16-bit quarters
+THRESHOLD = 0.95  # correlation of the low-passed thumbnails (docs/COPIES.md)
+FLAT_STD = 0.004  # low-passed thumbnail std below this: no contrast, no signature
+SIG_VERSION = 1
+
+
+def _dct_matrix(n: int) -> np.ndarray:
+    k = np.arange(n)[:, None]
+    x = np.arange(n)[None, :]
+    m = np.cos(np.pi * (2 * x + 1) * k / (2 * n)) * np.sqrt(2.0 / n)
+    m[0] /= np.sqrt(2.0)
+    return m
+
+
+_D = _dct_matrix(THUMB)[:LOW]  # LOW × THUMB
+
+
+def thumbnail(img: np.ndarray) -> np.ndarray:
+    """Grey THUMB×THUMB float32 thumbnail of a decoded image (any H×W[×C])."""
+    import cv2
+
+    a = np.asarray(img, dtype=np.float32)
+    if a.ndim == 3:
+        a = a.mean(axis=2)
+    h, w = a.shape
+    interp = cv2.INTER_AREA if h >= THUMB and w >= THUMB else cv2.INTER_LINEAR
+    return cv2.resize(a, (THUMB, THUMB), interpolation=interp)
+
+
+def signature(img: np.ndarray) -> np.ndarray:
+    """The LOW×LOW low-frequency DCT block of the image's thumbnail, float16."""
+    t = thumbnail(img).astype(np.float64)
+    return (_D @ t @ _D.T).astype(np.float16)
+
+
+def unit_vectors(sigs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N×LOW×LOW float32 signatures with DC removed and unit length, bool mask of usable ones)."""
+    s = np.asarray(sigs, dtype=np.float32).reshape(-1, LOW, LOW).copy()
+    s[:, 0, 0] = 0.0
+    norm = np.sqrt((s.astype(np.float64) ** 2).sum(axis=(1, 2)))
+    ok = norm / THUMB > FLAT_STD  # Parseval: the AC energy is THUMB² × variance
+    s[ok] /= norm[ok, None, None].astype(np.float32)
+    s[~ok] = 0.0
+    return s, ok
+
+
+_SIGN = np.where(np.arange(LOW) % 2 == 0, 1.0, -1.0).astype(np.float32)
+
+
+def orientations(v: np.ndarray) -> list[np.ndarray]:
+    """The 8 rotations/mirrors of signatures (…×n×n DCT blocks, n ≤ LOW): identity, mirrors,
+    180°, transpose-based (90°, 270°, the two diagonal mirrors)."""
+    n = v.shape[-1]
+    s = _SIGN[:n]
+    rows, cols = s[:, None], s[None, :]  # flip along y multiplies row k by (-1)^k; along x column k
+    base = [v, v * cols, v * rows, v * rows * cols]
+    vt = np.swapaxes(v, -1, -2)
+    return base + [vt, vt * cols, vt * rows, vt * rows * cols]
+
+
+def correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Best correlation of two signatures over the 8 orientations (0 when either is flat)."""
+    (va, vb), ok = unit_vectors(np.stack([a, b]))
+    if not ok.all():
+        return 0.0
+    return float(max((o * vb).sum() for o in orientations(va)))
+
+
+class _UnionFind:
+    def __init__(self, n: int):
+        self.parent = np.arange(n)
+
+    def find(self, i: int) -> int:
+        p = self.parent
+        root = i
+        while p[root] != root:
+            root = p[root]
+        while p[i] != root:
+            p[i], i = root, p[i]
+        return int(root)
+
+    def union(self, i: int, j: int) -> None:
+        ri, rj = self.find(i), self.find(j)
+        if ri != rj:
+            self.parent[max(ri, rj)] = min(ri, rj)
+
+
+@dataclass
+class CopyGroups:
+    """group[i]: the index of the first image of i's copy group (i itself when it has no copy)."""
+
+    group: np.ndarray
+    pairs: list[tuple[int, int, float]]  # confirmed (i, j, correlation), i < j
+    flat: np.ndarray  # images with no contrast (never grouped)
+    candidates: int = 0  # pairs confirmed or rejected (the search's work)
+
+    def members(self) -> dict[int, list[int]]:
+        """Groups of two or more images: root → member indices."""
+        out: dict[int, list[int]] = {}
+        for i, g in enumerate(self.group.tolist()):
+            out.setdefault(g, []).append(i)
+        return {g: m for g, m in out.items() if len(m) > 1}
+
+    @property
+    def n_in_groups(self) -> int:
+        return sum(len(m) for m in self.members().values())
+
+
+def _pca(x: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:
+    mu = x.mean(axis=0)
+    xc = (x - mu).astype(np.float64)
+    _, vecs = np.linalg.eigh(xc.T @ xc)
+    return mu, vecs[:, ::-1][:, :dims].astype(np.float32)  # the directions along which the images differ most
+
+
+def _exact_candidates(v: np.ndarray, threshold: float) -> list[tuple[np.ndarray, np.ndarray, int]]:
+    """Every pair above the threshold, by blocked matrix products (exact; used up to EXACT_MAX images)."""
+    n = len(v)
+    x = v.reshape(n, -1)
+    out = []
+    for k, o in enumerate(orientations(v)):
+        q = o.reshape(n, -1)
+        ii, jj = [], []
+        for s in range(0, n, 1024):
+            c = q[s : s + 1024] @ x.T
+            i, j = np.nonzero(c >= threshold - 1e-4)
+            ii.append(i + s)
+            jj.append(j)
+        i, j = np.concatenate(ii), np.concatenate(jj)
+        keep = i < j if k == 0 else i != j
+        out.append((i[keep], j[keep], k))
+    return out
+
+
+def _hashed_candidates(v: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, int]]:
+    """Pairs whose 64-bit codes (signs of the 64 principal coordinates, centred on the data's
+    mean) agree on at least one 16-bit quarter (multi-index hashing): any pair whose codes differ
+    in at most 3 bits is found; copies differ in a few low-variance bits at most."""
+    n = len(v)
+    x = v.reshape(n, -1)
+    mu, proj = _pca(x, HASH_BITS)
+    weights = (1 << np.arange(16, dtype=np.uint32)).astype(np.uint32)
+
+    def keys(a: np.ndarray) -> np.ndarray:
+        bits = ((a - mu) @ proj > 0).reshape(len(a), HASH_BITS // 16, 16).astype(np.uint32)
+        return (bits * weights).sum(axis=2, dtype=np.uint32)
+
+    db = keys(x)
+    out = []
+    for k, o in enumerate(orientations(v)):
+        q = keys(o.reshape(n, -1))
+        for t in range(db.shape[1]):
+            i, j = _equal_keys(db[:, t], q[:, t])
+            keep = i < j if k == 0 else i != j
+            out.append((i[keep], j[keep], k))
+    return out
+
+
+def _equal_keys(db: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(i, j) with q[i] == db[j]."""
+    order = np.argsort(db, kind="stable")
+    sdb = db[order]
+    lo = np.searchsorted(sdb, q, "left")
+    cnt = np.searchsorted(sdb, q, "right") - lo
+    total = int(cnt.sum())
+    i = np.repeat(np.arange(len(q)), cnt)
+    start = np.repeat(lo - np.concatenate([[0], np.cumsum(cnt)[:-1]]), cnt)
+    return i, order[start + np.arange(total)]
+
+
+def group_copies(sigs: np.ndarray | Sequence[np.ndarray], threshold: float = THRESHOLD,
+                 exact_max: int = EXACT_MAX) -> CopyGroups:
+    """Group N signatures (N×LOW×LOW) into copy groups: candidates in 8 orientations (every pair up
+    to `exact_max` images, multi-index hashing beyond), confirmed by the correlation ≥ threshold,
+    joined by union-find."""
+    sigs = np.asarray(sigs)
+    n = len(sigs)
+    if n == 0:
+        return CopyGroups(np.zeros(0, np.int64), [], np.zeros(0, bool))
+    v, ok = unit_vectors(sigs)
+    idx = np.flatnonzero(ok)
+    v = v[idx]
+    uf = _UnionFind(n)
+    best: dict[tuple[int, int], float] = {}
+    examined = 0
+    if len(idx) > 1:
+        flat_v = v.reshape(len(v), -1)
+        oris = orientations(v)
+        found = _exact_candidates(v, threshold) if len(v) <= exact_max else _hashed_candidates(v)
+        for i, j, k in found:
+            examined += len(i)
+            o = oris[k].reshape(len(v), -1)
+            for s in range(0, len(i), 100_000):  # confirm in chunks: memory stays bounded
+                a, b = i[s : s + 100_000], j[s : s + 100_000]
+                c = np.einsum("ij,ij->i", o[a], flat_v[b])
+                hit = c >= threshold
+                for ia, jb, cc in zip(a[hit].tolist(), b[hit].tolist(), c[hit].tolist(), strict=True):
+                    p, r = int(idx[min(ia, jb)]), int(idx[max(ia, jb)])
+                    if cc > best.get((p, r), -1.0):
+                        best[(p, r)] = cc
+                    uf.union(p, r)
+    group = np.array([uf.find(i) for i in range(n)], dtype=np.int64)
+    pairs = sorted((i, j, round(c, 4)) for (i, j), c in best.items())
+    return CopyGroups(group, pairs, ~ok, examined)
+
+
+def cross_matches(query: np.ndarray, ref: np.ndarray, threshold: float = THRESHOLD) -> list[tuple[int, int, float]]:
+    """(query index, ref index, correlation) of each query image that is a copy of a reference
+    image (its best match), e.g. evaluation images that are copies of training images."""
+    q = np.asarray(query)
+    r = np.asarray(ref)
+    if not len(q) or not len(r):
+        return []
+    g = group_copies(np.concatenate([r, q]), threshold)
+    nr = len(r)
+    out: dict[int, tuple[int, float]] = {}
+    for i, j, c in g.pairs:
+        if i < nr <= j:
+            qi = j - nr
+            if qi not in out or c > out[qi][1]:
+                out[qi] = (i, c)
+    return sorted((qi, ri, c) for qi, (ri, c) in out.items())
