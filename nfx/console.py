@@ -216,6 +216,9 @@ def show_inspect(p: Printer, r: dict[str, Any]) -> None:
          f"min {sz['width']['min']}, median {sz['width']['median']}, max {sz['width']['max']}"),
         ("duplicates", f"{len(r['duplicates'])} set(s) of identical files, {len(r['duplicates_across_classes'])} "
                        "across classes"),
+        ("copies", f"{r['copies']['images_in_groups']} images in {r['copies']['groups']} group(s) of copies "
+                   f"(other size/encoding/window/rotation): {r['copies']['within_class']} within a class, "
+                   f"{r['copies']['across_classes']} across classes, {r['copies']['across_splits']} across splits"),
     ]
     p.table("inspect " + r["root"], rows)
     for b in r["bad_files"][:20]:
@@ -224,6 +227,8 @@ def show_inspect(p: Printer, r: dict[str, Any]) -> None:
         p.info(f"… and {len(r['bad_files']) - 20} more bad files (see --json)")
     for g in r["duplicates_across_classes"][:10]:
         p.info("identical, different labels: " + " = ".join(g))
+    for g in r["copies"]["examples"][:5]:
+        p.info("copies: " + " ≈ ".join(g))
     for w in r["warnings"]:
         p.warn(w)
 

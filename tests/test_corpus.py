@@ -505,3 +505,54 @@ def test_corpus(case: Case, tiny_data, tiny_run, tmp_path, monkeypatch):
 
     shown = re.sub(r"runs/test_nfnet-\d+-\d+/", "runs/<run>/", said.replace(f"{tmp_path}/", ""))
     RESULTS.append((case.name, case.verb, case.expect, shown[:300]))
+
+
+# ---- faults the bad-input corpus found (issue: five faults) --------------------------------------
+
+def test_damaged_cache_entries_of_the_same_size_are_rebuilt_never_unpickled(tiny_data, tmp_path):
+    """Random bytes of the same size over every cache entry: a miss, decoded again, replaced."""
+    argv = _train(tiny_data / "png", tmp_path, "--cache-dir", tmp_path / "cache")
+    assert cli(*argv)[0] == 0
+    rng = np.random.default_rng(0)
+    entries = [e for e in sorted((tmp_path / "cache").rglob("*.npy")) if not e.name.endswith(".sig.npy")]
+    assert entries
+    for e in entries:
+        e.write_bytes(rng.integers(0, 256, e.stat().st_size, dtype=np.uint8).tobytes())
+    code, out, err = cli(*_train(tiny_data / "png", tmp_path, "--cache-dir", tmp_path / "cache", "--name", "again"))
+    assert code == 0, err[-2000:]
+    assert "internal error" not in err and "pickled" not in err
+    for e in entries:
+        assert np.load(e, allow_pickle=False).dtype == np.float16
+
+
+def test_inspect_and_finetune_agree_about_a_nan_decoding_dicom(tiny_data, tmp_path):
+    import warnings
+
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    root = _with(tiny_data, tmp_path, "png")
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.RescaleSlope = "1e308"  # decodes to inf
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.save_as(root / "normal" / "huge_slope.dcm")
+    code, out, err = cli("inspect", root, "--json")
+    report = json.loads(out)
+    assert [b["path"] for b in report["bad_files"]] == [str(root / "normal" / "huge_slope.dcm")]
+    assert "not finite" in report["bad_files"][0]["reason"]
+    code, _, err = cli(*_train(root, tmp_path))
+    assert code == 1 and "huge_slope.dcm" in err and "not finite" in (tmp_path / "runs").joinpath(
+        next((tmp_path / "runs").iterdir()).name, "bad_files.csv").read_text()
+
+
+def test_a_patient_leak_names_one_file_on_each_side():
+    from nfx.data.split import check_no_leaks, group_keys
+    from nfx.errors import DataError
+
+    paths = ["train/a.dcm", "train/b.dcm", "valid/c.dcm", "valid/d.dcm"]
+    groups = group_keys(paths, ["anon-1ee408b82d86", "anon-2", "anon-1ee408b82d86", "anon-3"])
+    with pytest.raises(DataError) as e:
+        check_no_leaks(groups, ["train", "train", "valid", "valid"], paths=paths)
+    msg = str(e.value)
+    assert "anon-1ee408b82d86: train train/a.dcm vs valid valid/c.dcm" in msg and "--allow-patient-leak" in msg

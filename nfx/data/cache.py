@@ -108,9 +108,19 @@ class ImageCache:
         return self.dir / k[:2] / f"{k}.npy"
 
     def _is_hit(self, e: Path) -> bool:
+        """An entry whose header says float16 size×size×3 (not a pickle, not damaged) and whose
+        signature is there; anything else is a miss, decoded again and replaced."""
         try:
-            return e.stat().st_size >= self._min_bytes and sig_of(e).stat().st_size >= SIG_BYTES
-        except OSError:
+            if sig_of(e).stat().st_size < SIG_BYTES:
+                return False
+            with open(e, "rb") as f:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+                else:
+                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            return dtype == np.float16 and shape == (self.size, self.size, 3) and not fortran
+        except (OSError, ValueError):
             return False
 
 

@@ -151,10 +151,13 @@ class CopyGroups:
 
 
 def _pca(x: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, up to `dims` principal directions with real variance, largest first)."""
     mu = x.mean(axis=0)
     xc = (x - mu).astype(np.float64)
-    _, vecs = np.linalg.eigh(xc.T @ xc)
-    return mu, vecs[:, ::-1][:, :dims].astype(np.float32)  # the directions along which the images differ most
+    vals, vecs = np.linalg.eigh(xc.T @ xc)
+    vals, vecs = vals[::-1], vecs[:, ::-1]
+    real = int((vals > 1e-9 * max(vals[0], 1e-30)).sum())  # a direction without variance gives noise bits
+    return mu, vecs[:, : max(1, min(dims, real))].astype(np.float32)
 
 
 def _exact_candidates(v: np.ndarray, threshold: float) -> list[tuple[np.ndarray, np.ndarray, int]]:
@@ -183,10 +186,12 @@ def _hashed_candidates(v: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, int]
     n = len(v)
     x = v.reshape(n, -1)
     mu, proj = _pca(x, HASH_BITS)
-    weights = (1 << np.arange(16, dtype=np.uint32)).astype(np.uint32)
+    per = max(1, proj.shape[1] // 4)  # four chunks (fewer bits each when the data has fewer directions)
+    proj = proj[:, : per * min(4, proj.shape[1])]
+    weights = (1 << np.arange(per, dtype=np.uint32)).astype(np.uint32)
 
     def keys(a: np.ndarray) -> np.ndarray:
-        bits = ((a - mu) @ proj > 0).reshape(len(a), HASH_BITS // 16, 16).astype(np.uint32)
+        bits = ((a - mu) @ proj > 0).reshape(len(a), -1, per).astype(np.uint32)
         return (bits * weights).sum(axis=2, dtype=np.uint32)
 
     db = keys(x)

@@ -3,8 +3,10 @@
 Discovery (headers only) finds the files, then every file is decoded once (in parallel, the
 same pipeline training uses, nothing cached) and described: classes × images × patients,
 modalities, photometric interpretations, bit depths, image sizes (min/median/max), bad files
-with reasons, exact duplicates (byte-identical files; also across classes and splits) and a
-class imbalance warning. Every file found ends either counted in `n_images` or listed in
+with reasons, exact duplicates (byte-identical files; also across classes and splits), copies
+(nfx.data.copies: the same picture at another size, encoding, window, rotation or mirror — the
+groups finetune keeps in one split) and a class imbalance warning. Decoding runs through
+`decode_file`, the same checks finetune makes (a NaN-decoding file is bad in both). Every file found ends either counted in `n_images` or listed in
 `bad_files`: n_images + len(bad_files) == n_files.
 
 The report is a plain dict with stable keys (the `--json` output):
@@ -12,7 +14,9 @@ The report is a plain dict with stable keys (the `--json` output):
   splits (user-given splits or null), formats, modalities, photometric_interpretations,
   bit_depths, image_sizes {height, width: {min, median, max}}, channels, bad_files [{path,
   reason}], duplicates [[paths]], duplicates_across_classes [[paths]],
-  duplicates_across_splits [[paths]], patient_leaks [ids], warnings [text].
+  duplicates_across_splits [[paths]], copies {groups, images_in_groups, within_class,
+  across_classes, across_splits, examples [[paths]], examples_across_classes [[paths]],
+  examples_across_splits [[paths]]}, patient_leaks [ids], warnings [text].
 """
 
 from __future__ import annotations
@@ -79,6 +83,9 @@ def inspect_data(
     dup_splits = sorted(sorted(s.path for s in g) for g in by_hash.values()
                         if len(g) > 1 and len({s.split for s in g}) > 1)
 
+    copies = _copies([s for s, _ in ok], [p["sig"] for _, p in ok])
+    for _, p in ok:
+        del p["sig"]
     used = [s for s, _ in ok]
     leaks: list[str] = []
     if disc.user_splits and used:
@@ -112,6 +119,15 @@ def inspect_data(
         warnings.append(f"{len(dup_classes)} set(s) of identical files carry different labels; fix the labels")
     if dup_splits:
         warnings.append(f"{len(dup_splits)} set(s) of identical files are in different splits (a leak)")
+    if copies["across_classes"]:
+        warnings.append(f"{copies['across_classes']} group(s) of copies of one image carry different labels (e.g. "
+                        f"{' ≈ '.join(copies['examples_across_classes'][0][:2])}); finetune refuses this unless "
+                        "--allow-duplicate-leak")
+    if copies["across_splits"]:
+        warnings.append(f"{copies['across_splits']} group(s) of copies of one image sit in different splits (e.g. "
+                        f"{' ≈ '.join(copies['examples_across_splits'][0][:2])}); finetune refuses this unless "
+                        "--allow-duplicate-leak")
+    warnings += disc.notes
     if leaks:
         warnings.append(f"{len(leaks)} patient(s) appear in more than one of your splits; "
                         "finetune refuses this unless --allow-patient-leak")
@@ -142,9 +158,34 @@ def inspect_data(
         "duplicates": dup_groups,
         "duplicates_across_classes": dup_classes,
         "duplicates_across_splits": dup_splits,
+        "copies": copies,
         "patient_leaks": leaks,
         "warnings": warnings,
     }
+
+
+def _copies(samples: list[Any], sigs: list[Any]) -> dict[str, Any]:
+    """Copy groups (nfx.data.copies) of the usable files: how many, and which lie within one
+    class, across classes and across user splits, with up to 5 example groups of each."""
+    import numpy as np
+
+    from nfx.data.copies import group_copies
+    from nfx.data.split import copy_sets
+
+    if not samples:
+        sets: list[list[int]] = []
+    else:
+        sets = copy_sets(group_copies(np.stack(sigs)).group.tolist())
+    across_c = [m for m in sets if len({samples[i].label for i in m}) > 1]
+    across_s = [m for m in sets if len({samples[i].split for i in m}) > 1]
+
+    def paths(groups: list[list[int]]) -> list[list[str]]:
+        return [[samples[i].path for i in m[:6]] for m in groups[:5]]
+
+    return {"groups": len(sets), "images_in_groups": sum(len(m) for m in sets),
+            "within_class": len(sets) - len(across_c), "across_classes": len(across_c),
+            "across_splits": len(across_s), "examples": paths(sets),
+            "examples_across_classes": paths(across_c), "examples_across_splits": paths(across_s)}
 
 
 def _stats(v: list[int]) -> dict[str, float | None]:
@@ -172,8 +213,9 @@ _FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".ti
 def _probe(args: tuple[int, str, int | None]) -> tuple[int, dict[str, Any]]:
     """Describe and decode one file; any failure becomes {"reason": …} (runs in workers too)."""
     i, path, frame = args
-    from nfx.data.dicom import decode_dicom, is_dicom, read_header
-    from nfx.data.images import decode_image
+    from nfx.data.copies import signature
+    from nfx.data.dicom import is_dicom, read_header
+    from nfx.data.images import decode_file
     from nfx.errors import BadFileError, short_reason
 
     p = Path(path)
@@ -187,7 +229,7 @@ def _probe(args: tuple[int, str, int | None]) -> tuple[int, dict[str, Any]]:
             info["photometric"] = str(ds.get("PhotometricInterpretation", "") or "") or "(none)"
             bits = ds.get("BitsStored", None)
             info["bits"] = int(bits) if bits not in (None, "") else None
-            img = decode_dicom(p, frame=frame, notes=[])  # tolerant, as ingestion is
+            img = decode_file(p, frame=frame, voi="minmax", notes=[])  # the checks and rules of ingestion
         else:
             from PIL import Image
 
@@ -197,7 +239,8 @@ def _probe(args: tuple[int, str, int | None]) -> tuple[int, dict[str, Any]]:
                     info["bits"] = _PIL_BITS.get(im.mode)
             except Exception:
                 pass  # decode_image gives the reason
-            img = decode_image(p)
+            img = decode_file(p)
+        info["sig"] = signature(img)
         info["height"], info["width"] = int(img.shape[0]), int(img.shape[1])
         info["channels"] = int(img.shape[2]) if img.ndim == 3 else 1
         return i, info

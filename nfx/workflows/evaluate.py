@@ -65,6 +65,17 @@ def evaluate(run_dir: str | Path, data: str | None = None, printer: Printer | No
         raise DataError("no image could be evaluated; see the warnings above")
     items = [items[i] for i in keep]
     probs = probs[keep]
+    copies_of_training: list[dict[str, Any]] = []
+    if data is not None:
+        drop, copies_of_training = training_copies(run, split_rows, [p for p, _, _ in items], printer)
+        if drop:
+            if len(drop) == len(items):
+                raise DataError(f"{data}: every image is a copy of a training image of this run (e.g. "
+                                f"{copies_of_training[0]['file']} ≈ {copies_of_training[0]['training_file']}); "
+                                "evaluate on images the model has not seen")
+            kept = [i for i in range(len(items)) if i not in drop]
+            items = [items[i] for i in kept]
+            probs = probs[kept]
     y = np.array([classes.index(lbl) for _, lbl, _ in items])
     patients = [pid or f"file:{p}" for p, _, pid in items]
 
@@ -92,6 +103,8 @@ def evaluate(run_dir: str | Path, data: str | None = None, printer: Printer | No
         result["threshold_source"] = threshold_source
     result.update(run=run.run_dir.name, data=source, split=split if data is None else None, tta=tta,
                   weights_source=run.info.weights_source, arch=run.info.arch)
+    if data is not None:
+        result["copies_of_training"] = copies_of_training
     if per_patient:
         try:
             py, pp, pids = aggregate_by_patient(y, probs, patients,
@@ -133,6 +146,41 @@ def evaluate(run_dir: str | Path, data: str | None = None, printer: Printer | No
     return result
 
 
+
+
+def training_copies(run: LoadedRun, split_rows, paths: list[str], printer: Printer) -> tuple[set[int], list[dict]]:
+    """Images of new data that are copies of this run's training images (nfx.data.copies): their
+    indices and one record each (file, training file, correlation). They are left out of the
+    metrics — a model scored on images it trained on measures memory, not generalisation — and
+    listed in evaluation.json; the warning says how many."""
+    import numpy as np
+
+    from nfx.data.cache import ImageCache, signatures
+    from nfx.data.copies import cross_matches
+
+    sig_file = run.run_dir / runs.COPY_SIGNATURES
+    if not sig_file.is_file():
+        printer.warn(f"{run.run_dir.name}: made before nfx recorded copy signatures; new data was not checked for "
+                     "copies of training images")
+        return set(), []
+    try:
+        ref_all = np.load(sig_file, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{sig_file}: unreadable ({e}); delete it to evaluate without the copy check") from e
+    train = [i for i, r in enumerate(split_rows) if r["split"] == "train"]
+    if len(ref_all) != len(split_rows):
+        raise DataError(f"{sig_file}: {len(ref_all)} signatures for {len(split_rows)} rows of {runs.SPLITS}; "
+                        "delete it to evaluate without the copy check")
+    entries, _ = ImageCache.for_spec(run.cfg.data.cache_dir, run.info.input).fill(paths)  # hits: scored above
+    matches = cross_matches(signatures([e for e in entries if e is not None]), ref_all[train])
+    ok = [i for i, e in enumerate(entries) if e is not None]
+    out = [{"file": paths[ok[q]], "training_file": split_rows[train[r]]["path"], "correlation": c}
+           for q, r, c in matches]
+    if out:
+        printer.warn(f"{len(out)} of {len(paths)} image(s) are copies of training images of this run (e.g. "
+                     f"{out[0]['file']} ≈ {out[0]['training_file']}); left out of the metrics, listed in "
+                     f"{runs.EVALUATION} under copies_of_training")
+    return {ok[q] for q, _, _ in matches}, out
 
 
 def _existing_items(run: LoadedRun, rows: list[dict[str, str]]) -> list[tuple[str, str, str | None]]:

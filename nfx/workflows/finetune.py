@@ -59,8 +59,9 @@ def _finetune(cfg: RunConfig, printer: Printer) -> RunResult:
     samples, entries = ingest(cfg, disc, run_dir, printer)
     from nfx.data.cache import signatures
 
-    split_of = split(cfg, samples, printer, run_dir, sigs=signatures(entries))
-    counts = write_splits(samples, split_of, run_dir, printer)
+    sigs = signatures(entries)
+    split_of = split(cfg, samples, printer, run_dir, sigs=sigs)
+    counts = write_splits(samples, split_of, run_dir, printer, sigs=sigs)
     train, valid = select(cfg, samples, entries, split_of, disc.classes)
     info = ModelInfo(arch=cfg.model.arch, classes=tuple(disc.classes), weights_source=prep.weights_source,
                      input=InputSpec(size=cfg.data.size, mean=tuple(prep.data.mean), std=tuple(prep.data.std),

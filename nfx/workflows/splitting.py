@@ -101,8 +101,15 @@ def split(cfg: RunConfig, samples, printer: Printer, run_dir: Path | None = None
     return splits
 
 
-def write_splits(samples, split_of: list[str], run_dir: Path, printer: Printer) -> dict[str, dict[str, int]]:
-    """splits.csv (which file went where) and the per-split counts, printed."""
+def write_splits(samples, split_of: list[str], run_dir: Path, printer: Printer,
+                 sigs=None) -> dict[str, dict[str, int]]:
+    """splits.csv (which file went where), the copy signature of each row (evaluate finds copies
+    of training images in new data with them) and the per-split counts, printed."""
+    if sigs is not None:
+        import numpy as np
+
+        with runs.atomic_path(run_dir / runs.COPY_SIGNATURES) as tmp, open(tmp, "wb") as f:
+            np.save(f, np.asarray(sigs, dtype=np.float16))
     runs.atomic_write_csv(
         run_dir / runs.SPLITS,
         [{"path": s.path, "label": s.label, "patient": s.patient or "", "split": split_of[i]}
