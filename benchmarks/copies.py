@@ -32,15 +32,13 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-
 from _doc import ROOT, cpu_name, write_subsection  # noqa: E402
-
 
 # pydicom-data files that hold one picture in other encodings, sizes or LUTs (names and shapes say
 # so: pydicom's docs list US1_* / examples_* as one ultrasound frame, SC_* as one test picture)
 SAME_PICTURE = {"us1": "us", "examples_jpeg2k": "us", "examples_rgb": "us", "examples_ybr": "us3d",
                 "color3d_jpeg": "us3d", "color-pl": "color-p", "color-px": "color-p", "liver": "liver",
-                "liver_expb": "liver", "liver_1frame": "liver", "liver_expb": "liver", "mlut_18": "lut",
+                "liver_expb": "liver", "liver_1frame": "liver", "mlut_18": "lut",
                 "vlut_04": "lut", "jpeg2000": "jpg1024", "jpgextended": "jpg1024", "sc": "sc",
                 "gdcm-us-aloka-16": "aloka", "gdcm-us-aloka-16_big": "aloka", "emri_small": "emri"}
 

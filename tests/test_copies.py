@@ -154,7 +154,13 @@ def test_a_split_never_puts_a_copy_group_or_patient_on_two_sides():
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from nfx.data.split import assign_splits, copy_straddles, find_leaks, group_keys, merge_copy_groups
+    from nfx.data.split import (
+        assign_splits,
+        copy_straddles,
+        find_leaks,
+        group_keys,
+        merge_copy_groups,
+    )
 
     @settings(max_examples=150, deadline=None)
     @given(st.lists(st.tuples(st.integers(0, 1), st.integers(0, 12), st.integers(0, 30)), min_size=6, max_size=60),
@@ -242,9 +248,8 @@ def test_nfx_split_keeps_copies_together_and_records_them(tiny_data, tmp_path):
 
 
 def test_evaluate_on_data_holding_training_images_says_so_and_leaves_them_out(tiny_run, tiny_data, tmp_path):
-    from nfx.workflows.evaluate import evaluate
-
     from nfx.console import Printer
+    from nfx.workflows.evaluate import evaluate
 
     run = tiny_run.run_dir
     rows = [r.split(",") for r in (run / "splits.csv").read_text().splitlines()[1:]]

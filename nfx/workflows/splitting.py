@@ -51,7 +51,13 @@ def split(cfg: RunConfig, samples, printer: Printer, run_dir: Path | None = None
     the rest grouped by patient and copy group and stratified by label. `sigs`: the samples'
     copy signatures (ImageCache.signatures); None skips the copy check. Writes
     split_summary.json (patients per split, leaks, copies)."""
-    from nfx.data.split import assign_splits, copy_straddles, group_keys, merge_copy_groups, split_summary
+    from nfx.data.split import (
+        assign_splits,
+        copy_straddles,
+        group_keys,
+        merge_copy_groups,
+        split_summary,
+    )
 
     patients = [s.patient for s in samples]
     groups = group_keys([s.path for s in samples], patients)
