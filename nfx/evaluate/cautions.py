@@ -72,3 +72,18 @@ def provenance(cfg: Any, info: Any, env: dict[str, Any], split_rows: Sequence[di
         "trained_with_nfx": env.get("nfx"),
         "packages": {k: (env.get("packages") or {}).get(k) for k in ("torch", "timm", "fastai")},
     }
+
+
+def copies_line(copies: dict[str, Any] | None) -> str:
+    """One sentence on copies of one image in the run's split (split_summary.json "copies")."""
+    if not copies or not copies.get("checked"):
+        return ("not checked: the split was made by an nfx without copy grouping; if the data holds re-saved "
+                "copies of one image, validation may contain copies of training images (optimistic)")
+    text = (f"{copies.get('images_in_groups', 0)} images in {copies.get('groups', 0)} group(s) of copies of one "
+            "image (other size, encoding, window, rotation or mirror), each group kept in one split")
+    if copies.get("across_splits"):
+        text += (f"; {copies['across_splits']} group(s) straddle the user's splits (allowed by "
+                 "--allow-duplicate-leak): metrics are optimistic")
+    if copies.get("label_conflicts"):
+        text += f"; {copies['label_conflicts']} group(s) carry different labels (allowed by --allow-duplicate-leak)"
+    return text

@@ -52,6 +52,7 @@ def _sections(ev: dict[str, Any]) -> list[tuple[str, list[str] | list[list[str]]
         f"Preprocessing: {model.get('resize', 'n/a')}, {model.get('input_size', '?')} px, "
         f"mean {model.get('mean')}, std {model.get('std')}",
         f"Training: {prov.get('training', 'n/a')}",
+        f"Copies in the training data: {prov.get('copies', 'n/a')}",
         f"Software: nfx {prov.get('nfx_version', '?')}"
         + "".join(f", {k} {v}" for k, v in prov.get("packages", {}).items() if v),
     ], "list"))

@@ -62,7 +62,10 @@ def render(info: dict[str, Any], cfg: dict[str, Any], metrics: dict[str, Any], e
               f"- Dataset: `{cfg.get('data', {}).get('path', '?')}`",
               "- Splits (patient-level; a patient's images are in one split only): "
               + ", ".join(f"{k} {v.get('images')} images / {v.get('patients')} patients" for k, v in splits.items()),
-              f"- Augmentation: {cfg.get('data', {}).get('aug', '?')}", ""]
+              f"- Augmentation: {cfg.get('data', {}).get('aug', '?')}"]
+    if evaluation is not None and evaluation.get("provenance", {}).get("copies"):
+        lines.append(f"- Copies of one image: {evaluation['provenance']['copies']}")
+    lines.append("")
     lines += ["## Metrics", ""]
     if evaluation is None:
         lines += ["Not evaluated yet: run `nfx evaluate` on this run folder, then `nfx export` again to fill in "

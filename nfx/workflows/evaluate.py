@@ -248,8 +248,16 @@ def _validation_scores(run: LoadedRun, split_rows, pos: int, tta: bool, printer:
 
 
 def _provenance(run: LoadedRun, split_rows) -> dict[str, Any]:
+    from nfx.evaluate.cautions import copies_line
+
     env = json.loads((run.run_dir / runs.ENV).read_text()) if (run.run_dir / runs.ENV).is_file() else {}
-    return provenance(run.cfg, run.info, env, split_rows)
+    prov = provenance(run.cfg, run.info, env, split_rows)
+    try:
+        summary = json.loads((run.run_dir / runs.SPLIT_SUMMARY).read_text())
+    except (OSError, ValueError):
+        summary = {}
+    prov["copies"] = copies_line(summary.get("copies") if isinstance(summary, dict) else None)
+    return prov
 
 
 def _clip_fractions(run: LoadedRun) -> list[float]:
