@@ -556,3 +556,15 @@ def test_a_patient_leak_names_one_file_on_each_side():
         check_no_leaks(groups, ["train", "train", "valid", "valid"], paths=paths)
     msg = str(e.value)
     assert "anon-1ee408b82d86: train train/a.dcm vs valid valid/c.dcm" in msg and "--allow-patient-leak" in msg
+
+
+def test_a_symlink_back_into_the_data_folder_is_reported_and_not_followed(tiny_data, tmp_path):
+    root = _with(tiny_data, tmp_path, "png")
+    os.symlink("..", root / "glaucoma" / "loop")
+    n = {c: len(list((root / c).glob("*.png"))) for c in ("glaucoma", "normal")}
+    code, out, err = cli("inspect", root, "--json")
+    report = json.loads(out)
+    assert {c: v["images"] for c, v in report["classes"].items()} == n
+    assert [b["path"] for b in report["bad_files"]] == [str(root / "glaucoma" / "loop")]
+    assert "symbolic link back into the data folder" in report["bad_files"][0]["reason"]
+    assert not any("identical files carry different labels" in w for w in report["warnings"])

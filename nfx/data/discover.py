@@ -71,17 +71,27 @@ class Discovery:
         return dict(Counter(s.patient_source or "none" for s in self.samples))
 
 
-def _walk(folder: Path) -> tuple[list[Path], list[tuple[str, str]]]:
+def _walk(folder: Path, root: Path | None = None) -> tuple[list[Path], list[tuple[str, str]]]:
     """(visible files under `folder`, sorted; [(path, problem)]). Symbolic links to folders are
-    followed (a link back into a folder already walked is a loop: reported, not followed);
-    a link whose target is missing is reported. Hidden files/folders and OS litter are skipped."""
+    followed, except a link back into a folder already walked (a loop) and a link that leads back
+    into the data `root` (e.g. glaucoma/loop -> ..: the other classes' images would reappear
+    under this label): both reported, not followed. A link whose target is missing is reported.
+    Hidden files/folders and OS litter are skipped."""
     files: list[Path] = []
     problems: list[tuple[str, str]] = []
     seen: set[str] = set()
+    root_real = os.path.realpath(root) if root is not None else None
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         real = os.path.realpath(dirpath)
         if real in seen:
             problems.append((dirpath, f"symbolic-link loop (leads back to {real}); not followed — remove the link"))
+            dirnames[:] = []
+            continue
+        if (root_real and Path(dirpath) != Path(folder) and os.path.islink(dirpath)
+                and (real == root_real or real.startswith(root_real + os.sep))
+                and not real.startswith(os.path.realpath(folder) + os.sep)):
+            problems.append((dirpath, f"symbolic link back into the data folder (to {real}); not followed, its "
+                                      "images would be counted twice or under another label — remove the link"))
             dirnames[:] = []
             continue
         seen.add(real)
@@ -249,9 +259,11 @@ def _from_folders(root: Path) -> tuple[list[Item], list[tuple[str, str]], bool]:
     if subdirs:
         bad += [(str(p), f"directly in {root}, not in a label sub-folder; move it into one")
                 for p in sorted(root.iterdir()) if p.is_file() and p.name not in IGNORED and is_supported(p)]
+    reached: set[str] = set()  # real paths: a file reached twice (through links) is counted once
     for label_dir, split in label_dirs:
-        found, problems = _walk(label_dir)
+        found, problems = _walk(label_dir, root)
         bad += problems
+        found = [f for f in found if not (os.path.realpath(f) in reached or reached.add(os.path.realpath(f)))]
         if not found and not problems:
             bad.append((str(label_dir), "empty class folder (no files); add its images or remove the folder"))
         for f in found:
