@@ -158,5 +158,9 @@ def test_an_empty_class_folder_and_a_one_image_class_are_named(tiny_data, tmp_pa
     args = ["--arch", "test_nfnet", "--no-pretrained", "--size", "32", "--epochs", "1", "--bs", "4",
             "--out", tmp_path / "runs", "--workers", "0"]
     _assert_one_line_error(nfx("finetune", root, *args), "empty class folder", "suspect")
-    shutil.copy(next((root / "normal").glob("*.png")), root / "suspect" / "one.png")
+    import numpy as np
+    from PIL import Image
+
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)  # not a copy of any image
+    Image.fromarray(noise).save(root / "suspect" / "one.png")
     _assert_one_line_error(nfx("finetune", root, *args), "class 'suspect' has 1 image(s)", "at least 2")

@@ -90,9 +90,11 @@ def test_per_patient_and_outputs(tiny_run, tiny_data):
     d = tiny_run.run_dir
     ev = api.evaluate(d, str(tiny_data / "dicom"), Q, n_bootstrap=100, per_patient=True)
     pl = ev["patient_level"]
-    assert pl["n_patients"] == 12 and sum(map(sum, pl["confusion_matrix"])) == 12
-    assert ev["n_images"] == 24 and ev["n_patients"] == 12
-    assert any("patient leakage" in w for w in ev["warnings"])  # training patients evaluated
+    # the run's 20 training images are in that folder: copies of training images, left out and listed
+    assert len(ev["copies_of_training"]) == 20
+    assert any("copies of training images" in w for w in ev["warnings"])
+    assert pl["n_patients"] == 2 and sum(map(sum, pl["confusion_matrix"])) == 2
+    assert ev["n_images"] == 4 and ev["n_patients"] == 2
     on_disk = json.loads((d / "evaluation.json").read_text())
     assert on_disk == json.loads(json.dumps(ev))
     assert on_disk["provenance"]["splits"]["valid"] == {"images": 4, "patients": 2}

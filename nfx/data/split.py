@@ -93,7 +93,7 @@ def check_no_leaks(groups: Sequence[str], splits: Sequence[str], allow: bool = F
             shown = "; ".join(parts)
         else:
             shown = ", ".join(shown_ids)
-        more = f"; and {len(names) - len(shown_ids)} more" if len(names) > len(shown_ids) else ""
+        more = f"; … {len(names) - len(shown_ids)} more" if len(names) > len(shown_ids) else ""
         raise DataError(
             f"{len(names)} patient(s) appear in more than one split ({shown}{more}); "
             "move all of a patient's images into one split, or pass --allow-patient-leak"
