@@ -74,6 +74,15 @@ def _png_bytes(tiny: Path) -> bytes:
     return sorted((tiny / "png" / "normal").glob("*.png"))[0].read_bytes()
 
 
+def _noise_png() -> bytes:
+    """A PNG that is no copy of any image of the tiny set (a copy under another label is refused)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
 def _dcm(tiny: Path) -> Path:
     return sorted((tiny / "dicom" / "normal").glob("*.dcm"))[0]
 
@@ -310,7 +319,7 @@ CASES = [
          "error", ("suspect", "empty class folder")),
     Case("one class", "finetune", lambda w, t, r: _train(_one_class(w, t), w), "error", ("class",)),
     Case("class with one image", "finetune",
-         lambda w, t, r: _train(_with(t, w, files={"suspect/one.png": _png_bytes(t)}), w), "error",
+         lambda w, t, r: _train(_with(t, w, files={"suspect/one.png": _noise_png()}), w), "error",
          ("'suspect' has 1 image",)),
     Case("train/ lacking a class valid/ has", "finetune", _split_lacking_class, "error",
          ("no training images",)),
