@@ -38,8 +38,9 @@ def frame_data(tmp_path_factory):
     for k, cls in enumerate(["a", "b"]):
         (root / cls).mkdir()
         for i in range(8):
-            f = rng.integers(0, 60, (3, 32, 32))
-            f[1, :, : 8 + 16 * k] += 150  # frame 1 carries the class
+            f = rng.integers(0, 30, (3, 32, 32))
+            f[1, :, : 8 + 16 * k] += 120  # frame 1 carries the class
+            f[1] += np.kron(rng.integers(0, 101, (4, 4)), np.ones((8, 8), int))  # its own shapes (max 255): no copies
             _multiframe(root / cls / f"{cls}{i}.dcm", f, f"P{cls}{i}")
     return root
 

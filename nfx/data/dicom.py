@@ -166,7 +166,12 @@ def decode_dicom(path: Path, frame: int | None = None, voi: str = "stored",
         raise BadFileError(
             path, "no DICOM elements could be read (file truncated or corrupt); re-export it"
         )
-    n_frames = check_usable(ds, path, frame, notes)
+    try:
+        n_frames = check_usable(ds, path, frame, notes)
+    except BadFileError:
+        raise
+    except Exception as e:  # pydicom parses elements lazily: a corrupt one fails when first read
+        raise BadFileError(path, f"DICOM header could not be read ({short_reason(e)}); re-export the file") from e
     if frame is not None and n_frames == 1 and notes is not None:
         notes.append(f"a single-frame file: --frame {frame} does not apply, its only frame was used")
     raw = _decode_pixels(ds, path, frame if n_frames > 1 else None, notes)
