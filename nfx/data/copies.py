@@ -45,7 +45,6 @@ EXACT_MAX = 5_000  # up to this many images every pair is compared (blocked matr
 HASH_BITS = 64  # beyond: principal-coordinate sign bits, multi-index hashed in 16-bit quarters
 THRESHOLD = 0.95  # correlation of the low-passed thumbnails (docs/COPIES.md)
 FLAT_STD = 0.004  # low-passed thumbnail std below this: no contrast, no signature
-SIG_VERSION = 1
 
 
 def _dct_matrix(n: int) -> np.ndarray:
@@ -110,7 +109,9 @@ def correlation(a: np.ndarray, b: np.ndarray) -> float:
     return float(max((o * vb).sum() for o in orientations(va)))
 
 
-class _UnionFind:
+class UnionFind:
+    """Disjoint sets over 0..n-1 (path compression; the smaller root wins, so a set's root is its first member)."""
+
     def __init__(self, n: int):
         self.parent = np.arange(n)
 
@@ -144,10 +145,6 @@ class CopyGroups:
         for i, g in enumerate(self.group.tolist()):
             out.setdefault(g, []).append(i)
         return {g: m for g, m in out.items() if len(m) > 1}
-
-    @property
-    def n_in_groups(self) -> int:
-        return sum(len(m) for m in self.members().values())
 
 
 def _pca(x: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:
@@ -229,7 +226,7 @@ def group_copies(sigs: np.ndarray | Sequence[np.ndarray], threshold: float = THR
     v, ok = unit_vectors(sigs)
     idx = np.flatnonzero(ok)
     v = v[idx]
-    uf = _UnionFind(n)
+    uf = UnionFind(n)
     best: dict[tuple[int, int], float] = {}
     examined = 0
     if len(idx) > 1:

@@ -104,23 +104,15 @@ def check_no_leaks(groups: Sequence[str], splits: Sequence[str], allow: bool = F
 def merge_copy_groups(groups: Sequence[str], copy_of: Sequence[int]) -> list[str]:
     """Split groups that keep copies together: items joined when they share a group (patient) or
     are copies of one image (`copy_of[i]`: the first index of i's copy group), transitively."""
-    parent = list(range(len(groups)))
+    from nfx.data.copies import UnionFind
 
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
+    uf = UnionFind(len(groups))
     first: dict[str, int] = {}
     for i, g in enumerate(groups):
-        j = first.setdefault(g, i)
-        parent[find(i)] = find(j)
+        uf.union(i, first.setdefault(g, i))
     for i, c in enumerate(copy_of):
-        a, b = find(i), find(int(c))
-        if a != b:
-            parent[max(a, b)] = min(a, b)
-    return [groups[find(i)] for i in range(len(groups))]
+        uf.union(i, int(c))
+    return [groups[uf.find(i)] for i in range(len(groups))]
 
 
 def copy_sets(copy_of: Sequence[int]) -> list[list[int]]:
