@@ -8,7 +8,7 @@ Beside each entry, `<key>.sig.npy` holds the image's copy signature (nfx.data.co
 from the same decoded array before resizing (no second decode); an entry counts as a hit only
 with its signature, so a cache made before signatures existed is decoded once more.
 
-`fill` checks hits in the calling process (a stat, a hash and a size check per file: no
+`fill` checks hits in the calling process (a stat, a hash and the entry's .npy header per file: no
 decoding, no pool start-up), then decodes the misses on all cores. Pool choice, measured by
 benchmarks/bench_ingest.py on 2 cores (docs/BENCHMARKS.md, "Ingest"): a thread pool beat a
 process pool for both DICOM (RLE via pylibjpeg-rle, which releases the GIL) and PNG at 300
@@ -122,8 +122,6 @@ class ImageCache:
             return dtype == np.float16 and shape == (self.size, self.size, 3) and not fortran
         except (OSError, ValueError):
             return False
-
-
 
     def get(self, path: str | Path) -> np.ndarray:
         """The cached array (decoding and storing it on a miss)."""

@@ -13,11 +13,11 @@ sides validates on a training image. This module owns:
   JPEG re-encoding and resampling. A mirror multiplies coefficient k of the flipped axis by
   (-1)^k and a transpose swaps the axes, so the 8 rotations/mirrors of a signature are sign
   flips and a transpose of it: no image is decoded or resized again to compare orientations.
-- the **candidate search**: unit signatures whose correlation is c lie sqrt(2 − 2c) apart, and a
-  linear projection never lengthens a distance; so a k-d tree range search on the data's
-  `SEARCH_DIMS` principal directions finds every pair above the threshold (exact recall, no
-  random misses) without looking at all pairs; each image is looked up in all 8 orientations.
-  Memory is linear in the number of images; only confirmed pairs are kept.
+- the **candidate search**, in all 8 orientations: up to `EXACT_MAX` images every pair is
+  compared (blocked matrix products; exact, ≈ 1 s for 5 000 on 2 cores); beyond that, multi-index
+  hashing of sign bits of the data's principal coordinates (sub-quadratic, memory linear in the
+  number of images, but it misses some copies whose correlation is near the threshold:
+  docs/COPIES.md "Grouping at scale"). Only confirmed pairs are kept.
 - the **confirmation**: the best correlation over the 8 orientations ≥ `THRESHOLD`, chosen from
   the labelled real-image set in docs/COPIES.md (`python benchmarks/copies.py`).
 - **grouping**: union-find over confirmed pairs (copies of copies are one group).
@@ -179,7 +179,8 @@ def _exact_candidates(v: np.ndarray, threshold: float) -> list[tuple[np.ndarray,
 def _hashed_candidates(v: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, int]]:
     """Pairs whose 64-bit codes (signs of the 64 principal coordinates, centred on the data's
     mean) agree on at least one 16-bit quarter (multi-index hashing): any pair whose codes differ
-    in at most 3 bits is found; copies differ in a few low-variance bits at most."""
+    in at most 3 bits is found. Near-identical copies (correlation ≥ 0.999) agree on nearly every
+    bit; copies near the threshold can differ in more and then be missed (docs/COPIES.md)."""
     n = len(v)
     x = v.reshape(n, -1)
     mu, proj = _pca(x, HASH_BITS)

@@ -6,8 +6,9 @@ modalities, photometric interpretations, bit depths, image sizes (min/median/max
 with reasons, exact duplicates (byte-identical files; also across classes and splits), copies
 (nfx.data.copies: the same picture at another size, encoding, window, rotation or mirror — the
 groups finetune keeps in one split) and a class imbalance warning. Decoding runs through
-`decode_file`, the same checks finetune makes (a NaN-decoding file is bad in both). Every file found ends either counted in `n_images` or listed in
-`bad_files`: n_images + len(bad_files) == n_files.
+`decode_file`, with the checks finetune makes (a NaN-decoding file is bad in both). Every file
+found ends either counted in `n_images` or listed in `bad_files`: n_images + len(bad_files) ==
+n_files.
 
 The report is a plain dict with stable keys (the `--json` output):
   n_files, n_images, classes {label: {images, patients}}, n_patients, patient_id_source,
@@ -170,14 +171,12 @@ def _copies(samples: list[Any], sigs: list[Any]) -> dict[str, Any]:
     import numpy as np
 
     from nfx.data.copies import group_copies
-    from nfx.data.split import copy_sets
+    from nfx.data.split import copy_label_conflicts, copy_sets, copy_straddles
 
-    if not samples:
-        sets: list[list[int]] = []
-    else:
-        sets = copy_sets(group_copies(np.stack(sigs)).group.tolist())
-    across_c = [m for m in sets if len({samples[i].label for i in m}) > 1]
-    across_s = [m for m in sets if len({samples[i].split for i in m}) > 1]
+    copy_of = group_copies(np.stack(sigs)).group.tolist() if samples else []
+    sets = copy_sets(copy_of)
+    across_c = copy_label_conflicts([s.label for s in samples], copy_of)
+    across_s = copy_straddles([s.split for s in samples], copy_of)
 
     def paths(groups: list[list[int]]) -> list[list[str]]:
         return [[samples[i].path for i in m[:6]] for m in groups[:5]]

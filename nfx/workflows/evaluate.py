@@ -171,16 +171,14 @@ def training_copies(run: LoadedRun, split_rows, paths: list[str], printer: Print
     if len(ref_all) != len(split_rows):
         raise DataError(f"{sig_file}: {len(ref_all)} signatures for {len(split_rows)} rows of {runs.SPLITS}; "
                         "delete it to evaluate without the copy check")
-    entries, _ = ImageCache.for_spec(run.cfg.data.cache_dir, run.info.input).fill(paths)  # hits: scored above
-    matches = cross_matches(signatures([e for e in entries if e is not None]), ref_all[train])
-    ok = [i for i, e in enumerate(entries) if e is not None]
-    out = [{"file": paths[ok[q]], "training_file": split_rows[train[r]]["path"], "correlation": c}
-           for q, r, c in matches]
+    cache = ImageCache.for_spec(run.cfg.data.cache_dir, run.info.input)  # filled when the images were scored
+    matches = cross_matches(signatures([cache.entry(p) for p in paths]), ref_all[train])
+    out = [{"file": paths[q], "training_file": split_rows[train[r]]["path"], "correlation": c} for q, r, c in matches]
     if out:
         printer.warn(f"{len(out)} of {len(paths)} image(s) are copies of training images of this run (e.g. "
                      f"{out[0]['file']} ≈ {out[0]['training_file']}); left out of the metrics, listed in "
                      f"{runs.EVALUATION} under copies_of_training")
-    return {ok[q] for q, _, _ in matches}, out
+    return {q for q, _, _ in matches}, out
 
 
 def _existing_items(run: LoadedRun, rows: list[dict[str, str]]) -> list[tuple[str, str, str | None]]:

@@ -49,7 +49,7 @@ def check_copies(cfg: RunConfig, samples, sigs, printer: Printer) -> tuple[list[
 def split(cfg: RunConfig, samples, printer: Printer, run_dir: Path | None = None, sigs=None) -> list[str]:
     """train / valid / test per sample: user splits kept (leak-checked for patients and copies),
     the rest grouped by patient and copy group and stratified by label. `sigs`: the samples'
-    copy signatures (ImageCache.signatures); None skips the copy check. Writes
+    copy signatures (nfx.data.cache.signatures); None skips the copy check. Writes
     split_summary.json (patients per split, leaks, copies)."""
     from nfx.data.split import (
         assign_splits,
