@@ -73,8 +73,10 @@ def test_evaluate_writes_metrics_predictions_report(tiny_run):
 
 def test_evaluate_on_another_folder(tiny_run, tiny_data):
     ev = api.evaluate(tiny_run.run_dir, str(tiny_data / "png"), Printer(quiet=True), n_bootstrap=100)
-    assert ev["n_images"] == 24
-    assert ev["n_patients"] == 24  # PNG files carry no patient id: each file counts alone
+    # the PNGs are the same pictures as the run's DICOMs: its 20 training images are left out as copies
+    assert len(ev["copies_of_training"]) == 20
+    assert ev["n_images"] == 4
+    assert ev["n_patients"] == 4  # PNG files carry no patient id: each file counts alone
 
 
 def test_export_onnx_matches_torch_and_predicts(tiny_run, tiny_data):
@@ -114,7 +116,7 @@ def test_evaluate_reports_files_it_cannot_use(tiny_run, tiny_data, tmp_path):
     (data / "normal" / "notes.txt").write_text("not an image")
     (data / "normal" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
     ev = api.evaluate(tiny_run.run_dir, str(data), Printer(quiet=True), n_bootstrap=50)
-    assert ev["n_images"] == 24
+    assert ev["n_images"] == 4 and len(ev["copies_of_training"]) == 20  # the training pictures are left out
     text = " ".join(ev["warnings"])
     assert "notes.txt" in text and "broken.png" in text
 

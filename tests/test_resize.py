@@ -94,6 +94,7 @@ def wide_data(tmp_path_factory):
         for i in range(8):
             img = rng.integers(0, 80, (48, 96, 3)).astype(np.uint8)
             img[:, :24] += np.uint8(100 * k)  # class b: a bright left border (lost by crop)
+            img += np.kron(rng.integers(0, 76, (4, 8, 1)), np.ones((12, 12, 1))).astype(np.uint8)  # own shapes: no copies
             Image.fromarray(img).save(root / cls / f"{cls}{i}.png")
     return root
 
