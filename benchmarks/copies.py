@@ -242,7 +242,7 @@ def measure(n_bases: int) -> dict:
     above = sum(1 for k, (i, name) in enumerate(pos_of) if pos[name][pick.index(i)] >= copies.THRESHOLD)
     return {"bases": len(bases), "n_mri": int(mri.sum()), "picked": len(pick), "pos": pos, "neg": neg,
             "high_mri": high_mri, "lsh_found": found, "lsh_above": above, "n_pos": len(pos_of),
-            "group_seconds": secs, "candidates": g.candidates, "sigs": sigs, "cine": frames_note}
+            "group_seconds": secs, "candidates": g.candidates, "mri_sigs": sigs[mri], "cine": frames_note}
 
 
 def sweep(res: dict) -> list[tuple[float, float, float]]:
@@ -256,32 +256,66 @@ def sweep(res: dict) -> list[tuple[float, float, float]]:
     return out
 
 
-def scale(n: int, real: np.ndarray, seed: int = 0) -> dict:
-    """Grouping time and memory for n signatures shaped like a real set: each new "image" mixes two
-    real signatures (random weights) plus noise, so the set is as homogeneous as real images are;
-    5 % of them are re-saved copies (contrast change + noise) of another."""
+def scale(n: int, real: np.ndarray, copy_noise: float, seed: int = 0) -> dict:
+    """Grouping time and memory for n signatures shaped like a real set: each "image" mixes four
+    real signatures (Dirichlet weights) plus noise, tuned so that distinct images correlate about
+    as much as the real MRI slices do (median printed); 5 % of them are re-saved copies of another
+    (contrast × 0.8 plus `copy_noise` × the mean |coefficient| of noise: 0.01 ≈ a lossless re-save,
+    0.2 ≈ copies near the threshold)."""
     import resource
 
     from nfx.data import copies
 
     rng = np.random.default_rng(seed)
     real = real.astype(np.float32)
+    amp = float(np.abs(real).mean())
     n_orig = int(n * 0.95)
-    a, b = rng.integers(0, len(real), n_orig), rng.integers(0, len(real), n_orig)
-    w = rng.uniform(0.2, 0.8, (n_orig, 1, 1)).astype(np.float32)
+    idx = rng.integers(0, len(real), (n_orig, 4))
+    w = rng.dirichlet(np.ones(4), n_orig).astype(np.float32)
     sig = np.empty((n, copies.LOW, copies.LOW), np.float32)
-    scale_ = np.abs(real).mean()
-    sig[:n_orig] = w * real[a] + (1 - w) * real[b] + rng.standard_normal((n_orig, copies.LOW, copies.LOW)) * scale_ * 0.3
+    sig[:n_orig] = np.einsum("nk,nkab->nab", w, real[idx])
+    sig[:n_orig] += rng.standard_normal((n_orig, copies.LOW, copies.LOW)).astype(np.float32) * amp * 0.3
     src = rng.integers(0, n_orig, n - n_orig)
-    sig[n_orig:] = sig[src] * 0.8 + rng.standard_normal((n - n_orig, copies.LOW, copies.LOW)).astype(np.float32) * scale_ * 0.01
+    sig[n_orig:] = sig[src] * 0.8 + rng.standard_normal((n - n_orig, copies.LOW, copies.LOW)).astype(np.float32) * amp * copy_noise
     sig = sig.astype(np.float16)
+    v, _ = copies.unit_vectors(sig)
+    flat = v.reshape(n, -1)
+    sample = rng.choice(n_orig, 1000, replace=False)
+    c = flat[sample] @ flat[sample].T
+    distinct_median = float(np.median(c[np.triu_indices(len(sample), 1)]))
+    copy_corr = np.einsum("ij,ij->i", flat[n_orig:], flat[src])
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t = time.perf_counter()
     g = copies.group_copies(sig)
     secs = time.perf_counter() - t
-    found = float(np.mean(g.group[n_orig:] == g.group[src]) * 100)
-    return {"n": n, "seconds": secs, "copies_found_pct": round(found, 1), "candidates": g.candidates,
-            "groups": len(g.members()), "rss_growth_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024}
+    found = g.group[n_orig:] == g.group[src]
+    above = copy_corr >= copies.THRESHOLD
+    return {"n": n, "seconds": secs, "copies_found_pct": round(float(found[above].mean()) * 100, 1),
+            "copy_corr": float(np.median(copy_corr)), "distinct_median": distinct_median,
+            "path": "every pair" if n <= copies.EXACT_MAX else "hashed", "candidates": g.candidates,
+            "rss_growth_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024}
+
+
+def ingest_cost(n: int = 100) -> dict:
+    """Seconds per image of decode + resize to 224 px (what a cold ingest does per file) vs the
+    signature computed from the same decoded array, over the brain MRI files."""
+    import real_data
+
+    from nfx.data import copies, intensity
+    from nfx.data.images import decode_file
+    from nfx.data.resize import resize
+
+    files = sorted(f for f in real_data.brain_mri().rglob("*") if f.is_file())[:n]
+    t_pre = t_sig = 0.0
+    for f in files:
+        t0 = time.perf_counter()
+        img = decode_file(f, voi="minmax")
+        resize(intensity.to_channels(img, 3), 224, "squish")
+        t1 = time.perf_counter()
+        copies.signature(img)
+        t_sig += time.perf_counter() - t1
+        t_pre += t1 - t0
+    return {"files": len(files), "decode_ms": 1000 * t_pre / len(files), "signature_ms": 1000 * t_sig / len(files)}
 
 
 def _fmt(v: list[float], t: float) -> str:
@@ -335,10 +369,38 @@ def render(res: dict, sw, sc: list[dict], cmd: str) -> str:
                   "| corr | file | file |", "|---|---|---|"]
         lines += [f"| {c:.3f} | {a} | {b} |" for c, a, b in res["high_mri"][:15]]
         lines.append("")
-    lines += ["## Grouping at scale", "", "| images | seconds | copies found | candidate pairs | groups | RSS growth MB |",
-              "|---|---|---|---|---|---|"]
-    lines += [f"| {s['n']} | {s['seconds']:.2f} | {s['copies_found_pct']} % | {s['candidates']} | {s['groups']} | "
-              f"{s['rss_growth_mb']:.0f} |" for s in sc]
+    ic = res["ingest"]
+    lines += ["## Cost at ingest", "",
+              f"Over {ic['files']} brain MRI files: decode + resize to 224 px {ic['decode_ms']:.2f} ms per image, the "
+              f"signature from the same decoded array {ic['signature_ms']:.3f} ms "
+              f"(**{100 * ic['signature_ms'] / ic['decode_ms']:.1f} %** of the decode; the cache also writes one "
+              "0.6 kB file beside each entry).", ""]
+    lines += ["## Grouping at scale", "",
+              "Synthetic signatures shaped like the real ones (each a Dirichlet mix of four real MRI signatures plus "
+              "noise; distinct images' median correlation shown — the real MRI slices' is 0.65 in docs/COPIES.md), 5 % of them "
+              "copies of another at two difficulties. 'copies found' counts the planted copies whose correlation is "
+              "above the threshold.", "",
+              "| images | search | median corr. distinct | median corr. copies | seconds | copies found | "
+              "candidate pairs | RSS growth MB |", "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {s['n']} | {s['path']} | {s['distinct_median']:.2f} | {s['copy_corr']:.4f} | {s['seconds']:.2f} | "
+              f"{s['copies_found_pct']} % | {s['candidates']} | {s['rss_growth_mb']:.0f} |" for s in sc]
+    crop = np.array(res["pos"].get("crop 4 px (top, left)", [1.0]))
+    whole = [c for k, v in res["pos"].items() if not k.startswith("crop") for c in v]
+    allpos = [c for v in res["pos"].values() for c in v]
+    slices = res["neg"].get("neighbouring MR slices (emri_small, 10 slices)", [])
+    lines += ["", "## What the numbers say", "",
+              f"- Every re-save that keeps the whole picture is found at {t}: recall {np.mean(np.array(whole) >= t):.3f} "
+              "over the other transformations and pydicom-data's own re-encodings.",
+              f"- A crop of 4 px on two sides is the weak case (recall {np.mean(crop >= t):.2f}): the thumbnail is "
+              "squished, so a crop shifts and rescales the content. Over all copies: "
+              f"{np.mean(np.array(allpos) >= t):.3f}.",
+              "- The 'false' matches among distinct files are largely real copies (MRI pairs at 1.000 above; pydicom "
+              "test files holding one picture in encodings the family table does not know), so precision is only "
+              f"bounded from below here ({[r for r in sw if r[0] == t][0][2]:.3f} over all labelled pairs at {t}).",
+              (f"- Neighbouring MR slices of one patient correlate {min(slices):.2f}–{max(slices):.2f} and stay apart "
+               f"at {t}." if slices else "- No neighbouring slices measured."),
+              f"- Up to {copies.EXACT_MAX} images every pair is compared; above that the hashed search is "
+              "sub-quadratic but misses some copies near the threshold (table above)."]
     return "\n".join(lines) + "\n"
 
 
@@ -350,15 +412,17 @@ def main() -> None:
     a = ap.parse_args()
     res = measure(a.bases)
     sw = sweep(res)
-    sc = [scale(int(n), res["sigs"]) for n in a.scale.split(",") if n]
-    cmd = "python benchmarks/copies.py" + (f" --bases {a.bases}" if a.bases != 80 else "")
+    res["ingest"] = ingest_cost()
+    sc = [scale(int(n), res["mri_sigs"], noise) for n in a.scale.split(",") if n for noise in (0.01, 0.2)]
+    cmd = "python benchmarks/copies.py" + (f" --bases {a.bases}" if a.bases != 80 else "") + (
+        f" --scale {a.scale}" if a.scale != "10000,100000" else "")
     text = render(res, sw, sc, cmd)
     print(text)
     if not a.no_write:
         (ROOT / "docs" / "COPIES.md").write_text(text)
         body = "\n".join(text.split("## Grouping at scale", 1)[1].strip().splitlines()) + "\n"
         write_subsection("Copy grouping", "CPU", f"`{cmd}` ({cpu_name()}): nfx.data.copies.group_copies on "
-                         "synthetic signatures (5 % copies).\n\n" + body)
+                         "synthetic signatures shaped like real ones (5 % copies).\n\n" + body.split("## What the numbers say")[0].strip() + "\n")
 
 
 if __name__ == "__main__":

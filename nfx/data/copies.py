@@ -63,11 +63,10 @@ def thumbnail(img: np.ndarray) -> np.ndarray:
     import cv2
 
     a = np.asarray(img, dtype=np.float32)
-    if a.ndim == 3:
-        a = a.mean(axis=2)
-    h, w = a.shape
+    h, w = a.shape[:2]
     interp = cv2.INTER_AREA if h >= THUMB and w >= THUMB else cv2.INTER_LINEAR
-    return cv2.resize(a, (THUMB, THUMB), interpolation=interp)
+    t = cv2.resize(a, (THUMB, THUMB), interpolation=interp)  # first: the grey mean is then over 32×32 pixels
+    return t.mean(axis=2) if t.ndim == 3 else t
 
 
 def signature(img: np.ndarray) -> np.ndarray:
