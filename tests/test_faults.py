@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-ARGS = ["--arch", "test_nfnet", "--no-pretrained", "--epochs", "4", "--freeze-epochs", "0", "--bs", "4",
+ARGS = ["--arch", "test_nfnet", "--no-pretrained", "--epochs", "8", "--freeze-epochs", "0", "--bs", "4",
         "--size", "48", "--lr", "2e-3", "--workers", "0"]
 
 
@@ -81,10 +81,12 @@ def test_sigkill_at_random_points_of_finetune_then_resume(tiny_data, tmp_path):
     assert full.returncode == 0, full.stderr
     rng = random.Random(14)
     # (what must have happened first, a random extra delay): before any checkpoint (ingest or
-    # the first epoch), in the middle, and at the end (last epoch, final writes)
+    # the first epoch), in the middle, and at the end (last epoch, final writes). An epoch here
+    # takes ~0.2 s on a fast CPU, so the mid-run kill follows its trigger closely and leaves six
+    # epochs to go: a longer delay let fast CI machines finish before the kill landed.
     points = [("started", lambda r: r.is_dir(), rng.uniform(0.0, 0.3)),
-              ("mid-run", lambda r: _rows(r) >= 2, rng.uniform(0.0, 0.4)),
-              ("last epoch", lambda r: _rows(r) >= 3, rng.uniform(0.0, 0.6))]
+              ("mid-run", lambda r: _rows(r) >= 2, rng.uniform(0.0, 0.05)),
+              ("last epoch", lambda r: _rows(r) >= 7, rng.uniform(0.0, 0.6))]
     outcomes = []
     for i, (label, ready, delay) in enumerate(points):
         run = tmp_path / f"killed{i}"
