@@ -218,7 +218,7 @@ def _j2k(p: Path) -> None:
 
 def _mixed_frames(w, t, r):
     root = _with(t, w, "dicom", files={"normal/cine.dcm": _multiframe})
-    return _train(root, w, "--frame", "0")
+    return _train(root, w, "--frame", "3")  # frame 3 of the cine loop; the others' only frame
 
 
 def _disk_full(mp, w) -> None:
@@ -577,3 +577,33 @@ def test_a_symlink_back_into_the_data_folder_is_reported_and_not_followed(tiny_d
     assert [b["path"] for b in report["bad_files"]] == [str(root / "glaucoma" / "loop")]
     assert "symbolic link back into the data folder" in report["bad_files"][0]["reason"]
     assert not any("identical files carry different labels" in w for w in report["warnings"])
+
+
+def test_frame_n_on_a_series_mixing_single_and_multi_frame_files_is_one_rule_everywhere(tiny_data, tmp_path):
+    """--frame 3 with a 10-frame cine loop among single-frame files: finetune trains on all of
+    them (the others give their only frame, one note line); evaluate, the ONNX metadata and
+    predict (ONNX Runtime and torch) apply the same rule to the same files."""
+    root = _with(tiny_data, tmp_path, "dicom", files={"normal/cine.dcm": _multiframe})
+    code, out, err = cli(*_train(root, tmp_path, "--frame", "3", "--name", "mixed", "--allow-duplicate-leak"))
+    assert code == 0, err[-2000:]
+    assert "does not apply, its only frame was used" in err + out and "out of range" not in err + out
+    run = tmp_path / "runs" / "mixed"
+    assert not (run / "bad_files.csv").exists() or "cine.dcm" not in (run / "bad_files.csv").read_text()
+    code, out, err = cli("evaluate", run, "--json")
+    assert code == 0, err[-2000:]
+    assert cli("export", run, "--onnx")[0] == 0
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(run / "model.onnx")).metadata_props}
+    assert meta["nfx_frame"] == "3"
+    single = sorted((root / "glaucoma").glob("*.dcm"))[0]
+    rows = {}
+    for backend in ("onnx", "torch"):
+        code, out, err = cli("predict", run, single, root / "normal" / "cine.dcm", "--backend", backend, "--json")
+        assert code == 0, err[-2000:]
+        rows[backend] = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        assert len(rows[backend]) == 2 and not any(r.get("error") for r in rows[backend]), rows[backend]
+    for a, b in zip(rows["onnx"], rows["torch"]):
+        assert a["file"] == b["file"] and a["engine"] == "onnxruntime" and b["engine"] == "torch"
+        for c in a["probabilities"]:
+            assert abs(a["probabilities"][c] - b["probabilities"][c]) < 1e-3, (a, b)

@@ -457,6 +457,20 @@ def test_multiframe_frame_index_selects_that_frame():
     assert "out of range" in bad_reason(path, frame=2)
 
 
+def test_single_frame_file_gives_its_only_frame_for_any_frame_index_with_a_note():
+    """A series mixing single- and multi-frame files trains with --frame N for any N a multi-frame
+    file has: single-frame files give their only frame (one note each); a multi-frame file
+    without frame N is still refused."""
+    path = TEST_FILES / "CT_small.dcm"
+    plain = decode(path)
+    for n in (0, 1, 7, -1):
+        notes: list[str] = []
+        np.testing.assert_array_equal(decode_dicom(path, frame=n, notes=notes), plain)
+        assert notes == [f"a single-frame file: --frame {n} does not apply, its only frame was used"]
+    reason = bad_reason(DATA / "SC_rgb_2frame.dcm", frame=7)
+    assert "out of range" in reason and "2 frames" in reason
+
+
 def test_multiframe_greyscale_frame_follows_the_pipeline():
     path = DATA / "emri_small.dcm"
     ds = read(path)

@@ -19,7 +19,7 @@ def inspect(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON to stdout."),
     labels: Path | None = typer.Option(None, "--labels", help="CSV with path,label[,patient][,split] columns instead of label folders."),
     patient_regex: str | None = typer.Option(None, "--patient-regex", help="Regex on file names; group 1 = patient id (when no DICOM PatientID)."),
-    frame: int | None = typer.Option(None, "--frame", help="Frame to use from multi-frame DICOMs (default: report them as bad)."),
+    frame: int | None = typer.Option(None, "--frame", help="Frame to use from multi-frame DICOMs; single-frame files give their only frame (default: report multi-frame files as bad)."),
     workers: int | None = typer.Option(None, "--workers", help="Decoding workers [default: all cores]."),
 ) -> None:
     """Describe a dataset: classes, patients, modalities, bit depths, sizes, bad files, duplicates."""

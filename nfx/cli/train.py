@@ -62,7 +62,7 @@ def finetune(
     workers: int | None = typer.Option(None, "--workers", help="DataLoader workers [default: 0 on CPU, up to 8 on GPU]."),
     cache_dir: str | None = typer.Option(None, "--cache-dir", help="Decoded-image cache [default: ~/.cache/nfx]."),
     labels: Path | None = typer.Option(None, "--labels", help="CSV with path,label[,patient][,split] columns instead of label folders."),
-    frame: int | None = typer.Option(None, "--frame", help="Frame to use from multi-frame DICOMs (default: skip them with a reason)."),
+    frame: int | None = typer.Option(None, "--frame", help="Frame to use from multi-frame DICOMs; single-frame files give their only frame (default: skip multi-frame files with a reason)."),
     allow_patient_leak: bool | None = typer.Option(None, "--allow-patient-leak", help="Accept user splits that share a patient (warned, recorded)."),
     allow_duplicate_leak: bool | None = typer.Option(None, "--allow-duplicate-leak", help="Accept copies of one image in different user splits or under different labels (warned, recorded; metrics will be optimistic)."),
     flip: bool | None = typer.Option(None, "--flip/--no-flip", help="Horizontal flips in augmentation (use --no-flip for chest X-rays)."),

@@ -123,7 +123,9 @@ def check_usable(ds: Any, path: Path, frame: int | None = None, notes: list[str]
     """Reasons a DICOM cannot become one 2-D image; returns the number of frames. A Number of
     Frames that is not a number is tolerated (set to 1, with a note) when the pixel data holds
     a whole number of frames (uncompressed data: its length says how many): the count is taken
-    from the data, with a note, and the multi-frame rule applies as usual."""
+    from the data, with a note, and the multi-frame rule applies as usual. `frame` picks the
+    frame of multi-frame files; a single-frame file gives its only frame whatever `frame` is
+    (a mixed series stays trainable; decode_dicom notes it)."""
     sop = str(ds.get("SOPClassUID", ""))
     if "DirectoryRecordSequence" in ds or sop == "1.2.840.10008.1.3.10":
         raise BadFileError(path, DICOMDIR_REASON)
@@ -149,8 +151,11 @@ def check_usable(ds: Any, path: Path, frame: int | None = None, notes: list[str]
             f"multi-frame ({n_frames} frames); choose one with --frame N (0 to {n_frames - 1})"
             " or remove it",
         )
-    if frame is not None and not (-n_frames <= frame < n_frames):
-        raise BadFileError(path, f"--frame {frame} out of range: the file has {n_frames} frame(s)")
+    # A single-frame file in a series of multi-frame ones gives its only frame whatever N is
+    # (decode_dicom notes it); a multi-frame file without frame N is refused, never clamped.
+    if frame is not None and n_frames > 1 and not (-n_frames <= frame < n_frames):
+        raise BadFileError(path, f"--frame {frame} out of range: the file has {n_frames} frames (0 to "
+                                 f"{n_frames - 1}); choose a frame every multi-frame file has")
     return n_frames
 
 

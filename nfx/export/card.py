@@ -50,7 +50,8 @@ def render(info: dict[str, Any], cfg: dict[str, Any], metrics: dict[str, Any], e
               f"- Starting point: {info.get('weights_source', '?')}",
               f"- Input: {info['input_size']} px, resize policy `{info.get('resize', '?')}`, "
               f"mean {info.get('mean')}, std {info.get('std')}"
-              + (f", DICOM frame {info['frame']}" if info.get("frame") is not None else "")
+              + (f", DICOM frame {info['frame']} of multi-frame files (single-frame files: their only frame)"
+                 if info.get("frame") is not None else "")
               + f", grey DICOMs without VOI: `{info.get('voi_fallback', 'stored')}` (docs/VOI_FALLBACK.md)",
               f"- Training: {t.get('schedule') or 'fine-tune'} schedule, {t.get('freeze_epochs')} head-only + "
               f"{t.get('epochs')} full epochs, effective batch {metrics.get('effective_batch_size', '?')}, "

@@ -5,7 +5,7 @@ the max abs difference to the torch model is reported and above `tolerance` the 
 (the file is then not left in place). Height and width are fixed at the run's input size.
 
 Metadata (model.metadata_props): nfx_classes (JSON list), nfx_input_size, nfx_mean, nfx_std,
-nfx_arch, nfx_resize (squish | letterbox | crop), nfx_frame (DICOM frame or empty), nfx_version — everything needed to preprocess an image without nfx.
+nfx_arch, nfx_resize (squish | letterbox | crop), nfx_frame (frame of multi-frame DICOMs, single-frame ones give their only frame; or empty), nfx_version — everything needed to preprocess an image without nfx.
 """
 
 from __future__ import annotations
