@@ -27,6 +27,7 @@ def check_policy(policy: str) -> str:
 
 
 VOI_FALLBACKS = ("stored", "minmax", "percentile")  # nfx.data.dicom_values applies them
+DEFAULT_VOI_FALLBACK = "minmax"  # of new runs; measured in docs/VOI_FALLBACK.md
 
 
 def check_voi(rule: str) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parents[1] / "nfx"
 
 # module (relative path prefix) → third-party roots it may import
-FASTAI_OK = ("api.py", "train/learner.py", "train/callbacks.py", "train/fit.py", "train/checkpoint.py",
+FASTAI_OK = ("api.py", "fastai.py", "train/learner.py", "train/callbacks.py", "train/fit.py", "train/checkpoint.py",
              "train/accumulation.py", "train/distributed.py", "train/persample_cb.py",
              "train/optim.py",
              "data/dataloaders.py")

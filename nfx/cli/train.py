@@ -31,34 +31,57 @@ FINETUNE_FLAGS = {
 }
 
 
+def _default(section: str, field: str) -> str:
+    """'[default: X]' from RunConfig's own default: help, README and code cannot drift apart."""
+    from nfx.config import RunConfig
+
+    cfg = RunConfig()
+    value = getattr(cfg if section == "top" else getattr(cfg, section), field)
+    return f"[default: {value}]"
+
+
+def _by_schedule(field: str) -> str:
+    """'[default: A fine-tuning, B from scratch]' from the schedule table nfx resolves with."""
+    from nfx.config import SCHEDULE_DEFAULTS
+
+    fine, scratch = SCHEDULE_DEFAULTS["fine-tune"][field], SCHEDULE_DEFAULTS["from-scratch"][field]
+    return f"[default: {fine:g} fine-tuning, {scratch:g} from scratch]"
+
+
+def _voi_default() -> str:
+    from nfx.records import DEFAULT_VOI_FALLBACK
+
+    return f"[default: {DEFAULT_VOI_FALLBACK}, see docs/VOI_FALLBACK.md]"
+
+
 @app.command()
 @boundary
 def finetune(
     data: Path | None = typer.Argument(None, help="Data folder: one sub-folder per label (optionally under train/ valid/ test/)."),
     config: Path | None = typer.Option(None, "--config", help="Start from a run's config.json (options below override it)."),
-    arch: str | None = typer.Option(None, "--arch", help="timm architecture [default: dm_nfnet_f0]."),
+    arch: str | None = typer.Option(None, "--arch", help=f"timm architecture {_default('model', 'arch')}."),
     pretrained: bool | None = typer.Option(None, "--pretrained/--no-pretrained", help="Start from pretrained weights [default: pretrained]."),
     weights: Path | None = typer.Option(None, "--weights", help="Local weights file (safetensors or state dict) for offline use."),
-    epochs: int | None = typer.Option(None, "--epochs", help="Epochs with the whole network trainable [default: 10]."),
-    freeze_epochs: int | None = typer.Option(None, "--freeze-epochs", help="Head-only warm-up epochs [default: 1 when fine-tuning, 0 from scratch]."),
-    schedule: str | None = typer.Option(None, "--schedule", help="fine-tune (warm-up, body lr/10) or from-scratch (one lr) [default: from the weights]."),
-    body_lr_div: float | None = typer.Option(None, "--body-lr-div", help="Body lr = lr / this [default: 10 when fine-tuning, 1 from scratch]."),
-    resize: str | None = typer.Option(None, "--resize", help="squish, letterbox or crop [default: squish]."),
-    bs: int | None = typer.Option(None, "--bs", help="Samples per forward pass [default: 16]."),
-    accum: int | None = typer.Option(None, "--accum", help="Micro-batches per optimizer step [default: 1]."),
-    lr: float | None = typer.Option(None, "--lr", help="Peak learning rate of the head [default: 1e-3 fine-tuning, 2e-3 from scratch]."),
+    epochs: int | None = typer.Option(None, "--epochs", help=f"Epochs with the whole network trainable {_default('train', 'epochs')}."),
+    freeze_epochs: int | None = typer.Option(None, "--freeze-epochs", help=f"Head-only warm-up epochs (body frozen) {_by_schedule('freeze_epochs')}."),
+    schedule: str | None = typer.Option(None, "--schedule", help="fine-tune (head-only warm-up, then the whole network) or from-scratch (no warm-up) [default: from the weights: fine-tune from pretrained or --weights, from-scratch with --no-pretrained]."),
+    body_lr_div: float | None = typer.Option(None, "--body-lr-div", help=f"Body lr = lr / this {_by_schedule('body_lr_div')}."),
+    resize: str | None = typer.Option(None, "--resize", help=f"squish, letterbox or crop {_default('data', 'resize')}."),
+    bs: int | None = typer.Option(None, "--bs", help=f"Samples per forward pass {_default('train', 'bs')}."),
+    accum: int | None = typer.Option(None, "--accum", help=f"Micro-batches per optimizer step {_default('train', 'accum')}."),
+    lr: float | None = typer.Option(None, "--lr", help=f"Peak learning rate (fine-tuning: of the head-only warm-up, halved when the body is unfrozen) {_by_schedule('lr')}."),
     agc: str | None = typer.Option(None, "--agc", help="AGC clip factor: auto (from the effective batch size), off, or a number."),
     size: int | None = typer.Option(None, "--size", help="Input size in px [default: the checkpoint's train size]."),
-    seed: int | None = typer.Option(None, "--seed", help="Random seed [default: 42]."),
-    out: str | None = typer.Option(None, "--out", help="Parent folder of run folders [default: runs]."),
+    seed: int | None = typer.Option(None, "--seed", help=f"Random seed {_default('train', 'seed')}."),
+    out: str | None = typer.Option(None, "--out", help=f"Parent folder of run folders {_default('top', 'out')}."),
     name: str | None = typer.Option(None, "--name", help="Run folder name [default: <arch>-<time>]."),
-    valid_pct: float | None = typer.Option(None, "--valid-pct", help="Share of patients for validation [default: 0.2]."),
+    valid_pct: float | None = typer.Option(None, "--valid-pct", help=f"Share of patients for validation {_default('data', 'valid_pct')}."),
     patient_regex: str | None = typer.Option(None, "--patient-regex", help="Regex on file names; group 1 = patient id (when no DICOM PatientID)."),
-    voi_fallback: str | None = typer.Option(None, "--voi-fallback", help="Grey DICOMs without any window/VOI LUT: stored (full BitsStored range), minmax or percentile (0.5-99.5) per image [default: minmax, see docs/VOI_FALLBACK.md]."),
+    voi_fallback: str | None = typer.Option(None, "--voi-fallback", help=f"Grey DICOMs without any window/VOI LUT: stored (full BitsStored range), minmax or percentile (0.5-99.5) per image {_voi_default()}."),
     keep_patient_ids: bool | None = typer.Option(None, "--keep-patient-ids", help="Write raw patient ids to the run's outputs [default: pseudonyms, see README]."),
     skip_bad: bool | None = typer.Option(None, "--skip-bad/--no-skip-bad", help="Continue past unreadable files (listed in bad_files.csv)."),
-    aug: str | None = typer.Option(None, "--aug", help="Augmentation preset: none, light, strong [default: none; try light for long runs]."),
-    precision: str | None = typer.Option(None, "--precision", help="auto, bf16, fp16 or fp32 [default: auto]."),
+    aug: str | None = typer.Option(None, "--aug", help=f"Augmentation preset: none, light, strong {_default('data', 'aug')}."),
+    precision: str | None = typer.Option(None, "--precision", help=f"auto, bf16, fp16 or fp32 {_default('train', 'precision')}."),
     workers: int | None = typer.Option(None, "--workers", help="DataLoader workers [default: 0 on CPU, up to 8 on GPU]."),
     cache_dir: str | None = typer.Option(None, "--cache-dir", help="Decoded-image cache [default: ~/.cache/nfx]."),
     labels: Path | None = typer.Option(None, "--labels", help="CSV with path,label[,patient][,split] columns instead of label folders."),
@@ -66,11 +89,11 @@ def finetune(
     allow_patient_leak: bool | None = typer.Option(None, "--allow-patient-leak", help="Accept user splits that share a patient (warned, recorded)."),
     allow_duplicate_leak: bool | None = typer.Option(None, "--allow-duplicate-leak", help="Accept copies of one image in different user splits or under different labels (warned, recorded; metrics will be optimistic)."),
     flip: bool | None = typer.Option(None, "--flip/--no-flip", help="Horizontal flips in augmentation (use --no-flip for chest X-rays)."),
-    agc_mode: str | None = typer.Option(None, "--agc-mode", help="batch (clip the mean gradient) or per-sample (clip each sample's)."),
+    agc_mode: str | None = typer.Option(None, "--agc-mode", help=f"batch (clip the mean gradient) or per-sample (clip each sample's) {_default('train', 'agc_mode')}."),
     persample_chunk: int | None = typer.Option(None, "--persample-chunk", help="Samples per vmap chunk in per-sample AGC [default: auto]."),
-    persample_impl: str | None = typer.Option(None, "--persample-impl", help="Per-sample AGC implementation: auto (one backward pass; vmap where a layer is not covered), one-pass or vmap."),
+    persample_impl: str | None = typer.Option(None, "--persample-impl", help=f"Per-sample AGC implementation: auto (one backward pass; vmap where a layer is not covered), one-pass or vmap {_default('train', 'persample_impl')}."),
     ema: float | None = typer.Option(None, "--ema", help="EMA decay of the weights, e.g. 0.999 (validation and saved model use the EMA)."),
-    balance: str | None = typer.Option(None, "--balance", help="Class imbalance: none, loss (weighted loss) or sampler (weighted sampling)."),
+    balance: str | None = typer.Option(None, "--balance", help=f"Class imbalance: none, loss (weighted loss) or sampler (weighted sampling) {_default('train', 'balance')}."),
     patience: int | None = typer.Option(None, "--patience", help="Stop after this many epochs without improvement of the monitor."),
     monitor: str | None = typer.Option(None, "--monitor", help="Metric for best checkpoint / early stop [default: valid_roc_auc (binary) else valid_loss]."),
     compile_: bool | None = typer.Option(None, "--compile/--no-compile", help="torch.compile the model for training."),

@@ -126,7 +126,7 @@ class ImageCache:
     def get(self, path: str | Path) -> np.ndarray:
         """The cached array (decoding and storing it on a miss)."""
         e = self.entry(path)
-        if e.is_file():
+        if self._is_hit(e):
             try:
                 return np.load(e)
             except (OSError, ValueError):

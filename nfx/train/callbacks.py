@@ -30,35 +30,69 @@ def clip_stats(clipped: list[torch.Tensor], units: list[int]) -> tuple[float | N
 
 
 class AGCCallback(Callback):
-    """Adaptive Gradient Clipping once per optimizer step, head excluded by identity.
+    """Adaptive Gradient Clipping once per optimizer step, head excluded by identity
+    (Brock et al. 2021). Public as `nfx.fastai.AGC`.
+
+    - `clip_factor`: λ, or "auto" (nfx.config.auto_agc_clip of the effective batch: the train
+      loader's batch size × fastai's GradientAccumulation or nfx's accumulation × processes,
+      found in before_fit).
+    - What is clipped: `params` when given (any iterable; a generator is read once, here), else
+      every trainable parameter but the head (`exclude`, a module or parameters, when given;
+      else found by `head_params`: timm's classifier by identity, or the last parameter group of
+      fastai's splitter, which is the head for vision_learner and nf_learner).
+    - `column`: the Recorder column showing the fraction of units clipped in each epoch's
+      training steps (None: no column; nfx's CLI logs it itself).
 
     Contract:
     - before_step with order = MixedPrecision.order + 1 (the slot of fastai's GradientClip):
       MixedPrecision has already unscaled the gradients (GradScaler.unscale_) and has cancelled
       overflow steps, so AGC sees finite, unscaled gradients.
-    - MicroBatchAccumulation (order 6) cancels incomplete windows before this runs: AGC sees
-      the fully accumulated gradient exactly once per optimizer step.
-    - Only the parameters passed in (the body) are clipped; frozen ones have no gradient.
+    - fastai's GradientAccumulation and nfx's MicroBatchAccumulation (order 6) cancel the batch
+      before this runs until their window is complete: AGC sees the fully accumulated gradient
+      exactly once per optimizer step.
+    - Frozen parameters have no gradient and are left alone (fine_tune's frozen epochs).
     Clip statistics stay on the device during the epoch and are read once at its end.
     """
 
     order = MixedPrecision.order + 1
 
-    def __init__(self, params: list[torch.Tensor], clip_factor: float, eps: float = 1e-3):
-        self.params = params
-        self.clip_factor = clip_factor
-        self.eps = eps
+    def __init__(self, clip_factor: float | str = "auto", eps: float = 1e-3, *, params: Any = None,
+                 exclude: Any = None, column: str | None = "agc_clipped"):
+        if not (clip_factor == "auto" or (isinstance(clip_factor, (int, float)) and clip_factor > 0)):
+            raise ValueError(f"clip_factor must be 'auto' or a number > 0 (got {clip_factor!r}); "
+                             "to train without AGC, leave the callback out")
+        self.clip_factor, self.eps, self.column = clip_factor, eps, column
+        self.given = None if params is None else list(params)  # a generator is consumed once, here
+        self.exclude = exclude
+        self.params: list[torch.Tensor] = list(self.given or [])
+        self.lam: float | None = None if clip_factor == "auto" else float(clip_factor)
         self.clipper = agc.Clipper()  # owns the cached plan for these parameters
         self.n_calls = 0
         self.epoch_fraction: float | None = None
         self.epoch_min_step_fraction: float | None = None
 
+    def before_fit(self) -> None:
+        if self.given is None:
+            self.params = body_params(self.learn, self.exclude)
+            self.clipper = agc.Clipper()
+        if self.clip_factor == "auto":
+            from nfx.config import auto_agc_clip
+
+            self.lam = auto_agc_clip(effective_batch(self.learn))
+        if self.column:
+            add_column(self.learn, self.column, self.column_value)
+
+    def column_value(self) -> float:
+        """This epoch's fraction of units clipped (NaN before any step): the Recorder column."""
+        return _nan_if_none(self.epoch_fraction)
+
     def before_epoch(self) -> None:
         self._clipped: list[torch.Tensor] = []
         self._units: list[int] = []
+        self.epoch_fraction = self.epoch_min_step_fraction = None
 
     def before_step(self) -> None:
-        clipped, units = self.clipper(self.params, self.clip_factor, self.eps)
+        clipped, units = self.clipper(self.params, self.lam, self.eps)
         self.n_calls += 1
         if clipped is not None and units:
             self._clipped.append(clipped)
@@ -66,6 +100,66 @@ class AGCCallback(Callback):
 
     def after_train(self) -> None:
         self.epoch_fraction, self.epoch_min_step_fraction = clip_stats(self._clipped, self._units)
+
+
+def head_params(learn: Any) -> list[torch.Tensor]:
+    """The head's parameters, by identity: timm's get_classifier() on the model when it has
+    parameters, else the last parameter group of the Learner's splitter (fastai's vision_learner
+    and nfx's nf_learner put the head there). Empty when neither tells."""
+    get = getattr(learn.model, "get_classifier", None)
+    if get is not None:
+        found = list(get().parameters())
+        if found:
+            return found
+    groups = list(learn.splitter(learn.model))
+    if not groups or isinstance(groups[0], torch.Tensor):  # fastai's default: one flat list of parameters
+        return []
+    return list(groups[-1]) if len(groups) > 1 else []
+
+
+def body_params(learn: Any, exclude: Any = None) -> list[torch.Tensor]:
+    """Every parameter of the model but the head (`exclude`: a module or parameters)."""
+    from nfx.errors import ModelError
+
+    if exclude is not None:
+        head = list(exclude.parameters()) if isinstance(exclude, torch.nn.Module) else list(exclude)
+    else:
+        head = head_params(learn)
+    if not head:
+        raise ModelError(f"AGC cannot tell the head of this {type(learn.model).__name__}: pass the classifier "
+                         "to leave unclipped, e.g. AGC(exclude=learn.model.fc), or the parameters to clip "
+                         "with AGC(params=...)")
+    ids = {id(p) for p in head}
+    return [p for p in learn.model.parameters() if id(p) not in ids]
+
+
+def effective_batch(learn: Any) -> int:
+    """Samples per optimizer step: the train loader's batch size × accumulation × processes."""
+    from fastai.callback.training import GradientAccumulation
+
+    bs = int(getattr(learn.dls.train, "bs", 0) or 1)
+    n = bs
+    for cb in learn.cbs:
+        if isinstance(cb, GradientAccumulation):  # steps once it has seen n_acc samples
+            n = max(bs, -(-int(cb.n_acc) // bs) * bs)
+        elif type(cb).__name__ == "MicroBatchAccumulation":
+            n = bs * int(cb.accum)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        n *= torch.distributed.get_world_size()
+    return n
+
+
+def add_column(learn: Any, name: str, value: Any) -> None:
+    """A Recorder column `name` (fastai's ValueMetric): shown in fastai's table, kept in
+    recorder.values. Added once, however many fits run (fine_tune runs two)."""
+    from fastai.learner import ValueMetric
+
+    if not any(getattr(m, "name", None) == name for m in learn.metrics):
+        learn.metrics = list(learn.metrics) + [ValueMetric(value, name)]
+
+
+def _nan_if_none(v: float | None) -> float:
+    return float("nan") if v is None else v
 
 
 class EpochLog(Callback):

@@ -88,7 +88,7 @@ def build_learner(dls, model, *, num_classes: int, wd: float, precision: str, ac
         agc_cb = PerSampleAGCCallback(model, body, agc, chunk=persample_chunk, accum_cb=accum_cb,
                                       impl=persample_impl, note=note)
     else:
-        agc_cb = AGCCallback(body, agc) if agc else None
+        agc_cb = AGCCallback(agc, params=body, column=None) if agc else None
     if agc_cb:
         cbs.append(agc_cb)
     learn = Learner(

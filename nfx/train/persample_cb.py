@@ -133,7 +133,7 @@ class PerSampleAGCCallback(Callback):
         from fastai.callback.core import CancelBackwardException
 
         y = self.learn.yb[0].as_subclass(torch.Tensor)
-        weight = 1.0 / self.accum_cb.window_len() if self.accum_cb is not None else 1.0
+        weight = self._window_weight(y)
         autocast_dtype, loss_scale = None, None
         mp = next((cb for cb in self.learn.cbs if isinstance(cb, MixedPrecision)), None)
         if mp is not None and getattr(mp, "autocast", None) is not None and y.device.type == "cuda":
@@ -155,6 +155,18 @@ class PerSampleAGCCallback(Callback):
             self._clipped.append(clipped)
             self._units.append(units)
         raise CancelBackwardException()
+
+    def _window_weight(self, y: torch.Tensor) -> float:
+        """This micro-batch's share of the optimizer step, as the accumulation callback in use
+        would have scaled its loss: 1 / (micro-batches in the window) for nfx's accumulation,
+        bs / n_acc for fastai's GradientAccumulation (which divides loss_grad so), else 1."""
+        from fastai.callback.training import GradientAccumulation
+
+        accum = self.accum_cb or next((cb for cb in self.learn.cbs if isinstance(cb, MicroBatchAccumulation)), None)
+        if accum is not None:
+            return 1.0 / accum.window_len()
+        fastai_acc = next((cb for cb in self.learn.cbs if isinstance(cb, GradientAccumulation)), None)
+        return y.shape[0] / fastai_acc.n_acc if fastai_acc is not None else 1.0
 
     def before_step(self) -> None:
         if self.impl != "vmap":

@@ -16,10 +16,8 @@ from nfx.config import RunConfig
 from nfx.console import Printer
 from nfx.data.split import split_counts
 from nfx.errors import DataError, RunError
-from nfx.records import MODEL_INFO, InputSpec, ModelInfo, voi_of
+from nfx.records import DEFAULT_VOI_FALLBACK, MODEL_INFO, InputSpec, ModelInfo, voi_of
 from nfx.workflows.splitting import split, write_splits
-
-DEFAULT_VOI_FALLBACK = "minmax"  # new runs; measured in docs/VOI_FALLBACK.md
 
 
 @dataclass
