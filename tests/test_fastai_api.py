@@ -380,3 +380,16 @@ def test_importing_the_cli_does_not_import_fastai():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ},
                          timeout=120).stdout.split()
     assert out[0] == "False", out
+
+
+def test_per_sample_agc_with_fine_tune_waits_for_the_body_and_lr_find_runs():
+    from nfx.fastai import PerSampleAGC, nf_learner
+
+    dls = _png_dls(bs=4)
+    ps = PerSampleAGC()
+    learn = nf_learner(dls, "test_nfnet", pretrained=False, agc=None, cbs=ps)
+    learn.fine_tune(1, 1e-3, freeze_epochs=1)
+    assert ps.n_calls == len(dls.train)  # the unfrozen epoch only: with the body frozen it stays out of the way
+    assert ps.impl == "one-pass" and ps.epoch_fraction is not None
+    suggestion = learn.lr_find(num_it=6, show_plot=False)
+    assert suggestion.valley > 0
