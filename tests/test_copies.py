@@ -269,3 +269,28 @@ def test_evaluate_on_data_holding_training_images_says_so_and_leaves_them_out(ti
     assert found == [f"seen_{i}.png" for i in range(3)]
     assert res["n_images"] == len(valid)
     assert any("copies of training images" in w for w in res["warnings"])
+
+
+def test_a_giant_copy_group_is_warned_about_and_recorded():
+    """Chains of near-copies can join many images; the split keeps them together, so say so."""
+    from types import SimpleNamespace
+
+    from nfx.config import RunConfig
+    from nfx.console import Printer
+    from nfx.workflows.splitting import check_copies
+
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((copies.LOW, copies.LOW)).astype(np.float32)
+    sigs = [base + 0.01 * rng.standard_normal(base.shape).astype(np.float32) for _ in range(25)]
+    sigs += [rng.standard_normal(base.shape).astype(np.float32) for _ in range(75)]
+    samples = [SimpleNamespace(path=f"img{i}.png", label="a" if i % 2 else "b") for i in range(100)]
+    p = Printer(quiet=True)
+    with pytest.raises(Exception, match="different labels"):  # the giant group mixes labels
+        check_copies(RunConfig(), samples, np.stack(sigs).astype(np.float16), p)
+    samples = [SimpleNamespace(path=f"img{i}.png", label="a") for i in range(100)]
+    copy_of, summary = check_copies(RunConfig(), samples, np.stack(sigs).astype(np.float16), p)
+    assert summary["largest_group"] == 25
+    assert any("one copy group holds 25 of 100 images" in w for w in p.warnings), p.warnings
+    p2 = Printer(quiet=True)
+    check_copies(RunConfig(), samples[:78], np.stack(sigs[:3] + sigs[25:]).astype(np.float16), p2)
+    assert not any("copy group holds" in w for w in p2.warnings)

@@ -20,7 +20,7 @@ sides validates on a training image. This module owns:
   docs/COPIES.md "Grouping at scale"). Only confirmed pairs are kept.
 - the **confirmation**: the best correlation over the 8 orientations ≥ `THRESHOLD`, chosen from
   the labelled real-image set in docs/COPIES.md (`python benchmarks/copies.py`).
-- **grouping**: union-find over confirmed pairs (copies of copies are one group).
+- **grouping**: connected components of the confirmed pairs (copies of copies are one group).
 
 ImageHash was considered (the issue asks to prefer a kept library): its hashes take PIL images,
 so nfx's float arrays after VOI would be quantised to 8 bit first, and a mirrored or rotated copy
@@ -43,6 +43,7 @@ THUMB = 32  # thumbnail side (px)
 LOW = 16  # DCT block kept as the signature: LOW×LOW coefficients
 EXACT_MAX = 5_000  # up to this many images every pair is compared (blocked matrix products)
 HASH_BITS = 64  # beyond: principal-coordinate sign bits, multi-index hashed in 16-bit quarters
+PROBED = 2  # the first quarters (largest principal coordinates) are probed with their least certain bit flipped too
 THRESHOLD = 0.95  # correlation of the low-passed thumbnails (docs/COPIES.md)
 FLAT_STD = 0.004  # low-passed thumbnail std below this: no contrast, no signature
 
@@ -89,15 +90,22 @@ def unit_vectors(sigs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 _SIGN = np.where(np.arange(LOW) % 2 == 0, 1.0, -1.0).astype(np.float32)
 
 
-def orientations(v: np.ndarray) -> list[np.ndarray]:
-    """The 8 rotations/mirrors of signatures (…×n×n DCT blocks, n ≤ LOW): identity, mirrors,
-    180°, transpose-based (90°, 270°, the two diagonal mirrors)."""
-    n = v.shape[-1]
+def orient(v: np.ndarray, k: int) -> np.ndarray:
+    """Orientation k (0–7) of signatures (…×n×n DCT blocks, n ≤ LOW): identity, the mirrors,
+    180°, then the transpose-based ones (90°, 270°, the two diagonal mirrors). A flip along y
+    multiplies row k by (-1)^k, along x column k; a transpose swaps the axes."""
+    return (np.swapaxes(v, -1, -2) if k >= 4 else v) * _mask(v.shape[-1], k)
+
+
+def _mask(n: int, k: int) -> np.ndarray:
     s = _SIGN[:n]
-    rows, cols = s[:, None], s[None, :]  # flip along y multiplies row k by (-1)^k; along x column k
-    base = [v, v * cols, v * rows, v * rows * cols]
-    vt = np.swapaxes(v, -1, -2)
-    return base + [vt, vt * cols, vt * rows, vt * rows * cols]
+    rows, cols = s[:, None], s[None, :]
+    return (np.ones((n, n), np.float32), cols, rows, rows * cols)[k % 4]
+
+
+def orientations(v: np.ndarray) -> list[np.ndarray]:
+    """The 8 rotations/mirrors of signatures (see orient)."""
+    return [orient(v, k) for k in range(8)]
 
 
 def correlation(a: np.ndarray, b: np.ndarray) -> float:
@@ -175,36 +183,81 @@ def _exact_candidates(v: np.ndarray, threshold: float) -> list[tuple[np.ndarray,
     return out
 
 
-def _hashed_candidates(v: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, int]]:
-    """Pairs whose 64-bit codes (signs of the 64 principal coordinates, centred on the data's
-    mean) agree on at least one 16-bit quarter (multi-index hashing): any pair whose codes differ
-    in at most 3 bits is found. Near-identical copies (correlation ≥ 0.999) agree on nearly every
-    bit; copies near the threshold can differ in more and then be missed (docs/COPIES.md)."""
+def _hashed_pairs(v: np.ndarray, threshold: float) -> tuple[list[tuple[np.ndarray, np.ndarray, np.ndarray]], int]:
+    """Confirmed pairs (i, j, correlation) found by multi-index hashing, and the candidates examined.
+
+    Codes: signs of the 64 principal coordinates (centred on the data's mean), in four 16-bit
+    quarters; a pair is a candidate when its codes agree on a whole quarter, so any pair whose codes
+    differ in at most 3 bits is found. Near-identical copies agree on nearly every bit; copies near
+    the threshold can differ in more and be missed (docs/COPIES.md). The 8 orientations are applied
+    to the projections (a signed permutation of their 256 rows), never to the data. Candidates are
+    first bounded on the mean + principal coordinates (x·y ≤ x_Q·y_Q + |x_⊥||y_⊥| for unit
+    vectors), and only those that can reach the threshold are compared in full."""
     n = len(v)
     x = v.reshape(n, -1)
     mu, proj = _pca(x, HASH_BITS)
-    per = max(1, proj.shape[1] // 4)  # four chunks (fewer bits each when the data has fewer directions)
+    per = max(1, proj.shape[1] // 4)  # four quarters (fewer bits each when the data has fewer directions)
     proj = proj[:, : per * min(4, proj.shape[1])]
-    weights = (1 << np.arange(per, dtype=np.uint32)).astype(np.uint32)
+    chunks = proj.shape[1] // per
+    basis = np.linalg.qr(np.concatenate([mu[:, None], proj], axis=1).astype(np.float64))[0].astype(np.float32)
+    weights = 1 << np.arange(per, dtype=np.int64)
+    offset = mu @ proj
 
-    def keys(a: np.ndarray) -> np.ndarray:
-        bits = ((a - mu) @ proj > 0).reshape(len(a), -1, per).astype(np.uint32)
-        return (bits * weights).sum(axis=2, dtype=np.uint32)
+    def coords(k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """codes, each quarter's least certain bit, basis coordinates and the norm outside the
+        basis, of orientation k of every image."""
+        pb, pp = _pull(basis, k), _pull(proj, k)
+        y, codes = np.empty((n, basis.shape[1]), np.float32), np.empty((n, chunks), np.int64)
+        doubt = np.empty((n, chunks), np.int64)
+        for s in range(0, n, 50_000):
+            xs = x[s : s + 50_000]
+            y[s : s + 50_000] = xs @ pb
+            z = (xs @ pp - offset).reshape(len(xs), chunks, per)
+            codes[s : s + 50_000] = ((z > 0) * weights).sum(axis=2)
+            doubt[s : s + 50_000] = np.abs(z).argmin(axis=2)
+        rest = np.sqrt(np.clip(1.0 - (y.astype(np.float64) ** 2).sum(axis=1), 0.0, None)).astype(np.float32)
+        return codes, doubt, y, rest
 
-    db = keys(x)
-    out = []
-    for k, o in enumerate(orientations(v)):
-        q = keys(o.reshape(n, -1))
-        for t in range(db.shape[1]):
-            i, j = _equal_keys(db[:, t], q[:, t])
-            keep = i < j if k == 0 else i != j
-            out.append((i[keep], j[keep], k))
-    return out
+    db, d0, y0, r0 = coords(0)
+    order = [np.argsort(db[:, t], kind="stable") for t in range(chunks)]
+    found, examined = [], 0
+    for k in range(8):
+        q, dk, yk, rk = (db, d0, y0, r0) if k == 0 else coords(k)
+        keys = []
+        for t in range(chunks):
+            for probe in (q[:, t], q[:, t] ^ (1 << dk[:, t]))[: 1 + (t < PROBED)]:
+                i, j = _equal_keys(db[:, t], probe, order[t])
+                keep = i < j if k == 0 else i != j
+                keys.append(i[keep] * n + j[keep])
+        pairs = np.sort(np.concatenate(keys))  # a pair agreeing on several quarters is examined once
+        pairs = pairs[np.concatenate([[True], pairs[1:] != pairs[:-1]])]
+        examined += len(pairs)
+        for s in range(0, len(pairs), 200_000):  # in chunks: memory stays bounded
+            i, j = np.divmod(pairs[s : s + 200_000], n)
+            can = np.einsum("ij,ij->i", yk[i], y0[j]) + rk[i] * r0[j] >= threshold - 1e-4
+            found.append(_confirm(v, i[can], j[can], k, threshold))
+    return found, examined
 
 
-def _equal_keys(db: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(i, j) with q[i] == db[j]."""
-    order = np.argsort(db, kind="stable")
+def _confirm(v: np.ndarray, i: np.ndarray, j: np.ndarray, k: int, threshold: float
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pairs (i in orientation k, j) whose correlation reaches the threshold: (i, j, corr)."""
+    if not len(i):
+        return i, j, np.zeros(0, np.float32)
+    c = np.einsum("ij,ij->i", orient(v[i], k).reshape(len(i), -1), v[j].reshape(len(j), -1))
+    hit = c >= threshold
+    return i[hit], j[hit], c[hit]
+
+
+def _pull(proj: np.ndarray, k: int) -> np.ndarray:
+    """P_k with orient(x, k) · p == x · P_k[:, c] for every column p of proj (LOW²×m)."""
+    w = proj.reshape(LOW, LOW, -1) * _mask(LOW, k)[:, :, None]
+    return np.ascontiguousarray((np.swapaxes(w, 0, 1) if k >= 4 else w).reshape(LOW * LOW, -1))
+
+
+def _equal_keys(db: np.ndarray, q: np.ndarray, order: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(i, j) with q[i] == db[j] (`order`: db's argsort, when known)."""
+    order = np.argsort(db, kind="stable") if order is None else order
     sdb = db[order]
     lo = np.searchsorted(sdb, q, "left")
     cnt = np.searchsorted(sdb, q, "right") - lo
@@ -218,7 +271,7 @@ def group_copies(sigs: np.ndarray | Sequence[np.ndarray], threshold: float = THR
                  exact_max: int = EXACT_MAX) -> CopyGroups:
     """Group N signatures (N×LOW×LOW) into copy groups: candidates in 8 orientations (every pair up
     to `exact_max` images, multi-index hashing beyond), confirmed by the correlation ≥ threshold,
-    joined by union-find."""
+    joined transitively (connected components: copies of copies are one group)."""
     sigs = np.asarray(sigs)
     n = len(sigs)
     if n == 0:
@@ -226,28 +279,50 @@ def group_copies(sigs: np.ndarray | Sequence[np.ndarray], threshold: float = THR
     v, ok = unit_vectors(sigs)
     idx = np.flatnonzero(ok)
     v = v[idx]
-    uf = UnionFind(n)
-    best: dict[tuple[int, int], float] = {}
     examined = 0
+    p, r, c = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
     if len(idx) > 1:
-        flat_v = v.reshape(len(v), -1)
-        oris = orientations(v)
-        found = _exact_candidates(v, threshold) if len(v) <= exact_max else _hashed_candidates(v)
-        for i, j, k in found:
-            examined += len(i)
-            o = oris[k].reshape(len(v), -1)
-            for s in range(0, len(i), 100_000):  # confirm in chunks: memory stays bounded
-                a, b = i[s : s + 100_000], j[s : s + 100_000]
-                c = np.einsum("ij,ij->i", o[a], flat_v[b])
-                hit = c >= threshold
-                for ia, jb, cc in zip(a[hit].tolist(), b[hit].tolist(), c[hit].tolist(), strict=True):
-                    p, r = int(idx[min(ia, jb)]), int(idx[max(ia, jb)])
-                    if cc > best.get((p, r), -1.0):
-                        best[(p, r)] = cc
-                    uf.union(p, r)
-    group = np.array([uf.find(i) for i in range(n)], dtype=np.int64)
-    pairs = sorted((i, j, round(c, 4)) for (i, j), c in best.items())
+        if len(v) <= exact_max:
+            found = []
+            for i, j, k in _exact_candidates(v, threshold):
+                examined += len(i)
+                for s in range(0, len(i), 100_000):  # confirm in chunks: memory stays bounded
+                    found.append(_confirm(v, i[s : s + 100_000], j[s : s + 100_000], k, threshold))
+        else:
+            found, examined = _hashed_pairs(v, threshold)
+        empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
+        a, b, c = (np.concatenate([f[m] for f in [empty, *found]]) for m in range(3))
+        p, r = idx[np.minimum(a, b)], idx[np.maximum(a, b)]
+        order = np.lexsort((-c, r, p))  # one row per pair: its best orientation
+        p, r, c = p[order], r[order], c[order]
+        first = np.ones(len(p), bool)
+        first[1:] = (p[1:] != p[:-1]) | (r[1:] != r[:-1])
+        p, r, c = p[first], r[first], c[first]
+    group = components(n, p, r)
+    pairs = list(zip(p.tolist(), r.tolist(), np.round(c.astype(np.float64), 4).tolist(), strict=True))
     return CopyGroups(group, pairs, ~ok, examined)
+
+
+def components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """For each of n items, the smallest index of its connected component under the edges a–b
+    (vectorised: minimum labels pushed along the edges, then pointer jumping, until stable)."""
+    lab = np.arange(n, dtype=np.int64)
+    if not len(a):
+        return lab
+    a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
+    while True:
+        m = np.minimum(lab[a], lab[b])
+        new = lab.copy()
+        np.minimum.at(new, a, m)
+        np.minimum.at(new, b, m)
+        while True:  # pointer jumping: a label's label is as good, and smaller
+            jumped = new[new]
+            if np.array_equal(jumped, new):
+                break
+            new = jumped
+        if np.array_equal(new, lab):
+            return lab
+        lab = new
 
 
 def cross_matches(query: np.ndarray, ref: np.ndarray, threshold: float = THRESHOLD) -> list[tuple[int, int, float]]:

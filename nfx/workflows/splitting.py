@@ -16,6 +16,9 @@ def _pair(samples, members: list[int]) -> str:
     return f"{samples[a].path} ({samples[a].label}) ≈ {samples[b].path} ({samples[b].label})"
 
 
+GIANT_GROUP_MIN, GIANT_GROUP_SHARE = 20, 0.05  # a copy group this large is warned about
+
+
 def check_copies(cfg: RunConfig, samples, sigs, printer: Printer) -> tuple[list[int], dict]:
     """Copy groups (nfx.data.copies) of the samples: per sample the first index of its group,
     and the summary recorded in split_summary.json. Copies under different labels are a
@@ -43,6 +46,14 @@ def check_copies(cfg: RunConfig, samples, sigs, printer: Printer) -> tuple[list[
     if sets:
         printer.info(f"copies: {summary['images_in_groups']} images are copies of another (other size, encoding, "
                      f"window, rotation or mirror) in {len(sets)} group(s); each group stays in one split")
+        largest = max(len(m) for m in sets)
+        summary["largest_group"] = largest
+        if largest >= max(GIANT_GROUP_MIN, GIANT_GROUP_SHARE * len(samples)):
+            # copies of copies are joined transitively: on very alike images (e.g. thousands of
+            # near-identical low-passed thumbnails) a chain can join distinct images into one group
+            printer.warn(f"one copy group holds {largest} of {len(samples)} images (e.g. "
+                         f"{_pair(samples, max(sets, key=len))}): chains of near-copies joined them; they stay in one "
+                         "split, so the split may be unbalanced — check them with `nfx inspect`")
     return copy_of, summary
 
 
