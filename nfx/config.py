@@ -58,15 +58,12 @@ class ModelConfig:
 
 
 SCHEDULES = ("fine-tune", "from-scratch")
-# The schedule of each starting point (resolve_schedule); any value given explicitly wins.
-# fine-tune: fastai's fine_tune practice — a head-only warm-up epoch on the frozen pretrained body,
-#   then the whole network with the body at lr/10 (the head at lr/2 after the warm-up).
-# from-scratch: no frozen phase and one learning rate for every parameter (a random body has
-#   nothing to protect: freezing it trains a head on random features, and lr/10 starves it).
-#   Measured on real brain MRI (docs/LEARNING.md): the fine-tune schedule on a random body cost 0.1-0.2 accuracy.
+# The schedule of each starting point (resolve_schedule); any value given explicitly wins. fine-tune: a
+# head-only warm-up epoch on the frozen pretrained body at 4e-3, then every layer at 2e-3 (the head lr is
+# halved at unfreezing); measured above fastai's body-at-lr/10 practice from local weights. from-scratch: no
+# frozen phase, one lr (a random body has nothing to protect); the fine-tune schedule on a random body cost
+# 0.1-0.2 accuracy. Both measured on real brain MRI (docs/LEARNING.md).
 SCHEDULE_DEFAULTS: dict[str, dict[str, float]] = {
-    # head warm-up at 4e-3, then every layer at 2e-3 (the head lr is halved at unfreezing):
-    # measured on real MRI from local weights above fastai's lr/10-body practice (docs/LEARNING.md)
     "fine-tune": {"freeze_epochs": 1, "lr": 4e-3, "body_lr_div": 1.0},
     "from-scratch": {"freeze_epochs": 0, "lr": 2e-3, "body_lr_div": 1.0},
 }
@@ -96,6 +93,7 @@ class TrainConfig:
     patience: int | None = None  # early stopping: epochs without improvement of the monitor
     monitor: str | None = None  # checkpoint/early-stop metric; None = valid_roc_auc (binary) else valid_loss
     compile: bool = False  # torch.compile the model for training
+    folds: int | None = None  # k-fold cross-validation: k runs under one parent (nfx.workflows.folds)
     world_size: int = 1  # training processes (DDP); from the launcher (torchrun / accelerate), never a flag
 
     @property
@@ -241,6 +239,7 @@ def validate_train(t: TrainConfig) -> None:
         (t.balance in BALANCE, f"--balance must be one of {BALANCE} (got {t.balance!r})"),
         (t.ema is None or 0 < t.ema < 1, f"--ema must be a decay between 0 and 1, e.g. 0.999 (got {t.ema})"),
         (t.patience is None or t.patience >= 1, f"--patience must be >= 1 epoch (got {t.patience})"),
+        (t.folds is None or t.folds >= 2, f"--folds must be >= 2 (got {t.folds})"),
         (t.persample_chunk is None or t.persample_chunk >= 1, f"--persample-chunk must be >= 1 (got {t.persample_chunk})"),
         (t.persample_impl in ("auto", "one-pass", "vmap"), f"--persample-impl must be auto, one-pass or vmap (got {t.persample_impl!r})"),
         (t.monitor is None or t.monitor in MONITORS, f"--monitor {t.monitor!r}: not a metric nfx records; "

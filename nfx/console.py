@@ -248,6 +248,19 @@ def show_finetune(p: Printer, res: Any) -> None:
     )
 
 
+def show_folds(p: Printer, res: Any) -> None:
+    m = res.metrics
+    rows = [("run folder", res.run_dir), ("model", m.get("arch", "?"))]
+    for i, f in enumerate(m.get("per_fold", []), 1):
+        rows.append((f"fold {i} (epoch {f.get('selected_epoch')})",
+                     f"valid accuracy {_fmt(f.get('valid_accuracy'))}, ROC AUC {_fmt(f.get('valid_roc_auc'))}"))
+    rows += [("mean ± sd over folds", f"accuracy {_pm(m.get('valid_accuracy'), m.get('valid_accuracy_sd'))}, "
+                                      f"ROC AUC {_pm(m.get('valid_roc_auc'), m.get('valid_roc_auc_sd'))}"),
+             ("time", f"{m.get('seconds')} s"),
+             ("next", f"nfx evaluate {res.run_dir}  (out-of-fold metrics with patient-bootstrap CIs)")]
+    p.table(f"{m.get('folds')}-fold cross-validation finished", rows)
+
+
 def _fmt(v) -> str:
     return "n/a" if v is None else f"{v:.3f}"
 

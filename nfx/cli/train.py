@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from nfx.cli import app, boundary, printer
-from nfx.console import show_compare, show_finetune
+from nfx.console import show_compare, show_finetune, show_folds
 
 # finetune option (parameter name) → (config section, field): the one place the two meet
 FINETUNE_FLAGS = {
@@ -26,7 +26,7 @@ FINETUNE_FLAGS = {
     "agc_mode": ("train", "agc_mode"), "persample_chunk": ("train", "persample_chunk"),
     "persample_impl": ("train", "persample_impl"), "ema": ("train", "ema"),
     "balance": ("train", "balance"), "patience": ("train", "patience"), "monitor": ("train", "monitor"),
-    "compile_": ("train", "compile"),
+    "compile_": ("train", "compile"), "folds": ("train", "folds"),
     "out": ("top", "out"), "name": ("top", "name"),
 }
 
@@ -97,7 +97,8 @@ def finetune(
     patience: int | None = typer.Option(None, "--patience", help="Stop after this many epochs without improvement of the monitor."),
     monitor: str | None = typer.Option(None, "--monitor", help="Metric for best checkpoint / early stop [default: valid_roc_auc (binary) else valid_loss]."),
     compile_: bool | None = typer.Option(None, "--compile/--no-compile", help="torch.compile the model for training."),
-    resume: Path | None = typer.Option(None, "--resume", help="Continue this run folder from its last completed epoch."),
+    folds: int | None = typer.Option(None, "--folds", help="K-fold cross-validation: K runs (K times the training cost) under one parent folder, folds grouped by patient and copy group; evaluate/export/predict the parent for out-of-fold metrics and the fold ensemble."),
+    resume: Path | None = typer.Option(None, "--resume", help="Continue this run folder (or a --folds parent: its unfinished folds) from its last completed epoch."),
 ) -> None:
     """Fine-tune a timm model (NFNet by default) on a folder of images."""
     opts = dict(locals())
@@ -113,6 +114,9 @@ def finetune(
             raise ConfigError(f"--resume continues a run with its own config.json; drop {', '.join(sorted(given))} "
                               "(or start a new run with --config RUN_DIR/config.json and your changes)")
         p = printer()
+        if api.is_folds_parent(resume):
+            show_folds(p, api.resume_folds(resume, p))
+            return
         show_finetune(p, api.resume(resume, p))
         return
     base = RunConfig.load(config) if config else RunConfig()
@@ -137,6 +141,9 @@ def finetune(
     from nfx import api
 
     p = printer()
+    if cfg.train.folds:
+        show_folds(p, api.finetune_folds(cfg, p))
+        return
     show_finetune(p, api.finetune(cfg, p))
 
 

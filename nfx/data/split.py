@@ -192,3 +192,35 @@ def split_counts(patients, splits) -> dict[str, dict[str, int]]:
         if idx:
             out[sp] = {"images": len(idx), "patients": len({patients[i] for i in idx if patients[i]})}
     return out
+
+
+def grouped_stratified_folds(labels: Sequence[str], groups: Sequence[str], k: int, seed: int) -> list[int]:
+    """Fold 1..k per item: a group (patient, copy group) is never in two folds, and every label's
+    images are spread evenly. Groups are taken per majority label, largest first (ties shuffled,
+    seeded), each into the fold holding the fewest images of that label so far (then the fewest
+    images overall) — the greedy rule of scikit-learn's StratifiedGroupKFold, kept here to stay
+    pure and to share nfx's groups."""
+    if k < 2:
+        raise ValueError("k must be at least 2")
+    if len(labels) != len(groups):
+        raise ValueError("labels and groups differ in length")
+    members: dict[str, list[int]] = defaultdict(list)
+    for i, g in enumerate(groups):
+        members[g].append(i)
+    if len(members) < k:
+        raise ValueError(f"{len(members)} group(s) cannot fill {k} folds")
+    rng = random.Random(seed)
+    order = sorted(members)
+    rng.shuffle(order)
+    label_counts = {g: Counter(labels[i] for i in members[g]) for g in order}
+    majority = {g: label_counts[g].most_common(1)[0][0] for g in order}
+    order.sort(key=lambda g: (majority[g], -len(members[g])))  # stable: the shuffle breaks ties
+    per_label = [Counter() for _ in range(k)]
+    sizes = [0] * k
+    fold_of: dict[str, int] = {}
+    for g in order:
+        f = min(range(k), key=lambda j: (per_label[j][majority[g]], sizes[j], j))
+        fold_of[g] = f
+        per_label[f].update(label_counts[g])
+        sizes[f] += len(members[g])
+    return [fold_of[g] + 1 for g in groups]
