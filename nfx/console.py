@@ -172,8 +172,14 @@ def show_evaluation(p: Printer, ev: dict[str, Any], run_dir: Any) -> None:
         ]
         yd = (ev.get("operating_points") or {}).get("Youden")
         if yd:
-            rows.append(("Youden threshold", f"{yd['threshold']:.4g} (chosen on {yd['chosen_on']}): "
+            from nfx.evaluate.report import op_threshold
+
+            rows.append(("Youden threshold", f"{op_threshold(yd)} (chosen on {yd['chosen_on']}): "
                                              f"sensitivity {_fmt(yd['sensitivity'])}, specificity {_fmt(yd['specificity'])}"))
+    folds = ev.get("folds") or {}
+    if folds:
+        rows.append((f"per fold ({folds['k']})", f"accuracy {_pm(folds['accuracy_mean'], folds['accuracy_sd'])}, "
+                                                 f"ROC AUC {_pm(folds['roc_auc_mean'], folds['roc_auc_sd'])}"))
     rows += [("calibration", f"ECE {_fmt(ev.get('ece'))}, Brier {_fmt(ev.get('brier'))}"),
              ("confusion matrix", ev["confusion_matrix"]), ("report", Path(run_dir) / "report.html"),
              ("next", f"nfx explain {run_dir} IMAGES... --out gradcam  |  nfx export {run_dir} --onnx")]

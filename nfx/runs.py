@@ -40,6 +40,7 @@ ONNX = "model.onnx"
 MODEL_CARD = "MODEL.md"
 MODEL_INFO = "model.json"
 SPLIT_SUMMARY = "split_summary.json"
+FOLDS = "folds.csv"  # a --folds parent's record: path, label, patient, fold, split (nfx.workflows.folds)
 COPY_SIGNATURES = "copy_signatures.npy"  # float16 N×16×16, one per row of splits.csv (nfx.data.copies)
 REPORT_HTML = "report.html"
 VALID_SCORES = "valid_scores.json"

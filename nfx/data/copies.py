@@ -14,11 +14,11 @@ sides validates on a training image. This module owns:
   JPEG re-encoding and resampling. A mirror multiplies coefficient k of the flipped axis by
   (-1)^k and a transpose swaps the axes, so the 8 rotations/mirrors of a signature are sign
   flips and a transpose of it: no image is decoded or resized again to compare orientations.
-- the **candidate search**, in all 8 orientations: up to `EXACT_MAX` images every pair is
-  compared (blocked matrix products; exact, ≈ 1 s for 5 000 on 2 cores); beyond that, multi-index
-  hashing of sign bits of the data's principal coordinates (sub-quadratic, memory linear in the
-  number of images, but it misses some copies whose correlation is near the threshold:
-  docs/COPIES.md "Grouping at scale"). Only confirmed pairs are kept.
+- the **candidate search** (nfx.data.copy_search), in all 8 orientations: up to `EXACT_MAX` images
+  every pair is compared (blocked matrix products; exact, ≈ 1 s for 5 000 on 2 cores); beyond
+  that, multi-index hashing of sign bits of the data's principal coordinates (sub-quadratic,
+  memory linear in the number of images, but it misses some copies whose correlation is near the
+  threshold: docs/COPIES.md "Grouping at scale"). Only confirmed pairs are kept.
 - the **confirmation**: the best correlation over the 8 orientations ≥ `THRESHOLD`, chosen from
   the labelled real-image set in docs/COPIES.md (`python benchmarks/copies.py`).
 - **grouping**: connected components of the confirmed pairs (copies of copies are one group).
@@ -44,8 +44,6 @@ THUMB = 32  # thumbnail side (px)
 MID = 128  # the thumbnail is made from a MID×MID (bilinear) reduction: see thumbnail()
 LOW = 16  # DCT block kept as the signature: LOW×LOW coefficients
 EXACT_MAX = 5_000  # up to this many images every pair is compared (blocked matrix products)
-HASH_BITS = 64  # beyond: principal-coordinate sign bits, multi-index hashed in 16-bit quarters
-PROBED = 2  # the first quarters (largest principal coordinates) are probed with their least certain bit flipped too
 THRESHOLD = 0.95  # correlation of the low-passed thumbnails (docs/COPIES.md)
 FLAT_STD = 0.004  # low-passed thumbnail std below this: no contrast, no signature
 
@@ -104,10 +102,11 @@ def orient(v: np.ndarray, k: int) -> np.ndarray:
     """Orientation k (0–7) of signatures (…×n×n DCT blocks, n ≤ LOW): identity, the mirrors,
     180°, then the transpose-based ones (90°, 270°, the two diagonal mirrors). A flip along y
     multiplies row k by (-1)^k, along x column k; a transpose swaps the axes."""
-    return (np.swapaxes(v, -1, -2) if k >= 4 else v) * _mask(v.shape[-1], k)
+    return (np.swapaxes(v, -1, -2) if k >= 4 else v) * mask(v.shape[-1], k)
 
 
-def _mask(n: int, k: int) -> np.ndarray:
+def mask(n: int, k: int) -> np.ndarray:
+    """The sign pattern orientation k multiplies an n×n DCT block by (after the transpose for k ≥ 4)."""
     s = _SIGN[:n]
     rows, cols = s[:, None], s[None, :]
     return (np.ones((n, n), np.float32), cols, rows, rows * cols)[k % 4]
@@ -164,119 +163,6 @@ class CopyGroups:
         return {g: m for g, m in out.items() if len(m) > 1}
 
 
-def _pca(x: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, up to `dims` principal directions with real variance, largest first)."""
-    mu = x.mean(axis=0)
-    xc = (x - mu).astype(np.float64)
-    vals, vecs = np.linalg.eigh(xc.T @ xc)
-    vals, vecs = vals[::-1], vecs[:, ::-1]
-    real = int((vals > 1e-9 * max(vals[0], 1e-30)).sum())  # a direction without variance gives noise bits
-    return mu, vecs[:, : max(1, min(dims, real))].astype(np.float32)
-
-
-def _exact_candidates(v: np.ndarray, threshold: float) -> list[tuple[np.ndarray, np.ndarray, int]]:
-    """Every pair above the threshold, by blocked matrix products (exact; used up to EXACT_MAX images)."""
-    n = len(v)
-    x = v.reshape(n, -1)
-    out = []
-    for k, o in enumerate(orientations(v)):
-        q = o.reshape(n, -1)
-        ii, jj = [], []
-        for s in range(0, n, 1024):
-            c = q[s : s + 1024] @ x.T
-            i, j = np.nonzero(c >= threshold - 1e-4)
-            ii.append(i + s)
-            jj.append(j)
-        i, j = np.concatenate(ii), np.concatenate(jj)
-        keep = i < j if k == 0 else i != j
-        out.append((i[keep], j[keep], k))
-    return out
-
-
-def _hashed_pairs(v: np.ndarray, threshold: float) -> tuple[list[tuple[np.ndarray, np.ndarray, np.ndarray]], int]:
-    """Confirmed pairs (i, j, correlation) found by multi-index hashing, and the candidates examined.
-
-    Codes: signs of the 64 principal coordinates (centred on the data's mean), in four 16-bit
-    quarters; a pair is a candidate when its codes agree on a whole quarter, so any pair whose codes
-    differ in at most 3 bits is found. Near-identical copies agree on nearly every bit; copies near
-    the threshold can differ in more and be missed (docs/COPIES.md). The 8 orientations are applied
-    to the projections (a signed permutation of their 256 rows), never to the data. Candidates are
-    first bounded on the mean + principal coordinates (x·y ≤ x_Q·y_Q + |x_⊥||y_⊥| for unit
-    vectors), and only those that can reach the threshold are compared in full."""
-    n = len(v)
-    x = v.reshape(n, -1)
-    mu, proj = _pca(x, HASH_BITS)
-    per = max(1, proj.shape[1] // 4)  # four quarters (fewer bits each when the data has fewer directions)
-    proj = proj[:, : per * min(4, proj.shape[1])]
-    chunks = proj.shape[1] // per
-    basis = np.linalg.qr(np.concatenate([mu[:, None], proj], axis=1).astype(np.float64))[0].astype(np.float32)
-    weights = 1 << np.arange(per, dtype=np.int64)
-    offset = mu @ proj
-
-    def coords(k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """codes, each quarter's least certain bit, basis coordinates and the norm outside the
-        basis, of orientation k of every image."""
-        pb, pp = _pull(basis, k), _pull(proj, k)
-        y, codes = np.empty((n, basis.shape[1]), np.float32), np.empty((n, chunks), np.int64)
-        doubt = np.empty((n, chunks), np.int64)
-        for s in range(0, n, 50_000):
-            xs = x[s : s + 50_000]
-            y[s : s + 50_000] = xs @ pb
-            z = (xs @ pp - offset).reshape(len(xs), chunks, per)
-            codes[s : s + 50_000] = ((z > 0) * weights).sum(axis=2)
-            doubt[s : s + 50_000] = np.abs(z).argmin(axis=2)
-        rest = np.sqrt(np.clip(1.0 - (y.astype(np.float64) ** 2).sum(axis=1), 0.0, None)).astype(np.float32)
-        return codes, doubt, y, rest
-
-    db, d0, y0, r0 = coords(0)
-    order = [np.argsort(db[:, t], kind="stable") for t in range(chunks)]
-    found, examined = [], 0
-    for k in range(8):
-        q, dk, yk, rk = (db, d0, y0, r0) if k == 0 else coords(k)
-        keys = []
-        for t in range(chunks):
-            for probe in (q[:, t], q[:, t] ^ (1 << dk[:, t]))[: 1 + (t < PROBED)]:
-                i, j = _equal_keys(db[:, t], probe, order[t])
-                keep = i < j if k == 0 else i != j
-                keys.append(i[keep] * n + j[keep])
-        pairs = np.sort(np.concatenate(keys))  # a pair agreeing on several quarters is examined once
-        pairs = pairs[np.concatenate([[True], pairs[1:] != pairs[:-1]])]
-        examined += len(pairs)
-        for s in range(0, len(pairs), 200_000):  # in chunks: memory stays bounded
-            i, j = np.divmod(pairs[s : s + 200_000], n)
-            can = np.einsum("ij,ij->i", yk[i], y0[j]) + rk[i] * r0[j] >= threshold - 1e-4
-            found.append(_confirm(v, i[can], j[can], k, threshold))
-    return found, examined
-
-
-def _confirm(v: np.ndarray, i: np.ndarray, j: np.ndarray, k: int, threshold: float
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The pairs (i in orientation k, j) whose correlation reaches the threshold: (i, j, corr)."""
-    if not len(i):
-        return i, j, np.zeros(0, np.float32)
-    c = np.einsum("ij,ij->i", orient(v[i], k).reshape(len(i), -1), v[j].reshape(len(j), -1))
-    hit = c >= threshold
-    return i[hit], j[hit], c[hit]
-
-
-def _pull(proj: np.ndarray, k: int) -> np.ndarray:
-    """P_k with orient(x, k) · p == x · P_k[:, c] for every column p of proj (LOW²×m)."""
-    w = proj.reshape(LOW, LOW, -1) * _mask(LOW, k)[:, :, None]
-    return np.ascontiguousarray((np.swapaxes(w, 0, 1) if k >= 4 else w).reshape(LOW * LOW, -1))
-
-
-def _equal_keys(db: np.ndarray, q: np.ndarray, order: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(i, j) with q[i] == db[j] (`order`: db's argsort, when known)."""
-    order = np.argsort(db, kind="stable") if order is None else order
-    sdb = db[order]
-    lo = np.searchsorted(sdb, q, "left")
-    cnt = np.searchsorted(sdb, q, "right") - lo
-    total = int(cnt.sum())
-    i = np.repeat(np.arange(len(q)), cnt)
-    start = np.repeat(lo - np.concatenate([[0], np.cumsum(cnt)[:-1]]), cnt)
-    return i, order[start + np.arange(total)]
-
-
 def group_copies(sigs: np.ndarray | Sequence[np.ndarray], threshold: float = THRESHOLD,
                  exact_max: int = EXACT_MAX) -> CopyGroups:
     """Group N signatures (N×LOW×LOW) into copy groups: candidates in 8 orientations (every pair up
@@ -286,6 +172,8 @@ def group_copies(sigs: np.ndarray | Sequence[np.ndarray], threshold: float = THR
     n = len(sigs)
     if n == 0:
         return CopyGroups(np.zeros(0, np.int64), [], np.zeros(0, bool))
+    from nfx.data.copy_search import components, confirm, exact_candidates, hashed_pairs
+
     v, ok = unit_vectors(sigs)
     idx = np.flatnonzero(ok)
     v = v[idx]
@@ -294,12 +182,12 @@ def group_copies(sigs: np.ndarray | Sequence[np.ndarray], threshold: float = THR
     if len(idx) > 1:
         if len(v) <= exact_max:
             found = []
-            for i, j, k in _exact_candidates(v, threshold):
+            for i, j, k in exact_candidates(v, threshold):
                 examined += len(i)
                 for s in range(0, len(i), 100_000):  # confirm in chunks: memory stays bounded
-                    found.append(_confirm(v, i[s : s + 100_000], j[s : s + 100_000], k, threshold))
+                    found.append(confirm(v, i[s : s + 100_000], j[s : s + 100_000], k, threshold))
         else:
-            found, examined = _hashed_pairs(v, threshold)
+            found, examined = hashed_pairs(v, threshold)
         empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
         a, b, c = (np.concatenate([f[m] for f in [empty, *found]]) for m in range(3))
         p, r = idx[np.minimum(a, b)], idx[np.maximum(a, b)]
@@ -311,28 +199,6 @@ def group_copies(sigs: np.ndarray | Sequence[np.ndarray], threshold: float = THR
     group = components(n, p, r)
     pairs = list(zip(p.tolist(), r.tolist(), np.round(c.astype(np.float64), 4).tolist(), strict=True))
     return CopyGroups(group, pairs, ~ok, examined)
-
-
-def components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """For each of n items, the smallest index of its connected component under the edges a–b
-    (vectorised: minimum labels pushed along the edges, then pointer jumping, until stable)."""
-    lab = np.arange(n, dtype=np.int64)
-    if not len(a):
-        return lab
-    a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
-    while True:
-        m = np.minimum(lab[a], lab[b])
-        new = lab.copy()
-        np.minimum.at(new, a, m)
-        np.minimum.at(new, b, m)
-        while True:  # pointer jumping: a label's label is as good, and smaller
-            jumped = new[new]
-            if np.array_equal(jumped, new):
-                break
-            new = jumped
-        if np.array_equal(new, lab):
-            return lab
-        lab = new
 
 
 def cross_matches(query: np.ndarray, ref: np.ndarray, threshold: float = THRESHOLD) -> list[tuple[int, int, float]]:

@@ -36,6 +36,12 @@ def _thr(v: Any) -> str:
     return "n/a" if v is None else f"{v:.4g}"
 
 
+def op_threshold(o: dict[str, Any]) -> str:
+    """An operating point's threshold, or its per-fold thresholds when cross-fitted (--folds)."""
+    per = o.get("thresholds_per_fold")
+    return "per fold " + " / ".join(f"{t:.3g}" for t in per) if per else _thr(o.get("threshold"))
+
+
 def _sections(ev: dict[str, Any]) -> list[tuple[str, list[str] | list[list[str]], str]]:
     """The report as (title, content, kind) blocks shared by the Markdown and HTML renderers.
     kind: 'list' (bullet lines), 'table' (first row = header), 'text'."""
@@ -81,10 +87,18 @@ def _sections(ev: dict[str, Any]) -> list[tuple[str, list[str] | list[list[str]]
         rows = [["operating point", "threshold", "chosen on", "sensitivity", "specificity", "PPV", "NPV",
                  "F1", "MCC"]]
         for name, o in ops.items():
-            rows.append([name, _thr(o["threshold"]), o.get("chosen_on", ""), _f(o["sensitivity"], True),
+            rows.append([name, op_threshold(o), o.get("chosen_on", ""), _f(o["sensitivity"], True),
                          _f(o["specificity"], True), _f(o["ppv"], True), _f(o["npv"], True), _f(o["f1"]),
                          _f(o["mcc"])])
         blocks.append(("Operating points", rows, "table"))
+    folds = ev.get("folds") or {}
+    if folds:
+        rows = [["fold", "images", "accuracy", "ROC AUC"]]
+        rows += [[str(r["fold"]), str(r["n_images"]), _f(r["accuracy"]), _f(r["roc_auc"])] for r in folds["per_fold"]]
+        sd = lambda k: "" if folds.get(f"{k}_sd") is None else f" ± {folds[f'{k}_sd']:.3f}"  # noqa: E731
+        rows.append(["mean ± sd", "", _f(folds["accuracy_mean"]) + sd("accuracy"), _f(folds["roc_auc_mean"]) + sd("roc_auc")])
+        blocks.append((f"Per fold ({folds['k']} folds; each fold scored by the model that did not train on it)",
+                       rows, "table"))
     classes = ev["classes"]
     cm = [["true \\ predicted", *classes]] + [[c, *map(str, r)] for c, r in zip(classes, ev["confusion_matrix"])]
     blocks.append(("Confusion matrix", cm, "table"))

@@ -45,6 +45,11 @@ def render(info: dict[str, Any], cfg: dict[str, Any], metrics: dict[str, Any], e
     n_valid = splits.get("valid", {}).get("images", "?")
     t = cfg.get("train", {})
     lines = [f"# Model card: {cfg.get('name') or 'nfx model'}", ""]
+    k = t.get("folds")
+    if k:
+        lines += [f"**An ensemble of {k} fold models** (k-fold cross-validation, folds grouped by patient and copy "
+                  f"group): the output is the mean of the {k} models' probabilities. Its quality is estimated by the "
+                  "out-of-fold metrics below (each image scored by the model that did not train on it).", ""]
     lines += ["## Model", "",
               f"- Architecture: `{info['arch']}` (timm), {len(classes)} classes: {', '.join(classes)}",
               f"- Starting point: {info.get('weights_source', '?')}",

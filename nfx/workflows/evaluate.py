@@ -28,6 +28,15 @@ def evaluate(run_dir: str | Path, data: str | None = None, printer: Printer | No
     and applied unchanged to other data (said to be in-sample when evaluating 'valid' itself).
     """
     printer = printer or Printer()
+    from nfx.workflows.folds import is_folds_parent
+
+    if is_folds_parent(run_dir):  # a --folds parent: out-of-fold metrics, or the fold ensemble
+        if per_patient:
+            printer.warn("--per-patient is not yet computed for a --folds parent; evaluate a fold for it")
+        from nfx.workflows.folds_eval import evaluate_folds
+
+        return evaluate_folds(run_dir, data, printer, threshold, n_bootstrap, split=split, tta=tta,
+                              target_sensitivity=target_sensitivity, plots=plots)
     n_warn = len(printer.warnings)
     EvaluateConfig(split=split, threshold=threshold, target_sensitivity=target_sensitivity,
                    n_bootstrap=n_bootstrap, tta=tta, per_patient=per_patient).validate()  # before any work
@@ -59,7 +68,7 @@ def evaluate(run_dir: str | Path, data: str | None = None, printer: Printer | No
                          f"(first: {disc.bad[0][0]}: {disc.bad[0][1]})")
     import numpy as np
 
-    probs = _eval_probs(run, [p for p, _, _ in items], tta, printer)
+    probs = eval_probs(run, [p for p, _, _ in items], tta, printer)
     keep = [i for i in range(len(items)) if np.isfinite(probs[i]).all()]
     if not keep:
         raise DataError("no image could be evaluated; see the warnings above")
@@ -124,7 +133,7 @@ def evaluate(run_dir: str | Path, data: str | None = None, printer: Printer | No
 
     images: dict[str, bytes] = {}
     if plots:
-        images = _evaluation_plots(run, result, curves)
+        images = evaluation_plots(run, result, curves)
         (run.run_dir / runs.PLOTS).mkdir(exist_ok=True)
         for name, png in images.items():
             runs.atomic_write_bytes(run.run_dir / runs.PLOTS / f"{name}.png", png)
@@ -153,27 +162,34 @@ def training_copies(run: LoadedRun, split_rows, paths: list[str], printer: Print
     indices and one record each (file, training file, correlation). They are left out of the
     metrics — a model scored on images it trained on measures memory, not generalisation — and
     listed in evaluation.json; the warning says how many."""
+    train = [i for i, r in enumerate(split_rows) if r["split"] == "train"]
+    return copies_of(run.run_dir, split_rows, train, run, paths, printer)
+
+
+def copies_of(folder: Path, split_rows, ref: list[int], run: LoadedRun, paths: list[str],
+              printer: Printer) -> tuple[set[int], list[dict]]:
+    """Which of `paths` are copies of the rows `ref` of `folder`'s record (its copy_signatures.npy,
+    one per row); `run` gives the cache and preprocessing the paths were scored with."""
     import numpy as np
 
     from nfx.data.cache import ImageCache, signatures
     from nfx.data.copies import cross_matches
 
-    sig_file = run.run_dir / runs.COPY_SIGNATURES
+    sig_file = folder / runs.COPY_SIGNATURES
     if not sig_file.is_file():
-        printer.warn(f"{run.run_dir.name}: made before nfx recorded copy signatures; new data was not checked for "
+        printer.warn(f"{folder.name}: made before nfx recorded copy signatures; new data was not checked for "
                      "copies of training images")
         return set(), []
     try:
         ref_all = np.load(sig_file, allow_pickle=False)
     except (OSError, ValueError) as e:
         raise DataError(f"{sig_file}: unreadable ({e}); delete it to evaluate without the copy check") from e
-    train = [i for i, r in enumerate(split_rows) if r["split"] == "train"]
     if len(ref_all) != len(split_rows):
-        raise DataError(f"{sig_file}: {len(ref_all)} signatures for {len(split_rows)} rows of {runs.SPLITS}; "
+        raise DataError(f"{sig_file}: {len(ref_all)} signatures for {len(split_rows)} rows of the run's split record; "
                         "delete it to evaluate without the copy check")
     cache = ImageCache.for_spec(run.cfg.data.cache_dir, run.info.input)  # filled when the images were scored
-    matches = cross_matches(signatures([cache.entry(p) for p in paths]), ref_all[train])
-    out = [{"file": paths[q], "training_file": split_rows[train[r]]["path"], "correlation": c} for q, r, c in matches]
+    matches = cross_matches(signatures([cache.entry(p) for p in paths]), ref_all[ref])
+    out = [{"file": paths[q], "training_file": split_rows[ref[r]]["path"], "correlation": c} for q, r, c in matches]
     if out:
         printer.warn(f"{len(out)} of {len(paths)} image(s) are copies of training images of this run (e.g. "
                      f"{out[0]['file']} ≈ {out[0]['training_file']}); left out of the metrics, listed in "
@@ -205,7 +221,7 @@ class _Flipped:
         return self.model(x.flip(-1))
 
 
-def _eval_probs(run: LoadedRun, paths: list[str], tta: bool, printer: Printer):
+def eval_probs(run: LoadedRun, paths: list[str], tta: bool, printer: Printer):
     probs, bad = predict_probs(run.model, paths, run.info, run.cfg.data.cache_dir, printer)
     if bad:
         printer.warn(f"{len(bad)} file(s) could not be decoded and are left out (first: {bad[0][0]}: {bad[0][1]})")
@@ -235,7 +251,7 @@ def _validation_scores(run: LoadedRun, split_rows, pos: int, tta: bool, printer:
     if not paths:
         return None, None
     printer.info(f"choosing thresholds on the validation split ({len(paths)} images)")
-    probs = _eval_probs(run, paths, tta, Printer(quiet=True))
+    probs = eval_probs(run, paths, tta, Printer(quiet=True))
     label_of = {r["path"]: r["label"] for r in rows}
     ok = np.isfinite(probs).all(1)
     classes = list(run.info.classes)
@@ -265,7 +281,7 @@ def _clip_fractions(run: LoadedRun) -> list[float]:
     return [float(r["agc_clip_fraction"]) for r in runs.read_csv(hist) if r.get("agc_clip_fraction")]
 
 
-def _evaluation_plots(run: LoadedRun, ev: dict[str, Any], curves: dict[str, Any]) -> dict[str, bytes]:
+def evaluation_plots(run: LoadedRun, ev: dict[str, Any], curves: dict[str, Any]) -> dict[str, bytes]:
     from nfx.evaluate import plots
 
     out: dict[str, bytes] = {}

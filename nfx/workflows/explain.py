@@ -15,6 +15,11 @@ def explain(run_dir: str | Path, images: list[str], out: str | Path, printer: Pr
     """Grad-CAM overlays (input | overlay PNG per image) into `out`, on the resized input the
     model sees (the run's resize policy and DICOM frame). The explained class is the predicted one unless `target_class` is given."""
     printer = printer or Printer()
+    from nfx import runs
+
+    if (Path(run_dir) / runs.FOLDS).is_file():
+        raise ConfigError(f"{run_dir}: a --folds parent holds {Path(run_dir).name}'s fold models; Grad-CAM explains one "
+                          f"network: pass a fold, e.g. `nfx explain {Path(run_dir) / 'fold-1'} IMAGES`")
     run = load_run(run_dir)
     classes = list(run.info.classes)
     if target_class is not None and target_class not in classes:

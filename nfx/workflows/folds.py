@@ -29,7 +29,7 @@ from nfx.console import Printer
 from nfx.errors import ConfigError, DataError, RunError
 from nfx.records import DEFAULT_VOI_FALLBACK, MODEL_INFO, InputSpec, ModelInfo, voi_of
 
-FOLDS = "folds.csv"
+FOLDS = runs.FOLDS
 
 
 @dataclass
@@ -65,7 +65,7 @@ def finetune_folds(cfg: RunConfig, printer: Printer | None = None) -> FoldsResul
     user = sorted({s.split for s in disc.samples if s.split and s.split != "test"})
     if user:
         raise DataError(f"{cfg.data.path}: --folds makes its own validation folds, but the data has a user-given "
-                        f"{user[0]!r} split; keep only a test split (test/ folder or CSV split column) or drop --folds")
+                        f"{'/'.join(user)} split; keep only a test split (test/ folder or CSV split column) or drop --folds")
     prep = prepare(cfg, len(disc.classes), printer)
     cfg, parent = create_run_folder(prep.cfg, prep.precision)
     samples, entries = ingest(cfg, disc, parent, printer)
@@ -119,7 +119,7 @@ def _complete(d: Path) -> bool:
 def _train_folds(parent: Path, printer: Printer, t0: float, first: Any = None) -> FoldsResult:
     import json
 
-    from nfx.workflows.finetune import _resume
+    from nfx.workflows.finetune import resume
 
     cfg = RunConfig.load(parent / runs.CONFIG)
     rows = runs.read_csv(parent / FOLDS)
@@ -133,13 +133,15 @@ def _train_folds(parent: Path, printer: Printer, t0: float, first: Any = None) -
             continue
         if (d / runs.CKPT_DIR / runs.LAST).is_file():
             printer.info(f"fold {f}/{k}: resuming {d}")
-            results.append(_resume(d, printer).metrics)
+            results.append(resume(d, printer).metrics)
             continue
         printer.info(f"fold {f}/{k}: training, validated on fold {f} ({sum(r['fold'] == str(f) for r in rows)} images)")
         results.append(_start_fold(cfg, parent, rows, f, printer, first))
         first = None  # the model prepared with the parent serves fold 1 only; later folds build their own
     summary = fold_summary(results)
     summary.update(folds=k, seconds=round(time.time() - t0, 1), arch=cfg.model.arch)
+    summary.update({key: results[0].get(key) for key in ("weights_source", "effective_batch_size", "precision",
+                                                          "device", "agc", "agc_mode") if results})
     runs.atomic_write_json(parent / runs.METRICS, summary)
     return FoldsResult(parent, summary)
 

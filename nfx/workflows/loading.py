@@ -23,6 +23,9 @@ class LoadedRun:
 
 
 def load_run(run_dir: str | Path) -> LoadedRun:
+    """A run folder's model; for a --folds parent, the fold ensemble (nfx.models.ensemble)."""
+    if (Path(run_dir) / runs.FOLDS).is_file():
+        return _load_folds(Path(run_dir))
     run_dir = runs.require_run(Path(run_dir), runs.WEIGHTS, MODEL_INFO)
     cfg = RunConfig.load(run_dir / runs.CONFIG)
     info = ModelInfo.read(run_dir)
@@ -38,6 +41,19 @@ def load_run(run_dir: str | Path) -> LoadedRun:
         raise RunError(f"{run_dir / runs.WEIGHTS}: could not be loaded ({short_reason(e)}); re-run training") from e
     model.eval()
     return LoadedRun(run_dir, cfg, info, model)
+
+
+def _load_folds(parent: Path) -> LoadedRun:
+    from nfx.models.ensemble import FoldEnsemble
+
+    parent = runs.require_run(parent, MODEL_INFO)
+    cfg = RunConfig.load(parent / runs.CONFIG)
+    k = int(cfg.train.folds or 0)
+    unfinished = [f for f in range(1, k + 1) if not (parent / f"fold-{f}" / runs.WEIGHTS).is_file()]
+    if unfinished:
+        raise RunError(f"{parent}: fold {unfinished[0]} has not finished; finish it with `nfx finetune --resume {parent}`")
+    folds = [load_run(parent / f"fold-{f}") for f in range(1, k + 1)]
+    return LoadedRun(parent, cfg, ModelInfo.read(parent), FoldEnsemble([r.model for r in folds]).eval())
 
 
 def predict_probs(model, paths: list[str], info: ModelInfo, cache_dir: str | None,
