@@ -59,3 +59,16 @@ def test_a_failing_cell_names_the_cell_and_the_command(tiny_data, tmp_path):
     cfg = _cfg(tiny_data / "png", tmp_path, models=("no_such_arch",), micro_batches=(4,), name="bad")
     with pytest.raises(RunError, match=r"no_such_arch-bs4x1-agcon-s1 failed: .*no_such_arch.*reproduce with: nfx finetune"):
         api.compare(cfg, Printer(quiet=True))
+
+
+@pytest.mark.slow
+def test_compare_with_folds_scores_each_cell_out_of_fold(tiny_data, tmp_path):
+    cfg = _cfg(tiny_data / "dicom", tmp_path, models=("test_nfnet",), micro_batches=(4,), folds=2, name="cv")
+    res = api.compare(cfg, Printer(quiet=True))
+    (cell,) = res["cells"]
+    parent = tmp_path / "cv" / "runs" / cell["cell"]
+    ev = json.loads((parent / "evaluation.json").read_text())  # written by the cell's `nfx evaluate PARENT`
+    assert (parent / "fold-1" / "model.safetensors").is_file() and (parent / "fold-2" / "model.safetensors").is_file()
+    assert cell["accuracy"] == ev["accuracy"] and cell["roc_auc"] == ev["roc_auc"]
+    assert cell["n_images_out_of_fold"] == 24 and cell["roc_auc_ci"] == ev["roc_auc_ci"]
+    assert res["rows"][0]["roc_auc_ci"] == cell["roc_auc_ci"]

@@ -161,6 +161,7 @@ def compare(
     pretrained: bool = typer.Option(False, "--pretrained/--no-pretrained", help="Start every cell from hub weights [default: from scratch]."),
     out: str = typer.Option("runs", "--out", help="Parent folder of the comparison folder."),
     name: str = typer.Option("compare", "--name", help="Comparison folder name (rerun the same command to resume)."),
+    folds: int | None = typer.Option(None, "--folds", help="Each cell a K-fold cross-validation (K times the cost): its accuracy / ROC AUC out-of-fold, with a patient-bootstrap CI."),
     extra: str | None = typer.Option(None, "--finetune-args", help="Further `nfx finetune` options for every cell, e.g. '--aug none --workers 0'."),
 ) -> None:
     """Grid of finetune runs: NF vs BatchNorm model × micro-batch (same effective batch via --accum) × AGC × seeds."""
@@ -185,7 +186,7 @@ def compare(
         data=str(data), models=tuple(m.strip() for m in models.split(",") if m.strip()),
         micro_batches=ints("--micro-batches", micro_batches), effective_batch=effective_batch, agc=agc_t,
         seeds=ints("--seeds", seeds), size=size, epochs=epochs, pretrained=pretrained, out=out, name=name,
-        extra=tuple(shlex.split(extra)) if extra else (),
+        extra=tuple(shlex.split(extra)) if extra else (), folds=folds,
     )
     p = printer()
     res = api.compare(cfg, p)

@@ -7,7 +7,9 @@ peak memory is that process's own (peak RSS from `os.wait4`; on CUDA the peak al
 memory nfx records in metrics.json). Per cell: last-epoch validation accuracy and ROC AUC,
 training images/s (the training passes only), peak memory. Every finished cell is kept
 (`cells/<cell>.json`), so an interrupted comparison resumes where it stopped. Writes
-compare.json, compare.csv and compare.png into the output folder.
+compare.json, compare.csv and compare.png into the output folder. With `folds`, every cell is a
+k-fold cross-validation and its accuracy / ROC AUC are out-of-fold (`nfx evaluate PARENT` in a child),
+with the patient-bootstrap interval of the ROC AUC.
 
 Imports no fastai/torch itself: the training happens in the children.
 """
@@ -46,6 +48,7 @@ class CompareConfig:
     out: str = "runs"
     name: str = "compare"
     extra: tuple[str, ...] = field(default_factory=tuple)  # further `nfx finetune` options, as given
+    folds: int | None = None  # each cell a k-fold cross-validation: its metrics out-of-fold, with a CI
 
     def validate(self) -> CompareConfig:
         if not self.models:
@@ -60,6 +63,8 @@ class CompareConfig:
             raise ConfigError(f"--epochs must be >= 1 (got {self.epochs})")
         if self.size < 32:
             raise ConfigError(f"--size must be >= 32 px (got {self.size})")
+        if self.folds is not None and self.folds < 2:
+            raise ConfigError(f"--folds must be >= 2 (got {self.folds})")
         return self
 
     def cells(self) -> list[Cell]:
@@ -86,7 +91,8 @@ def finetune_args(cfg: CompareConfig, cell: Cell, out_dir: Path) -> list[str]:
             "--pretrained" if cfg.pretrained else "--no-pretrained",
             "--bs", str(cell.micro_batch), "--accum", str(cell.accum), "--agc", "auto" if cell.agc else "off",
             "--seed", str(cell.seed), "--size", str(cfg.size), "--epochs", str(cfg.epochs),
-            "--out", str(out_dir / "runs"), "--name", cell.name, *cfg.extra]
+            "--out", str(out_dir / "runs"), "--name", cell.name,
+            *(["--folds", str(cfg.folds)] if cfg.folds else []), *cfg.extra]
 
 
 def run_cell(cfg: CompareConfig, cell: Cell, out_dir: Path) -> dict[str, Any]:
@@ -111,15 +117,26 @@ def run_cell(cfg: CompareConfig, cell: Cell, out_dir: Path) -> dict[str, Any]:
         lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
         raise RunError(f"compare cell {cell.name} failed: {lines[-1] if lines else f'exit code {code}'} "
                        f"(log: {log}; reproduce with: nfx {' '.join(finetune_args(cfg, cell, out_dir))})")
-    history = runs.read_csv(run_dir / runs.HISTORY)
-    metrics = json.loads((run_dir / runs.METRICS).read_text())
+    fold_dirs = [run_dir / f"fold-{f}" for f in range(1, cfg.folds + 1)] if cfg.folds else [run_dir]
+    histories = [runs.read_csv(d / runs.HISTORY) for d in fold_dirs]
+    history = [h for hs in histories for h in hs]
+    metrics = json.loads((fold_dirs[0] / runs.METRICS).read_text())
     last = history[-1]
     n_train = metrics["splits"]["train"]["images"]
     train_s = sum(float(h.get("train_seconds") or h["seconds"]) for h in history)
     clip = [float(h["agc_clip_fraction"]) for h in history if h.get("agc_clip_fraction") not in (None, "")]
+    scores: dict[str, Any] = {"accuracy": _f(last.get("valid_accuracy")), "roc_auc": _f(last.get("valid_roc_auc"))}
+    if cfg.folds:  # out-of-fold over every image, with the patient-bootstrap interval (in a child too)
+        done_eval = subprocess.run([sys.executable, "-m", "nfx", "--quiet", "evaluate", str(run_dir), "--json",
+                                    "--n-bootstrap", "200"], capture_output=True, text=True)
+        if done_eval.returncode != 0:
+            raise RunError(f"compare cell {cell.name}: evaluating its folds failed: "
+                           f"{(done_eval.stderr.strip().splitlines() or ['?'])[-1]}")
+        ev = json.loads(done_eval.stdout)
+        scores = {"accuracy": ev["accuracy"], "roc_auc": ev["roc_auc"], "roc_auc_ci": ev.get("roc_auc_ci"),
+                  "n_images_out_of_fold": ev["n_images"]}
     res = {
-        **asdict(cell), "cell": cell.name,
-        "accuracy": _f(last.get("valid_accuracy")), "roc_auc": _f(last.get("valid_roc_auc")),
+        **asdict(cell), "cell": cell.name, **scores,
         "final_train_loss": _f(last.get("train_loss")),
         "images_per_s": round(n_train * len(history) / train_s, 2) if train_s > 0 else None,
         "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),  # Linux: kilobytes
@@ -146,6 +163,8 @@ def summarise(cfg: CompareConfig, results: list[dict[str, Any]]) -> list[dict[st
                     vals = [r[k] for r in rs if r.get(k) is not None and not math.isnan(r[k])]
                     row[k] = round(statistics.mean(vals), 4) if vals else None
                     row[f"{k}_sd"] = round(statistics.stdev(vals), 4) if len(vals) > 1 else None
+                if cfg.folds and len(rs) == 1:  # one seed: the out-of-fold interval is the spread to quote
+                    row["roc_auc_ci"] = rs[0].get("roc_auc_ci")
                 rows.append(row)
     return rows
 
