@@ -167,8 +167,10 @@ def pretrain(args, work: Path) -> Path:
 
     shutil.rmtree(run, ignore_errors=True)
     cfg = RunConfig(
+        # the rotation task is made of rotated copies of each image under different labels by design:
+        # allowed here (copy groups still keep all rotations of an image in one split)
         data=DataConfig(path=str(pretrain_set()), size=args.size, num_workers=0, flip=False,
-                        aug=args.pretrain_aug),
+                        aug=args.pretrain_aug, allow_duplicate_leak=True),
         model=ModelConfig(arch=args.arch, pretrained=False),
         train=TrainConfig(epochs=args.pretrain_epochs, bs=args.bs, seed=0),
         out=str(run.parent), name=run.name,

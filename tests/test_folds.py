@@ -182,7 +182,7 @@ def test_folds_refusals(tiny_data, tmp_path, parent):
     shutil.copytree(tiny_data / "png", data / "train")
     shutil.copytree(tiny_data / "png", data / "valid")
     code, _, err = cli("finetune", data, *ARGS, "--folds", "2", "--out", tmp_path / "runs")
-    assert code == 1 and "user-given train/valid split" in err
+    assert code == 1 and "user-given valid split" in err
     code, _, err = cli("finetune", tiny_data / "png", *ARGS, "--folds", "1", "--out", tmp_path / "runs")
     assert code == 1 and "--folds must be >= 2" in err
     code, _, err = cli("finetune", tiny_data / "png", *ARGS, "--folds", "30", "--out", tmp_path / "runs")
@@ -195,3 +195,13 @@ def test_folds_refusals(tiny_data, tmp_path, parent):
     code, _, err = cli("evaluate", lone)
     assert code == 1 and "fold 2 has not finished" in err and len(err.strip().splitlines()) == 1
     assert Path(parent).is_dir()
+
+
+def test_a_test_split_sharing_a_copy_with_the_cross_validated_images_is_refused(tiny_data, tmp_path):
+    data = tmp_path / "d"
+    shutil.copytree(tiny_data / "png", data / "train")
+    one = sorted((tiny_data / "dicom" / "glaucoma").glob("*.dcm"))[0]  # the same picture as a training PNG
+    (data / "test" / "glaucoma").mkdir(parents=True)
+    shutil.copy(one, data / "test" / "glaucoma" / one.name)
+    code, _, err = cli("finetune", data, *ARGS, "--folds", "2", "--out", tmp_path / "runs")
+    assert code == 1 and "sit in the test split and in the cross-validated images" in err, err[-1500:]

@@ -62,10 +62,9 @@ def finetune_folds(cfg: RunConfig, printer: Printer | None = None) -> FoldsResul
     cfg = replace(cfg, data=replace(cfg.data, keep_patient_ids=bool(cfg.data.keep_patient_ids),
                                     voi_fallback=cfg.data.voi_fallback or DEFAULT_VOI_FALLBACK))
     disc = discover_data(cfg, printer)
-    user = sorted({s.split for s in disc.samples if s.split and s.split != "test"})
-    if user:
+    if any(s.split == "valid" for s in disc.samples):  # train rows are cross-validated, test rows kept out
         raise DataError(f"{cfg.data.path}: --folds makes its own validation folds, but the data has a user-given "
-                        f"{'/'.join(user)} split; keep only a test split (test/ folder or CSV split column) or drop --folds")
+                        "valid split; merge it into train (or keep only a test split) or drop --folds")
     prep = prepare(cfg, len(disc.classes), printer)
     cfg, parent = create_run_folder(prep.cfg, prep.precision)
     samples, entries = ingest(cfg, disc, parent, printer)
@@ -76,7 +75,10 @@ def finetune_folds(cfg: RunConfig, printer: Printer | None = None) -> FoldsResul
     sigs = signatures(entries)
     copy_of, copies = check_copies(cfg, samples, sigs, printer)
     pool = [i for i, s in enumerate(samples) if s.split != "test"]
-    groups = merge_copy_groups(group_keys([s.path for s in samples], [s.patient for s in samples]), copy_of)
+    paths = [s.path for s in samples]
+    keys = group_keys(paths, [s.patient for s in samples])
+    _check_test_apart(cfg, keys, ["test" if s.split == "test" else "cv" for s in samples], copy_of, paths)
+    groups = merge_copy_groups(keys, copy_of)
     try:
         folds = grouped_stratified_folds([samples[i].label for i in pool], [groups[i] for i in pool], k, cfg.train.seed)
     except ValueError as e:
@@ -100,6 +102,22 @@ def finetune_folds(cfg: RunConfig, printer: Printer | None = None) -> FoldsResul
     printer.info(f"{k} folds grouped by patient and copy group: {', '.join(str(n) for n in per_fold.values())} "
                  f"images; {k} trainings follow")
     return _train_folds(parent, printer, t0, first=prep)
+
+
+def _check_test_apart(cfg: RunConfig, keys: list[str], side: list[str], copy_of: list[int], paths: list[str]) -> None:
+    """A user-given test split shares no patient and no copy of an image with the cross-validated
+    images (the same refusals as a single run's user splits, and the same overrides)."""
+    from nfx.data.split import check_no_leaks, copy_straddles
+
+    if "test" not in side:
+        return
+    check_no_leaks(keys, side, allow=cfg.data.allow_patient_leak, paths=paths)
+    straddle = copy_straddles(side, copy_of)
+    if straddle and not cfg.data.allow_duplicate_leak:
+        a, b = straddle[0][:2]
+        raise DataError(f"{len(straddle)} group(s) of copies of one image sit in the test split and in the "
+                        f"cross-validated images (e.g. {paths[a]} ≈ {paths[b]}); move each image's copies into one "
+                        "split (or delete them), or pass --allow-duplicate-leak")
 
 
 def resume_folds(parent: str | Path, printer: Printer | None = None) -> FoldsResult:
