@@ -32,7 +32,7 @@ import torch
 from fastai.callback.core import Callback
 from fasttransform import Transform
 
-from nfx.train.callbacks import AGCCallback, body_params, effective_batch, head_params
+from nfx.train.callbacks import AGCCallback, add_column, body_params, effective_batch, head_params
 from nfx.train.persample_cb import PerSampleAGCCallback
 
 __all__ = ["AGC", "PerSampleAGC", "NoDecay", "nf_learner", "nf_splitter", "head_params", "effective_batch",
@@ -80,6 +80,11 @@ class PerSampleAGC(PerSampleAGCCallback):
         PerSampleAGCCallback.__init__(self, self.learn.model, params, lam, eps=s["eps"], chunk=s["chunk"],
                                       impl=s["impl"], note=_warn)
         self.lam = lam
+        add_column(self.learn, "agc_clipped", self.column_value)
+
+    def column_value(self) -> float:
+        """This epoch's fraction of (sample, unit) pairs clipped (NaN before any step): the Recorder column."""
+        return float("nan") if self.epoch_fraction is None else self.epoch_fraction
 
 
 def _warn(msg: str) -> None:

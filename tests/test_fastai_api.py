@@ -213,6 +213,18 @@ def test_per_sample_agc_with_fastai_gradient_accumulation_equals_one_big_batch_a
         torch.testing.assert_close(big[n], p.grad, rtol=1e-4, atol=1e-7, msg=n)
 
 
+@pytest.mark.parametrize("kind", ["AGC", "PerSampleAGC"])
+def test_agc_callbacks_train_under_fastai_mixed_precision(kind):
+    from fastai.vision.all import MixedPrecision
+
+    import nfx.fastai as nf
+
+    cb = getattr(nf, kind)()
+    learn = nf.nf_learner(_png_dls(bs=4), "test_nfnet", pretrained=False, agc=None, cbs=[cb, MixedPrecision(amp_mode="bf16")])
+    learn.fit(1, 1e-3)
+    assert cb.n_calls > 0 and np.isfinite(learn.recorder.values[-1]).all()
+
+
 def test_per_sample_agc_refuses_a_second_agc_on_the_learner():
     from fastai.vision.all import Learner
 
@@ -391,5 +403,6 @@ def test_per_sample_agc_with_fine_tune_waits_for_the_body_and_lr_find_runs():
     learn.fine_tune(1, 1e-3, freeze_epochs=1)
     assert ps.n_calls == len(dls.train)  # the unfrozen epoch only: with the body frozen it stays out of the way
     assert ps.impl == "one-pass" and ps.epoch_fraction is not None
+    assert "agc_clipped" in learn.recorder.metric_names
     suggestion = learn.lr_find(num_it=6, show_plot=False)
     assert suggestion.valley > 0
