@@ -67,3 +67,16 @@ def with_learner_cb(monkeypatch):
         return monkeypatch.undo
 
     return install
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _sample_data_stays_untouched():
+    """No test may write into sample_data/ (fastai's lr_find once left a models/ folder there,
+    which the next run then read as an empty class)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "sample_data"
+    before = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+    yield
+    after = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+    assert after == before, f"tests changed sample_data/: {sorted(set(after) ^ set(before))[:5]}"

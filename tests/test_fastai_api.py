@@ -394,12 +394,13 @@ def test_importing_the_cli_does_not_import_fastai():
     assert out[0] == "False", out
 
 
-def test_per_sample_agc_with_fine_tune_waits_for_the_body_and_lr_find_runs():
+def test_per_sample_agc_with_fine_tune_waits_for_the_body_and_lr_find_runs(tmp_path):
     from nfx.fastai import PerSampleAGC, nf_learner
 
     dls = _png_dls(bs=4)
     ps = PerSampleAGC()
-    learn = nf_learner(dls, "test_nfnet", pretrained=False, agc=None, cbs=ps)
+    # path: lr_find saves a temporary model under learn.path/models (never inside sample_data/)
+    learn = nf_learner(dls, "test_nfnet", pretrained=False, agc=None, cbs=ps, path=tmp_path)
     learn.fine_tune(1, 1e-3, freeze_epochs=1)
     assert ps.n_calls == len(dls.train)  # the unfrozen epoch only: with the body frozen it stays out of the way
     assert ps.impl == "one-pass" and ps.epoch_fraction is not None

@@ -200,3 +200,25 @@ def test_a_read_only_output_folder_is_one_clear_error(tmp_path):
     lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
     assert r.returncode == 1 and lines[-1].startswith("error: ") and "Traceback" not in r.stderr, r.stderr
     assert "Read-only file system" in lines[-1] and str(ro) in lines[-1]
+
+
+@pytest.mark.slow
+def test_sigkill_in_the_middle_of_a_fold_then_resume_the_parent(tiny_data, tmp_path):
+    """`nfx finetune --folds 2` killed while fold 2 trains: `--resume PARENT` keeps fold 1, resumes
+    fold 2 from its checkpoint, and both folds end with the uninterrupted run's weights."""
+    args = [*ARGS, "--folds", "2", "--out", tmp_path]
+    data = tiny_data / "png"
+    full = subprocess.run(_cmd("finetune", data, *args, "--name", "full"), capture_output=True, text=True,
+                          env=_env(), timeout=600)
+    assert full.returncode == 0, full.stderr
+    run = tmp_path / "killed"
+    status = _kill_when(_cmd("finetune", data, *args, "--name", run.name), run / "fold-2", lambda r: _rows(r) >= 2, 0.0)
+    assert status == -signal.SIGKILL, status
+    _all_files_whole(run / "fold-1")
+    _all_files_whole(run / "fold-2")
+    res = subprocess.run(_cmd("finetune", "--resume", run), capture_output=True, text=True, env=_env(), timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "fold 1/2: done" in res.stderr and "fold 2/2: resuming" in res.stderr
+    for f in ("fold-1", "fold-2"):
+        _same_weights(tmp_path / "full" / f, run / f)
+    assert (run / "metrics.json").is_file()
