@@ -4,6 +4,7 @@ context (.dockerignore), and that the image installs what the README installs.""
 from __future__ import annotations
 
 import fnmatch
+import os
 import re
 import shutil
 import subprocess
@@ -125,3 +126,16 @@ def test_dockerignore_keeps_data_runs_and_venv_out_and_the_sources_in():
             assert not _ignored(src.rstrip("/"), rules), src
     for kept in ["nfx/api.py", "nfx/cli/__init__.py", "pyproject.toml", "README.md"]:
         assert not _ignored(kept, rules), kept
+
+
+@pytest.mark.skipif(not (os.environ.get("NFX_DOCKER_SMOKE") == "1" and shutil.which("buildah")
+                         and shutil.which("debootstrap") and os.geteuid() == 0),
+                    reason="the real image build runs with NFX_DOCKER_SMOKE=1, as root, with buildah and debootstrap "
+                           "(docker/smoke.sh; about 15 minutes, several GB)")
+def test_the_image_builds_and_the_quickstart_runs_inside_it(tmp_path):
+    """docker/smoke.sh: a CPU base from Debian's packages, the project's Dockerfile built on it, and
+    inside, as uid 1000 with /data read-only: --version, finetune → evaluate → export, predict."""
+    res = subprocess.run([str(ROOT / "docker" / "smoke.sh")], capture_output=True, text=True, timeout=3600,
+                         env={**os.environ, "NFX_SMOKE_WORK": os.environ.get("NFX_SMOKE_WORK", str(tmp_path))})
+    assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
+    assert "smoke: quickstart in the image: accuracy" in res.stdout + res.stderr

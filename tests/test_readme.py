@@ -33,6 +33,16 @@ def test_ci_runs_the_readme_test_command():
     assert tests in ci.splitlines()
 
 
+def test_ci_runs_every_tier():
+    """The README's command is the fast tier (-m "not slow"); CI runs the slow tier after it, so
+    together they run every test."""
+    _, tests = _setup_commands()
+    assert tests.endswith('-m "not slow"')
+    lines = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert ".venv/bin/python -m pytest -q -m slow" in lines
+    assert lines.index(".venv/bin/python -m pytest -q -m slow") > lines.index(tests)
+
+
 @pytest.mark.slow
 def test_readme_quickstart_reaches_08_accuracy(tmp_path):
     """Runs the quickstart's nfx commands (not the install) with this interpreter."""
