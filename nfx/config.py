@@ -36,7 +36,7 @@ class DataConfig:
     valid_pct: float = 0.2
     patient_regex: str | None = None  # first group (or whole match) of the file name = patient id
     skip_bad: bool = False
-    aug: str = "none"  # none | light | strong; none measured best within short budgets (docs/LEARNING.md)
+    aug: str = "none"  # none | light | strong; light measured level with none within 12 epochs (docs/LEARNING.md)
     cache_dir: str | None = None  # None = $NFX_CACHE_DIR or ~/.cache/nfx
     num_workers: int | None = None  # None = automatic (0 on CPU)
     labels: str | None = None  # CSV with path, label[, patient][, split] columns
