@@ -235,8 +235,12 @@ def signatures(entries: Sequence[Path]) -> np.ndarray:
 
 
 def sig_of(entry: Path) -> Path:
-    """The copy signature beside a cache entry."""
-    return entry.with_suffix(".sig.npy")
+    """The copy signature beside a cache entry, named by the signature's version: an entry whose
+    signature was made by an older definition (nfx.data.copies.SIG_VERSION) is a miss, decoded
+    again, so signatures made two ways are never compared."""
+    from nfx.data.copies import SIG_VERSION
+
+    return entry.with_suffix(f".sig{SIG_VERSION}.npy")
 
 
 SIG_BYTES = 16 * 16 * 2 + 64  # a float16 16×16 .npy

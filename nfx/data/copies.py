@@ -44,6 +44,7 @@ THUMB = 32  # thumbnail side (px)
 MID = 128  # the thumbnail is made from a MID×MID (bilinear) reduction: see thumbnail()
 LOW = 16  # DCT block kept as the signature: LOW×LOW coefficients
 EXACT_MAX = 5_000  # up to this many images every pair is compared (blocked matrix products)
+SIG_VERSION = 2  # 1: area resize straight to 32×32; 2: thumbnail() via a 128 px bilinear reduction
 THRESHOLD = 0.95  # correlation of the low-passed thumbnails (docs/COPIES.md)
 FLAT_STD = 0.004  # low-passed thumbnail std below this: no contrast, no signature
 
