@@ -17,6 +17,11 @@ from nfx.runs import MODEL_INFO  # the run folder's file names live in nfx.runs
 
 RESIZE_POLICIES = ("squish", "letterbox", "crop")
 SCRATCH = "trained from scratch"  # ModelInfo.weights_source of a run with a random-init body
+# said by finetune and MODEL.md for an NF architecture trained from scratch (docs/COMPARE.md, docs/LEARNING.md)
+NF_FROM_SCRATCH_NOTE = ("measured on real sets of a few hundred images (docs/COMPARE.md): normaliser-free nets trained "
+                        "from scratch lost to a BatchNorm net of similar cost (regnety_004) by 0.05-0.13 accuracy at "
+                        "every micro-batch measured (4-32); with no pretrained weights consider --arch resnet18 or "
+                        "regnety_004, or pass --weights")
 
 
 def check_policy(policy: str) -> str:

@@ -88,6 +88,17 @@ def test_finetune_command_end_to_end(tiny_data, tmp_path):
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "cli" / "model.safetensors").is_file()
     assert "nfx evaluate" in r.stderr  # the next command is suggested
+    # an NF net from scratch is measured to lose to a BatchNorm net: said, never silent
+    assert "lost to a BatchNorm net of similar cost" in r.stderr.replace("\n", " ")
+
+
+def test_the_nf_from_scratch_note_names_only_nf_nets_from_scratch():
+    from nfx.export.card import _scratch_note
+    from nfx.records import SCRATCH
+
+    assert "BatchNorm" in _scratch_note({"weights_source": SCRATCH, "arch": "nf_regnet_b0"})
+    assert _scratch_note({"weights_source": SCRATCH, "arch": "resnet18"}) == ""
+    assert _scratch_note({"weights_source": "local file w.safetensors", "arch": "nf_regnet_b0"}) == ""
 
 
 def test_resume_refuses_other_options(tiny_run):

@@ -102,6 +102,11 @@ def prepare(cfg: RunConfig, num_classes: int, printer: Printer) -> Prepared:
     arch = model.pretrained_cfg.get("architecture", cfg.model.arch)
     if weights_source == SCRATCH:
         printer.warn(f"{arch}: no pretrained weights (--no-pretrained); this run trains from scratch")
+        from nfx.models.factory import is_nf
+        from nfx.records import NF_FROM_SCRATCH_NOTE
+
+        if is_nf(arch):
+            printer.note(NF_FROM_SCRATCH_NOTE)
     device = resolve_device()
     precision = resolve_precision(cfg.train.precision, device, printer.warn)
     train_cfg, schedule_line = resolve_schedule(cfg.train, from_scratch=weights_source == SCRATCH)
