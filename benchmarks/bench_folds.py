@@ -60,6 +60,10 @@ def one_seed(args, data: Path, seed: int, work: Path) -> dict:
     name = f"{args.arch}-{args.size}px-{args.epochs}ep-k{args.folds}-seed{seed}"
     parent = work / "runs" / name
     labels = test_split(data, seed, work)
+    if parent.exists() and not (parent / "folds.csv").is_file():  # stopped before its folds were assigned
+        import shutil
+
+        shutil.rmtree(parent)
     if not (parent / "metrics.json").is_file():
         if parent.exists():
             api.resume_folds(parent, Printer(quiet=True))
@@ -91,6 +95,12 @@ def one_seed(args, data: Path, seed: int, work: Path) -> dict:
     return res
 
 
+def _cpu():
+    import torch
+
+    return torch.device("cpu")
+
+
 def render(args, results: list[dict]) -> str:
     def ms(key: str) -> str:
         v = [r[key] for r in results]
@@ -104,7 +114,7 @@ def render(args, results: list[dict]) -> str:
              f"cross-validation of the rest with `nfx finetune --folds {args.folds}` ({args.arch} from scratch, "
              f"{args.size} px, {args.epochs} epochs, batch {args.bs}, nfx's defaults otherwise), then the test set "
              "scored by each fold model and by the ensemble (`nfx evaluate PARENT --split test`). Mean ± sd over "
-             f"seeds {args.seeds}.", "", f"Device: {device_line()}", "", f"Command: `{cmd}`", "",
+             f"seeds {args.seeds}.", "", f"Device: {device_line(_cpu())}", "", f"Command: `{cmd}`", "",
              "| on the test set | accuracy | ROC AUC |", "|---|---|---|",
              f"| fold ensemble (mean of {args.folds} softmax outputs) | {ms('ensemble_accuracy')} | {ms('ensemble_roc_auc')} |",
              f"| the fold a user would pick (best validation ROC AUC) | {ms('picked_accuracy')} | {ms('picked_roc_auc')} |",
