@@ -32,7 +32,16 @@ import torch
 from fastai.callback.core import Callback
 from fasttransform import Transform
 
-from nfx.train.callbacks import AGCCallback, add_column, body_params, effective_batch, head_params
+from nfx.train.callbacks import (
+    AGCCallback,
+    add_column,
+    body_params,
+    check_clip_factor,
+    effective_batch,
+    head_params,
+    nan_if_none,
+    resolve_clip,
+)
 from nfx.train.persample_cb import PerSampleAGCCallback
 
 __all__ = ["AGC", "PerSampleAGC", "NoDecay", "nf_learner", "nf_splitter", "head_params", "effective_batch",
@@ -61,14 +70,12 @@ class PerSampleAGC(PerSampleAGCCallback):
 
     def __init__(self, clip_factor: float | str = "auto", eps: float = 1e-3, *, params: Any = None,
                  exclude: Any = None, impl: str = "auto", chunk: int | None = None):
-        if not (clip_factor == "auto" or (isinstance(clip_factor, (int, float)) and clip_factor > 0)):
-            raise ValueError(f"clip_factor must be 'auto' or a number > 0 (got {clip_factor!r})")
+        check_clip_factor(clip_factor)
         self.settings = dict(clip_factor=clip_factor, eps=eps, impl=impl, chunk=chunk, exclude=exclude,
                              params=None if params is None else list(params))
         self.impl, self.n_calls, self.epoch_fraction = impl, 0, None
 
     def before_fit(self) -> None:
-        from nfx.config import auto_agc_clip
         from nfx.errors import ModelError
 
         if any(isinstance(cb, AGCCallback) for cb in self.learn.cbs):
@@ -76,7 +83,7 @@ class PerSampleAGC(PerSampleAGCCallback):
                              "remove the AGC callback")
         s = self.settings
         params = s["params"] if s["params"] is not None else body_params(self.learn, s["exclude"])
-        lam = auto_agc_clip(effective_batch(self.learn)) if s["clip_factor"] == "auto" else float(s["clip_factor"])
+        lam = resolve_clip(s["clip_factor"], self.learn)
         PerSampleAGCCallback.__init__(self, self.learn.model, params, lam, eps=s["eps"], chunk=s["chunk"],
                                       impl=s["impl"], note=_warn)
         self.lam = lam
@@ -84,7 +91,7 @@ class PerSampleAGC(PerSampleAGCCallback):
 
     def column_value(self) -> float:
         """This epoch's fraction of (sample, unit) pairs clipped (NaN before any step): the Recorder column."""
-        return float("nan") if self.epoch_fraction is None else self.epoch_fraction
+        return nan_if_none(self.epoch_fraction)
 
 
 def _warn(msg: str) -> None:
@@ -197,12 +204,13 @@ def dicom_patient(path: Any) -> str | None:
         return None
     import pydicom
 
+    from nfx.data.dicom import patient_id
+
     try:
         ds = pydicom.dcmread(p, stop_before_pixels=True, specific_tags=["PatientID"])
     except Exception:  # not DICOM after all
         return None
-    pid = str(ds.get("PatientID", "") or "").strip()
-    return pid or None
+    return patient_id(ds)
 
 
 class GroupedSplitter:

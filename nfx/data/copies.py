@@ -126,27 +126,6 @@ def correlation(a: np.ndarray, b: np.ndarray) -> float:
     return float(max((o * vb).sum() for o in orientations(va)))
 
 
-class UnionFind:
-    """Disjoint sets over 0..n-1 (path compression; the smaller root wins, so a set's root is its first member)."""
-
-    def __init__(self, n: int):
-        self.parent = np.arange(n)
-
-    def find(self, i: int) -> int:
-        p = self.parent
-        root = i
-        while p[root] != root:
-            root = p[root]
-        while p[i] != root:
-            p[i], i = root, p[i]
-        return int(root)
-
-    def union(self, i: int, j: int) -> None:
-        ri, rj = self.find(i), self.find(j)
-        if ri != rj:
-            self.parent[max(ri, rj)] = min(ri, rj)
-
-
 @dataclass
 class CopyGroups:
     """group[i]: the index of the first image of i's copy group (i itself when it has no copy)."""

@@ -104,15 +104,17 @@ def check_no_leaks(groups: Sequence[str], splits: Sequence[str], allow: bool = F
 def merge_copy_groups(groups: Sequence[str], copy_of: Sequence[int]) -> list[str]:
     """Split groups that keep copies together: items joined when they share a group (patient) or
     are copies of one image (`copy_of[i]`: the first index of i's copy group), transitively."""
-    from nfx.data.copies import UnionFind
+    import numpy as np
 
-    uf = UnionFind(len(groups))
+    from nfx.data.copy_search import components
+
     first: dict[str, int] = {}
-    for i, g in enumerate(groups):
-        uf.union(i, first.setdefault(g, i))
-    for i, c in enumerate(copy_of):
-        uf.union(i, int(c))
-    return [groups[uf.find(i)] for i in range(len(groups))]
+    n = len(groups)
+    same_group = [first.setdefault(g, i) for i, g in enumerate(groups)]
+    a = np.concatenate([np.arange(n), np.arange(len(copy_of))])
+    b = np.concatenate([np.asarray(same_group, dtype=np.int64), np.asarray(copy_of, dtype=np.int64)])
+    root = components(n, a, b)  # each item's first member: the group it is named after
+    return [groups[r] for r in root.tolist()]
 
 
 def copy_sets(copy_of: Sequence[int]) -> list[list[int]]:

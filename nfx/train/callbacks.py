@@ -17,6 +17,7 @@ from fastai.callback.core import Callback
 from fastai.callback.fp16 import MixedPrecision
 
 from nfx.train import agc
+from nfx.train.accumulation import MicroBatchAccumulation
 from nfx.train.checkpoint import skipped
 
 
@@ -58,9 +59,7 @@ class AGCCallback(Callback):
 
     def __init__(self, clip_factor: float | str = "auto", eps: float = 1e-3, *, params: Any = None,
                  exclude: Any = None, column: str | None = "agc_clipped"):
-        if not (clip_factor == "auto" or (isinstance(clip_factor, (int, float)) and clip_factor > 0)):
-            raise ValueError(f"clip_factor must be 'auto' or a number > 0 (got {clip_factor!r}); "
-                             "to train without AGC, leave the callback out")
+        check_clip_factor(clip_factor)
         self.clip_factor, self.eps, self.column = clip_factor, eps, column
         self.given = None if params is None else list(params)  # a generator is consumed once, here
         self.exclude = exclude
@@ -75,16 +74,13 @@ class AGCCallback(Callback):
         if self.given is None:
             self.params = body_params(self.learn, self.exclude)
             self.clipper = agc.Clipper()
-        if self.clip_factor == "auto":
-            from nfx.config import auto_agc_clip
-
-            self.lam = auto_agc_clip(effective_batch(self.learn))
+        self.lam = resolve_clip(self.clip_factor, self.learn)
         if self.column:
             add_column(self.learn, self.column, self.column_value)
 
     def column_value(self) -> float:
         """This epoch's fraction of units clipped (NaN before any step): the Recorder column."""
-        return _nan_if_none(self.epoch_fraction)
+        return nan_if_none(self.epoch_fraction)
 
     def before_epoch(self) -> None:
         self._clipped: list[torch.Tensor] = []
@@ -100,6 +96,21 @@ class AGCCallback(Callback):
 
     def after_train(self) -> None:
         self.epoch_fraction, self.epoch_min_step_fraction = clip_stats(self._clipped, self._units)
+
+
+def check_clip_factor(clip_factor: Any) -> None:
+    if not (clip_factor == "auto" or (isinstance(clip_factor, (int, float)) and clip_factor > 0)):
+        raise ValueError(f"clip_factor must be 'auto' or a number > 0 (got {clip_factor!r}); "
+                         "to train without AGC, leave the callback out")
+
+
+def resolve_clip(clip_factor: float | str, learn: Any) -> float:
+    """λ: the number given, or for "auto" nfx.config.auto_agc_clip of the Learner's effective batch."""
+    if clip_factor != "auto":
+        return float(clip_factor)
+    from nfx.config import auto_agc_clip
+
+    return auto_agc_clip(effective_batch(learn))
 
 
 def head_params(learn: Any) -> list[torch.Tensor]:
@@ -142,7 +153,7 @@ def effective_batch(learn: Any) -> int:
     for cb in learn.cbs:
         if isinstance(cb, GradientAccumulation):  # steps once it has seen n_acc samples
             n = max(bs, -(-int(cb.n_acc) // bs) * bs)
-        elif type(cb).__name__ == "MicroBatchAccumulation":
+        elif isinstance(cb, MicroBatchAccumulation):
             n = bs * int(cb.accum)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         n *= torch.distributed.get_world_size()
@@ -158,7 +169,7 @@ def add_column(learn: Any, name: str, value: Any) -> None:
         learn.metrics = list(learn.metrics) + [ValueMetric(value, name)]
 
 
-def _nan_if_none(v: float | None) -> float:
+def nan_if_none(v: float | None) -> float:
     return float("nan") if v is None else v
 
 

@@ -53,19 +53,8 @@ def evaluate(run_dir: str | Path, data: str | None = None, printer: Printer | No
         source = f"{split} split of {run.cfg.data.path}"
         items = _existing_items(run, rows)
     else:
-        from nfx.data.discover import discover
-
-        # the run's own rule: pseudonyms like its splits.csv (raw ids for runs from before that)
-        disc = discover(data, run.cfg.data.patient_regex, pseudonymise=run.cfg.data.keep_patient_ids is False)
-        unknown = sorted(set(disc.classes) - set(classes))
-        if unknown:
-            raise DataError(f"{data}: label folder(s) {unknown} are not classes of this model {classes}; "
-                            "move them out of the folder or evaluate a folder with only these classes")
-        items = [(s.path, s.label, s.patient) for s in disc.samples]
+        items = data_items(data, run.cfg, classes, printer)
         source = f"all images of {data}"
-        if disc.bad:  # unsupported or unreadable files found while discovering: reported, not dropped silently
-            printer.warn(f"{len(disc.bad)} file(s) in {data} cannot be evaluated and are left out "
-                         f"(first: {disc.bad[0][0]}: {disc.bad[0][1]})")
     import numpy as np
 
     probs = eval_probs(run, [p for p, _, _ in items], tta, printer)
@@ -129,7 +118,7 @@ def evaluate(run_dir: str | Path, data: str | None = None, printer: Printer | No
                                  run.info.from_scratch):
         printer.warn(w)
     result["warnings"] = printer.warnings[n_warn:]
-    result["provenance"] = _provenance(run, split_rows)
+    result["provenance"] = run_provenance(run.run_dir, run.cfg, run.info, split_rows)
 
     images: dict[str, bytes] = {}
     if plots:
@@ -155,6 +144,23 @@ def evaluate(run_dir: str | Path, data: str | None = None, printer: Printer | No
     return result
 
 
+
+
+def data_items(data: str, cfg: Any, classes: list[str], printer: Printer) -> list[tuple[str, str, str | None]]:
+    """(path, label, patient) of a DATA folder to evaluate a model on, found as the run found its
+    own (pseudonyms like its splits.csv; raw ids for runs from before that). Label folders the
+    model does not know are refused; files that cannot be read are warned about, not dropped silently."""
+    from nfx.data.discover import discover
+
+    disc = discover(data, cfg.data.patient_regex, pseudonymise=cfg.data.keep_patient_ids is False)
+    unknown = sorted(set(disc.classes) - set(classes))
+    if unknown:
+        raise DataError(f"{data}: label folder(s) {unknown} are not classes of this model {classes}; "
+                        "move them out of the folder or evaluate a folder with only these classes")
+    if disc.bad:
+        printer.warn(f"{len(disc.bad)} file(s) in {data} cannot be evaluated and are left out "
+                     f"(first: {disc.bad[0][0]}: {disc.bad[0][1]})")
+    return [(s.path, s.label, s.patient) for s in disc.samples]
 
 
 def training_copies(run: LoadedRun, split_rows, paths: list[str], printer: Printer) -> tuple[set[int], list[dict]]:
@@ -261,13 +267,14 @@ def _validation_scores(run: LoadedRun, split_rows, pos: int, tta: bool, printer:
     return y_pos, p_pos
 
 
-def _provenance(run: LoadedRun, split_rows) -> dict[str, Any]:
+def run_provenance(folder: Path, cfg: Any, info: Any, split_rows) -> dict[str, Any]:
+    """provenance() of a run folder (its env.json) plus the copies line of its split_summary.json."""
     from nfx.evaluate.cautions import copies_line
 
-    env = json.loads((run.run_dir / runs.ENV).read_text()) if (run.run_dir / runs.ENV).is_file() else {}
-    prov = provenance(run.cfg, run.info, env, split_rows)
+    env = json.loads((folder / runs.ENV).read_text()) if (folder / runs.ENV).is_file() else {}
+    prov = provenance(cfg, info, env, split_rows)
     try:
-        summary = json.loads((run.run_dir / runs.SPLIT_SUMMARY).read_text())
+        summary = json.loads((folder / runs.SPLIT_SUMMARY).read_text())
     except (OSError, ValueError):
         summary = {}
     prov["copies"] = copies_line(summary.get("copies") if isinstance(summary, dict) else None)

@@ -143,6 +143,7 @@ def _train_folds(parent: Path, printer: Printer, t0: float, first: Any = None) -
     rows = runs.read_csv(parent / FOLDS)
     k = int(cfg.train.folds or 0)
     results: list[dict[str, Any]] = []
+    entries: list[Path | None] | None = None  # the cache entries of folds.csv's rows, checked once for every fold
     for f in range(1, k + 1):
         d = fold_dir(parent, f)
         if _complete(d):
@@ -154,7 +155,9 @@ def _train_folds(parent: Path, printer: Printer, t0: float, first: Any = None) -
             results.append(resume(d, printer).metrics)
             continue
         printer.info(f"fold {f}/{k}: training, validated on fold {f} ({sum(r['fold'] == str(f) for r in rows)} images)")
-        results.append(_start_fold(cfg, parent, rows, f, printer, first))
+        if entries is None:
+            entries = _cached(cfg, parent, rows)
+        results.append(_start_fold(cfg, parent, rows, entries, f, printer, first))
         first = None  # the model prepared with the parent serves fold 1 only; later folds build their own
     summary = fold_summary(results)
     summary.update(folds=k, seconds=round(time.time() - t0, 1), arch=cfg.model.arch)
@@ -164,12 +167,22 @@ def _train_folds(parent: Path, printer: Printer, t0: float, first: Any = None) -
     return FoldsResult(parent, summary)
 
 
-def _start_fold(cfg: RunConfig, parent: Path, rows: list[dict[str, str]], f: int, printer: Printer,
-                prepared: Any) -> dict[str, Any]:
+def _cached(cfg: RunConfig, parent: Path, rows: list[dict[str, str]]) -> list[Path | None]:
+    """Every file of the parent in the shared decode cache (decoded once for all folds)."""
+    from nfx.data.cache import ImageCache
+
+    cache = ImageCache.for_spec(cfg.data.cache_dir, ModelInfo.read(parent).input)
+    entries, bad = cache.fill([r["path"] for r in rows])
+    if bad:
+        raise DataError(f"{bad[0][0]}: {bad[0][1]} (a file of this run changed or vanished; restore the data folder)")
+    return entries
+
+
+def _start_fold(cfg: RunConfig, parent: Path, rows: list[dict[str, str]], entries: list[Path | None], f: int,
+                printer: Printer, prepared: Any) -> dict[str, Any]:
     """Fold f as an ordinary run: its own folder, config, splits.csv, copy signatures and model."""
     import shutil
 
-    from nfx.data.cache import ImageCache
     from nfx.data.split import split_counts
     from nfx.workflows.finetune import prepare, select, train_run
 
@@ -194,10 +207,6 @@ def _start_fold(cfg: RunConfig, parent: Path, rows: list[dict[str, str]], f: int
     except (OSError, ValueError):
         pass
     runs.atomic_write_json(d / runs.SPLIT_SUMMARY, summary)
-    cache = ImageCache.for_spec(cfg.data.cache_dir, info.input)  # every file decoded once, for all folds
-    entries, bad = cache.fill([r["path"] for r in rows])
-    if bad:
-        raise DataError(f"{bad[0][0]}: {bad[0][1]} (a file of this run changed or vanished; restore the data folder)")
     samples = [SimpleNamespace(path=r["path"], label=r["label"], split=None) for r in rows]
     train, valid = select(fcfg, samples, entries, split_of, list(info.classes))
     prep = prepared or prepare(fcfg, info.num_classes, Printer(quiet=True))

@@ -18,7 +18,8 @@ from nfx.config import EvaluateConfig, RunConfig
 from nfx.console import Printer
 from nfx.errors import DataError
 from nfx.records import ModelInfo
-from nfx.workflows.folds import FOLDS, fold_dir
+from nfx.workflows.evaluate import eval_probs
+from nfx.workflows.folds import FOLDS
 
 
 def evaluate_folds(parent: str | Path, data: str | None = None, printer: Printer | None = None,
@@ -27,7 +28,7 @@ def evaluate_folds(parent: str | Path, data: str | None = None, printer: Printer
     """Out-of-fold metrics (split 'valid'), or the fold ensemble on the user's test split
     (split 'test') or on a DATA folder; written into the parent like a single run's evaluation."""
     from nfx.evaluate.metrics import evaluate_predictions, operating_point, positive_index
-    from nfx.workflows.loading import load_run
+    from nfx.workflows.loading import load_folds
 
     printer = printer or Printer()
     n_warn = len(printer.warnings)
@@ -38,17 +39,14 @@ def evaluate_folds(parent: str | Path, data: str | None = None, printer: Printer
     info = ModelInfo.read(parent)
     classes = list(info.classes)
     k = int(cfg.train.folds or 0)
-    missing = [f for f in range(1, k + 1) if not (fold_dir(parent, f) / runs.WEIGHTS).is_file()]
-    if missing:
-        raise DataError(f"{parent}: fold {missing[0]} has not finished; finish it with `nfx finetune --resume {parent}`")
-    models = [load_run(fold_dir(parent, f)) for f in range(1, k + 1)]
+    models = load_folds(parent)
     rows = runs.read_csv(parent / FOLDS)
     cv = [r for r in rows if r["split"] == "cv"]
     oof = np.zeros((len(cv), len(classes)))
     fold_of = np.array([int(r["fold"]) for r in cv])
     for f, run in enumerate(models, 1):
         idx = np.flatnonzero(fold_of == f)
-        oof[idx] = _probs(run, [cv[i]["path"] for i in idx], tta, printer)
+        oof[idx] = eval_probs(run, [cv[i]["path"] for i in idx], tta, printer)
     y_oof = np.array([classes.index(r["label"]) for r in cv])
     binary = len(classes) == 2
     pos = positive_index(classes) if binary else None
@@ -62,13 +60,13 @@ def evaluate_folds(parent: str | Path, data: str | None = None, printer: Printer
         if not items:
             raise DataError(f"{parent / FOLDS}: no images in split 'test'; evaluate the parent without --split "
                             "(out-of-fold) or pass a DATA folder")
-        probs = np.mean([_probs(run, [p for p, _, _ in items], tta, printer) for run in models], axis=0)
+        probs = np.mean([eval_probs(run, [p for p, _, _ in items], tta, printer) for run in models], axis=0)
         source = f"test split of {cfg.data.path} (mean of the {k} fold models' softmax outputs)"
-        y = np.array([classes.index(lbl) for _, lbl, _ in items])
     else:
         items, probs, found = _ensemble_on(data, models, parent, cfg, info, rows, tta, printer)
-        y = np.array([classes.index(lbl) for _, lbl, _ in items])
         source = f"all images of {data} (mean of the {k} fold models' softmax outputs)"
+    if not oof_mode:
+        y = np.array([classes.index(lbl) for _, lbl, _ in items])
     ok = np.isfinite(probs).all(axis=1)
     items, probs, y = [items[i] for i in np.flatnonzero(ok)], probs[ok], y[ok]
     if not len(items):
@@ -132,12 +130,6 @@ class SimpleRun:
         self.run_dir = run_dir
 
 
-def _probs(run: Any, paths: list[str], tta: bool, printer: Printer) -> np.ndarray:
-    from nfx.workflows.evaluate import eval_probs
-
-    return eval_probs(run, paths, tta, printer)
-
-
 def _crossfit_points(y_pos: np.ndarray, p_pos: np.ndarray, fold_of: np.ndarray, k: int,
                      target_sensitivity: float | None) -> dict[str, Any]:
     """Youden (and the target-sensitivity threshold) of each fold, chosen on the other folds."""
@@ -189,21 +181,11 @@ def _ensemble_on(data: str, models: list[Any], parent: Path, cfg: RunConfig, inf
                  printer: Printer) -> tuple[list[tuple[str, str, str | None]], np.ndarray, list[dict]]:
     """(items, mean softmax of the fold models) on a new folder; copies of any image the folds trained
     on are left out (every cross-validated image trained K-1 of the K models)."""
-    from nfx.data.discover import discover
-    from nfx.workflows.evaluate import copies_of
+    from nfx.workflows.evaluate import copies_of, data_items
 
-    classes = list(info.classes)
-    disc = discover(data, cfg.data.patient_regex, pseudonymise=cfg.data.keep_patient_ids is False)
-    unknown = sorted(set(disc.classes) - set(classes))
-    if unknown:
-        raise DataError(f"{data}: label folder(s) {unknown} are not classes of this model {classes}; "
-                        "move them out of the folder or evaluate a folder with only these classes")
-    if disc.bad:
-        printer.warn(f"{len(disc.bad)} file(s) in {data} cannot be evaluated and are left out "
-                     f"(first: {disc.bad[0][0]}: {disc.bad[0][1]})")
-    items = [(s.path, s.label, s.patient) for s in disc.samples]
+    items = data_items(data, cfg, list(info.classes), printer)
     paths = [p for p, _, _ in items]
-    probs = np.mean([_probs(run, paths, tta, printer) for run in models], axis=0)
+    probs = np.mean([eval_probs(run, paths, tta, printer) for run in models], axis=0)
     trained = [i for i, r in enumerate(rows) if r["split"] == "cv"]
     drop, found = copies_of(parent, rows, trained, models[0], paths, printer)
     if found and len(drop) == len(items):
@@ -214,15 +196,9 @@ def _ensemble_on(data: str, models: list[Any], parent: Path, cfg: RunConfig, inf
 
 
 def _provenance(parent: Path, cfg: RunConfig, info: ModelInfo, rows) -> dict[str, Any]:
-    from nfx.evaluate.cautions import copies_line, provenance
+    from nfx.workflows.evaluate import run_provenance
 
-    env = json.loads((parent / runs.ENV).read_text()) if (parent / runs.ENV).is_file() else {}
     split_rows = [{**r, "split": "train" if r["split"] == "cv" else r["split"]} for r in rows]
-    prov = provenance(cfg, info, env, split_rows)
-    try:
-        summary = json.loads((parent / runs.SPLIT_SUMMARY).read_text())
-    except (OSError, ValueError):
-        summary = {}
-    prov["copies"] = copies_line(summary.get("copies") if isinstance(summary, dict) else None)
+    prov = run_provenance(parent, cfg, info, split_rows)
     prov["training"] = f"{cfg.train.folds}-fold cross-validation; " + str(prov.get("training", ""))
     return prov

@@ -43,17 +43,24 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     return LoadedRun(run_dir, cfg, info, model)
 
 
+def load_folds(parent: Path) -> list[LoadedRun]:
+    """Each fold run of a --folds parent, in order; one line naming an unfinished fold otherwise."""
+    from nfx.workflows.folds import fold_dir
+
+    parent = runs.require_run(parent, MODEL_INFO)
+    k = int(RunConfig.load(parent / runs.CONFIG).train.folds or 0)
+    unfinished = [f for f in range(1, k + 1) if not (fold_dir(parent, f) / runs.WEIGHTS).is_file()]
+    if unfinished:
+        raise RunError(f"{parent}: fold {unfinished[0]} has not finished; finish it with `nfx finetune --resume {parent}`")
+    return [load_run(fold_dir(parent, f)) for f in range(1, k + 1)]
+
+
 def _load_folds(parent: Path) -> LoadedRun:
     from nfx.models.ensemble import FoldEnsemble
 
-    parent = runs.require_run(parent, MODEL_INFO)
-    cfg = RunConfig.load(parent / runs.CONFIG)
-    k = int(cfg.train.folds or 0)
-    unfinished = [f for f in range(1, k + 1) if not (parent / f"fold-{f}" / runs.WEIGHTS).is_file()]
-    if unfinished:
-        raise RunError(f"{parent}: fold {unfinished[0]} has not finished; finish it with `nfx finetune --resume {parent}`")
-    folds = [load_run(parent / f"fold-{f}") for f in range(1, k + 1)]
-    return LoadedRun(parent, cfg, ModelInfo.read(parent), FoldEnsemble([r.model for r in folds]).eval())
+    folds = load_folds(parent)
+    return LoadedRun(parent, RunConfig.load(parent / runs.CONFIG), ModelInfo.read(parent),
+                     FoldEnsemble([r.model for r in folds]).eval())
 
 
 def predict_probs(model, paths: list[str], info: ModelInfo, cache_dir: str | None,
