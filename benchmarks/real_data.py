@@ -8,6 +8,13 @@ into a local cache; nothing here is committed to the repository.
   ``my-unique-datasets-library`` 0.8.1 (package licence: MIT; the dataset's own page states no
   licence, so treat it as research use only and do not redistribute it). No patient ids: every
   image is its own group in the split.
+- ``elpv()``: a second real greyscale set, not medical: electroluminescence images of solar cells
+  (300×300 8-bit grey PNGs) from the ELPV dataset (Buerhop-Lutz et al. 2018; Deitsch et al. 2019),
+  as shipped in the PyPI package ``elpv-dataset`` 1.0.0.post1 (licence CC BY-NC-SA 4.0: research use,
+  do not redistribute). Two classes from its expert defect probabilities: ``functional`` (0) and
+  ``defective`` (2/3 or 1); the uncertain 1/3 cells are left out. A fixed, seeded sample of
+  ``n_per_class`` images per class keeps CPU runs short. No module ids: every image is its own group
+  in the split (nfx's copy grouping still applies).
 - ``pretrain_set()``: a different real set for pretraining the "local weights" yourself: every
   image in pydicom's and pydicom-data's test files that nfx can decode (CT, MR, CR/DX, US, XA,
   NM, RT, secondary capture; pydicom-data is a dev dependency), turned into a self-supervised
@@ -51,6 +58,41 @@ def brain_mri(root: Path = CACHE) -> Path:
         part = dest.with_name(dest.name + ".part")
         shutil.rmtree(part, ignore_errors=True)
         shutil.copytree(src, part)
+        shutil.rmtree(dest, ignore_errors=True)
+        part.rename(dest)
+    return dest
+
+
+ELPV_PKG = "elpv-dataset==1.0.0.post1"
+
+
+def elpv(root: Path = CACHE, n_per_class: int = 200) -> Path:
+    """ELPV solar-cell folder (``functional/``, ``defective/``), ``n_per_class`` each, from PyPI on first use."""
+    import random
+    import zipfile
+
+    dest = root / f"elpv_{n_per_class}"
+    if (dest / "functional").is_dir() and (dest / "defective").is_dir():
+        return dest
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp, ELPV_PKG], check=True)
+        wheel = zipfile.ZipFile(next(Path(tmp).glob("*.whl")))
+        labels = wheel.read("elpv_dataset/data/labels.csv").decode().split("\n")
+        by_class: dict[str, list[str]] = {"functional": [], "defective": []}
+        for line in labels:
+            parts = line.split()
+            if len(parts) < 2:
+                continue
+            p = float(parts[1])
+            if p == 0 or p > 0.5:
+                by_class["functional" if p == 0 else "defective"].append(parts[0])
+        part = dest.with_name(dest.name + ".part")
+        shutil.rmtree(part, ignore_errors=True)
+        rng = random.Random(0)
+        for label, names in by_class.items():
+            (part / label).mkdir(parents=True)
+            for name in sorted(rng.sample(sorted(names), n_per_class)):
+                (part / label / Path(name).name).write_bytes(wheel.read(f"elpv_dataset/data/{name}"))
         shutil.rmtree(dest, ignore_errors=True)
         part.rename(dest)
     return dest
@@ -115,5 +157,6 @@ def pretrain_set(root: Path = CACHE, size: int = 128, min_side: int = 48) -> Pat
 
 if __name__ == "__main__":
     print(brain_mri())
+    print(elpv())
     p = pretrain_set()
     print(p, len(list(p.glob("rot000/*.png"))), "images × 4 rotations")

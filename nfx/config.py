@@ -27,6 +27,7 @@ MAX_SIZE = 2048  # input side; larger ones exhaust memory decoding the cache bef
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 AGC_MODES = ("batch", "per-sample")
 BALANCE = ("none", "loss", "sampler")
+BN_MODES = ("train", "frozen")  # BatchNorm statistics: the batch's (train mode) | running, never updated (eval mode)
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,7 @@ class TrainConfig:
     persample_impl: str = "auto"  # per-sample AGC: auto (one-pass; vmap if a layer is not covered) | one-pass | vmap
     ema: float | None = None  # EMA decay of the weights (None = off)
     balance: str = "none"  # class imbalance: none | loss (weighted CE) | sampler (weighted sampling)
+    bn: str = "train"  # BatchNorm layers: train (batch statistics) | frozen (eval mode: running statistics, not updated)
     patience: int | None = None  # early stopping: epochs without improvement of the monitor
     monitor: str | None = None  # checkpoint/early-stop metric; None = valid_roc_auc (binary) else valid_loss
     compile: bool = False  # torch.compile the model for training
@@ -216,10 +218,6 @@ def auto_agc_clip(effective_batch_size: int) -> float:
     return round(min(0.16, max(0.01, 0.01 * math.sqrt(4096 / b))), 4)
 
 
-def _finite_pos(v: float | None) -> bool:
-    return v is None or (math.isfinite(v) and v > 0)
-
-
 def validate_train(t: TrainConfig) -> None:
     checks = [
         (t.epochs >= 0, f"--epochs must be >= 0 (got {t.epochs})"),
@@ -229,7 +227,7 @@ def validate_train(t: TrainConfig) -> None:
         (t.bs >= 1, f"--bs must be >= 1 (got {t.bs})"),
         (t.accum >= 1, f"--accum must be >= 1 micro-batch (got {t.accum})"),
         (isinstance(t.world_size, int) and t.world_size >= 1, f"world_size must be >= 1 (got {t.world_size})"),
-        (_finite_pos(t.lr), f"--lr must be a finite number > 0 (got {t.lr})"),
+        (t.lr is None or (math.isfinite(t.lr) and t.lr > 0), f"--lr must be a finite number > 0 (got {t.lr})"),
         (t.body_lr_div is None or (math.isfinite(t.body_lr_div) and t.body_lr_div >= 1),
          f"body_lr_div must be >= 1 (got {t.body_lr_div})"),
         (t.schedule is None or t.schedule in SCHEDULES, f"--schedule must be one of {SCHEDULES} (got {t.schedule!r})"),
@@ -237,6 +235,7 @@ def validate_train(t: TrainConfig) -> None:
         (t.precision in PRECISIONS, f"--precision must be one of {PRECISIONS} (got {t.precision!r})"),
         (t.agc_mode in AGC_MODES, f"--agc-mode must be one of {AGC_MODES} (got {t.agc_mode!r})"),
         (t.balance in BALANCE, f"--balance must be one of {BALANCE} (got {t.balance!r})"),
+        (t.bn in BN_MODES, f"--bn must be one of {BN_MODES} (got {t.bn!r})"),
         (t.ema is None or 0 < t.ema < 1, f"--ema must be a decay between 0 and 1, e.g. 0.999 (got {t.ema})"),
         (t.patience is None or t.patience >= 1, f"--patience must be >= 1 epoch (got {t.patience})"),
         (t.folds is None or t.folds >= 2, f"--folds must be >= 2 (got {t.folds})"),

@@ -191,7 +191,8 @@ def show_compare(p: Printer, res: dict[str, Any], cfg: Any) -> None:
 
     header = ["model", "micro-batch × accum", "AGC", "accuracy", "ROC AUC", "images/s", "peak memory MB"]
     mem = "peak_gpu_memory_mb" if any(r.get("peak_gpu_memory_mb") for r in res["rows"]) else "peak_rss_mb"
-    rows = [[r["arch"], f"{r['micro_batch']} × {r['accum']}", "on" if r["agc"] else "off",
+    rows = [[r["arch"] + (" (BN frozen)" if r.get("bn") == "frozen" else ""),
+             f"{r['micro_batch']} × {r['accum']}", "on" if r["agc"] else "off",
              _pm(r["accuracy"], r["accuracy_sd"]), _pm(r["roc_auc"], r["roc_auc_sd"]),
              "n/a" if r["images_per_s"] is None else f"{r['images_per_s']:.1f}",
              "n/a" if r.get(mem) is None else f"{r[mem]:.0f}"] for r in res["rows"]]

@@ -72,3 +72,29 @@ def test_compare_with_folds_scores_each_cell_out_of_fold(tiny_data, tmp_path):
     assert cell["accuracy"] == ev["accuracy"] and cell["roc_auc"] == ev["roc_auc"]
     assert cell["n_images_out_of_fold"] == 24 and cell["roc_auc_ci"] == ev["roc_auc_ci"]
     assert res["rows"][0]["roc_auc_ci"] == cell["roc_auc_ci"]
+
+
+def test_frozen_batchnorm_cells_only_for_batchnorm_nets_and_rows_carry_a_t_interval(tiny_data, tmp_path):
+    from nfx.workflows.compare import finetune_args, summarise
+
+    cfg = _cfg(tiny_data / "png", tmp_path, micro_batches=(2,), seeds=(1, 2), bn=("train", "frozen")).validate()
+    names = sorted(c.name for c in cfg.cells())
+    assert names == ["test_byobnet-bs2x2-agcon-bnfrozen-s1", "test_byobnet-bs2x2-agcon-bnfrozen-s2",
+                     "test_byobnet-bs2x2-agcon-s1", "test_byobnet-bs2x2-agcon-s2",
+                     "test_nfnet-bs2x2-agcon-s1", "test_nfnet-bs2x2-agcon-s2"]  # no frozen NF cell
+    frozen = next(c for c in cfg.cells() if c.bn == "frozen")
+    args = finetune_args(cfg, frozen, tmp_path)
+    assert args[args.index("--bn") + 1] == "frozen"
+    assert "--bn" not in finetune_args(cfg, next(c for c in cfg.cells() if c.bn == "train"), tmp_path)
+    fake = [{"arch": c.arch, "micro_batch": c.micro_batch, "agc": c.agc, "bn": c.bn,
+             "accuracy": 0.6 + 0.1 * c.seed, "roc_auc": 0.7, "images_per_s": 1.0, "peak_rss_mb": 1.0}
+            for c in cfg.cells()]
+    rows = {(r["arch"], r["bn"]): r for r in summarise(cfg, fake)}
+    assert set(rows) == {("test_nfnet", "train"), ("test_byobnet", "train"), ("test_byobnet", "frozen")}
+    r = rows[("test_byobnet", "frozen")]
+    assert r["accuracy"] == pytest.approx(0.75) and r["accuracy_sd"] == pytest.approx(0.0707, abs=1e-4)
+    # mean ± t(0.975, 1) · sd / √2 = 0.75 ± 12.706 · 0.05
+    assert r["accuracy_ci95"] == pytest.approx([0.75 - 0.6353, 0.75 + 0.6353], abs=1e-3)
+    assert r["roc_auc_ci95"] == pytest.approx([0.7, 0.7])
+    with pytest.raises(ConfigError, match="--bn eval"):
+        _cfg(tiny_data / "png", tmp_path, bn=("eval",)).validate()

@@ -217,3 +217,55 @@ def test_same_seed_on_cpu_gives_identical_weights_and_metrics(tiny_data, tmp_pat
     assert strip == [{k: v for k, v in h.items() if "seconds" not in k} for h in hb]
     assert (da / "splits.csv").read_text() == (db / "splits.csv").read_text()
     assert not all(torch.equal(wa[k], wc[k]) for k in wa)  # another seed really changes the run
+
+
+def _bn_cfg(data, out, name, arch="test_byobnet", size=64, **train):
+    cfg = _cfg(data, out, name, **train)
+    return RunConfig.from_dict({**cfg.to_dict(), "data": {**cfg.to_dict()["data"], "size": size},
+                                "model": {"arch": arch, "pretrained": False, "weights": None}})
+
+
+def test_bn_frozen_keeps_running_statistics_and_trains_the_rest(tiny_data, tmp_path):
+    """--bn frozen: BatchNorm layers normalise with running statistics that never move (eval mode while
+    training), their affine weights and every other layer still train; recorded in config and MODEL.md."""
+    import timm
+
+    res = api.finetune(_bn_cfg(tiny_data / "dicom", tmp_path, "frozen", epochs=1, bn="frozen", agc=None),
+                       Printer(quiet=True))
+    saved = load_file(str(res.run_dir / "model.safetensors"))
+    torch.manual_seed(0)
+    init = timm.create_model("test_byobnet", num_classes=2).state_dict()
+    stats = [k for k in saved if k.endswith(("running_mean", "running_var"))]
+    assert stats and all(torch.equal(saved[k], init[k]) for k in stats)  # 0 and 1, as initialised
+    assert all(int(saved[k]) == 0 for k in saved if k.endswith("num_batches_tracked"))
+    bn_weights = [k for k in saved if k.endswith(".weight") and k.replace(".weight", ".running_mean") in saved]
+    assert bn_weights
+    assert any(not torch.equal(saved[k], init[k]) for k in bn_weights)  # the affine part trained
+    assert json.loads((res.run_dir / "config.json").read_text())["train"]["bn"] == "frozen"
+    # train mode (the default) moves them: the same run without --bn frozen
+    res2 = api.finetune(_bn_cfg(tiny_data / "dicom", tmp_path, "train", epochs=1, agc=None), Printer(quiet=True))
+    moved = load_file(str(res2.run_dir / "model.safetensors"))
+    assert any(not torch.equal(moved[k], init[k]) for k in stats)
+
+
+def test_bn_rules_refuse_clearly_before_training(tiny_data, tmp_path):
+    from nfx.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--bn frozen: test_nfnet has no BatchNorm layers"):
+        api.finetune(_bn_cfg(tiny_data / "dicom", tmp_path, "nf", arch="test_nfnet", bn="frozen"), Printer(quiet=True))
+    # train-mode BatchNorm at micro-batch 1 below 64 px: a 1 x 1 last feature map has no batch statistics
+    with pytest.raises(ConfigError, match=r"--bs 1 with test_byobnet \(BatchNorm\) needs --size 64 or more \(got 32\)"):
+        api.finetune(_bn_cfg(tiny_data / "dicom", tmp_path, "bs1", size=32, bs=1, accum=4), Printer(quiet=True))
+    assert not (tmp_path / "bs1").exists() and not (tmp_path / "nf").exists()  # refused before any run folder
+    with pytest.raises(ConfigError, match="--bn must be one of"):
+        api.finetune(_bn_cfg(tiny_data / "dicom", tmp_path, "x", bn="eval"), Printer(quiet=True))
+
+
+def test_bn_frozen_or_64_px_make_micro_batch_1_train(tiny_data, tmp_path):
+    """The two ways out the refusal names both run: --bn frozen at 32 px, and train-mode BN at 64 px."""
+    frozen = api.finetune(_bn_cfg(tiny_data / "dicom", tmp_path, "f32", size=32, bs=1, accum=2, epochs=1,
+                                  bn="frozen", agc=None), Printer(quiet=True))
+    assert np.isfinite(frozen.history[-1]["train_loss"])
+    big = api.finetune(_bn_cfg(tiny_data / "dicom", tmp_path, "t64", size=64, bs=1, accum=2, epochs=1, agc=None),
+                       Printer(quiet=True))
+    assert np.isfinite(big.history[-1]["train_loss"])

@@ -25,7 +25,7 @@ FINETUNE_FLAGS = {
     "body_lr_div": ("train", "body_lr_div"), "precision": ("train", "precision"), "seed": ("train", "seed"),
     "agc_mode": ("train", "agc_mode"), "persample_chunk": ("train", "persample_chunk"),
     "persample_impl": ("train", "persample_impl"), "ema": ("train", "ema"),
-    "balance": ("train", "balance"), "patience": ("train", "patience"), "monitor": ("train", "monitor"),
+    "balance": ("train", "balance"), "bn": ("train", "bn"), "patience": ("train", "patience"), "monitor": ("train", "monitor"),
     "compile_": ("train", "compile"), "folds": ("train", "folds"),
     "out": ("top", "out"), "name": ("top", "name"),
 }
@@ -93,6 +93,7 @@ def finetune(
     persample_chunk: int | None = typer.Option(None, "--persample-chunk", help="Samples per vmap chunk in per-sample AGC [default: auto]."),
     persample_impl: str | None = typer.Option(None, "--persample-impl", help=f"Per-sample AGC implementation: auto (one backward pass; vmap where a layer is not covered), one-pass or vmap {_default('train', 'persample_impl')}."),
     ema: float | None = typer.Option(None, "--ema", help="EMA decay of the weights, e.g. 0.999 (validation and saved model use the EMA)."),
+    bn: str | None = typer.Option(None, "--bn", help=f"BatchNorm models: train (batch statistics) or frozen (eval mode: running statistics, never updated; for micro-batches of 1-2) {_default('train', 'bn')}."),
     balance: str | None = typer.Option(None, "--balance", help=f"Class imbalance: none, loss (weighted loss) or sampler (weighted sampling) {_default('train', 'balance')}."),
     patience: int | None = typer.Option(None, "--patience", help="Stop after this many epochs without improvement of the monitor."),
     monitor: str | None = typer.Option(None, "--monitor", help="Metric for best checkpoint / early stop [default: valid_roc_auc (binary) else valid_loss]."),
@@ -161,6 +162,7 @@ def compare(
     pretrained: bool = typer.Option(False, "--pretrained/--no-pretrained", help="Start every cell from hub weights [default: from scratch]."),
     out: str = typer.Option("runs", "--out", help="Parent folder of the comparison folder."),
     name: str = typer.Option("compare", "--name", help="Comparison folder name (rerun the same command to resume)."),
+    bn: str = typer.Option("train", "--bn", help="BatchNorm statistics of the BatchNorm nets: train, frozen (eval mode, `nfx finetune --bn frozen`) or train,frozen; NF nets run once."),
     folds: int | None = typer.Option(None, "--folds", help="Each cell a K-fold cross-validation (K times the cost): its accuracy / ROC AUC out-of-fold, with a patient-bootstrap CI."),
     extra: str | None = typer.Option(None, "--finetune-args", help="Further `nfx finetune` options for every cell, e.g. '--aug none --workers 0'."),
 ) -> None:
@@ -187,6 +189,7 @@ def compare(
         micro_batches=ints("--micro-batches", micro_batches), effective_batch=effective_batch, agc=agc_t,
         seeds=ints("--seeds", seeds), size=size, epochs=epochs, pretrained=pretrained, out=out, name=name,
         extra=tuple(shlex.split(extra)) if extra else (), folds=folds,
+        bn=tuple(x.strip() for x in bn.split(",") if x.strip()),
     )
     p = printer()
     res = api.compare(cfg, p)

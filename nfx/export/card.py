@@ -61,7 +61,8 @@ def render(info: dict[str, Any], cfg: dict[str, Any], metrics: dict[str, Any], e
               f"- Training: {t.get('schedule') or 'fine-tune'} schedule, {t.get('freeze_epochs')} head-only + "
               f"{t.get('epochs')} full epochs, effective batch {metrics.get('effective_batch_size', '?')}, "
               f"lr {t.get('lr')}, AGC {t.get('agc') if t.get('agc') else 'off'} ({metrics.get('agc_mode', 'batch')}), "
-              f"precision {metrics.get('precision', '?')}, device {metrics.get('device', '?')}, seed {t.get('seed')}",
+              + ("BatchNorm statistics frozen (eval mode, `--bn frozen`), " if t.get("bn") == "frozen" else "")
+              + f"precision {metrics.get('precision', '?')}, device {metrics.get('device', '?')}, seed {t.get('seed')}",
               f"- Exported: `{export['onnx']}` (ONNX opset {export.get('opset', '?')}); ONNX Runtime vs torch "
               f"max |Δ| {export['max_abs_diff']:.2e} (tolerance {export.get('tolerance', '?')})", ""]
     lines += ["## Data provenance", "",

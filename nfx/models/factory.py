@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nfx.errors import ModelError, short_reason
+from nfx.errors import ConfigError, ModelError, short_reason
 
 NF_PREFIXES = ("dm_nfnet", "nfnet", "eca_nfnet", "nf_", "test_nfnet")
 
@@ -207,6 +207,31 @@ def head_and_body(model: Any) -> tuple[list[Any], list[Any]]:
         raise ModelError(f"{type(model).__name__}: get_classifier() has no parameters; cannot find the head")
     params = list(model.parameters())
     return [p for p in params if id(p) in head_ids], [p for p in params if id(p) not in head_ids]
+
+
+def batchnorm_layers(model: Any) -> list[Any]:
+    """The model's BatchNorm layers (1d/2d/3d, sync): the layers whose statistics depend on the batch."""
+    import torch
+
+    return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+# BatchNorm in train mode needs more than one value per channel: at micro-batch 1 the last feature map
+# (stride 32) must be larger than 1 x 1, which 64 px gives every timm ResNet/RegNet (2 x 2 = 4 values)
+BN_MIN_SIZE_AT_BS1 = 64
+
+
+def check_batchnorm(model: Any, arch: str, bn: str, bs: int, size: int) -> None:
+    """The --bn rules that need the model: 'frozen' needs BatchNorm layers; train-mode BatchNorm at
+    micro-batch 1 needs inputs of BN_MIN_SIZE_AT_BS1 px (else torch fails mid-epoch with 'Expected more
+    than 1 value per channel')."""
+    has_bn = bool(batchnorm_layers(model))
+    if bn == "frozen" and not has_bn:
+        raise ConfigError(f"--bn frozen: {arch} has no BatchNorm layers (nothing to freeze); drop --bn frozen")
+    if bn == "train" and has_bn and bs == 1 and size < BN_MIN_SIZE_AT_BS1:
+        raise ConfigError(f"--bs 1 with {arch} (BatchNorm) needs --size {BN_MIN_SIZE_AT_BS1} or more (got {size}): "
+                          "batch statistics of one image over a 1 x 1 feature map are undefined; raise --size, "
+                          "raise --bs, or pass --bn frozen")
 
 
 def no_decay_params(model: Any) -> list[Any]:

@@ -173,6 +173,21 @@ def nan_if_none(v: float | None) -> float:
     return float("nan") if v is None else v
 
 
+class FrozenBatchNorm(Callback):
+    """BatchNorm layers in eval mode while training (`--bn frozen`): they normalise with their running
+    statistics, which stay as they are; their affine weights still train. What a practitioner tries when
+    micro-batches are too small for batch statistics. Runs after fastai's TrainEvalCallback has put the
+    model in train mode."""
+
+    order = 1  # after TrainEvalCallback (order -10) set model.train()
+
+    def before_train(self) -> None:
+        from nfx.models.factory import batchnorm_layers
+
+        for m in batchnorm_layers(self.learn.model):
+            m.eval()
+
+
 class EpochLog(Callback):
     """Collects one row per epoch (after the Recorder, order 60) and hands it to `on_epoch`.
 

@@ -62,6 +62,10 @@ def fit(cfg: RunConfig, model, prep, *, train, valid, num_classes: int, device: 
 
     if distributed.is_distributed():  # torch DDP through fastai's DistributedTrainer (accelerate)
         learn.add_cb(distributed.trainer_callback(device))
+    if t.bn == "frozen":
+        from nfx.train.callbacks import FrozenBatchNorm
+
+        learn.add_cb(FrozenBatchNorm())
     ema_cb = EMACallback(learn.model, t.ema) if t.ema else None
     if ema_cb:
         learn.add_cb(ema_cb)

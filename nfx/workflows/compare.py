@@ -49,6 +49,8 @@ class CompareConfig:
     name: str = "compare"
     extra: tuple[str, ...] = field(default_factory=tuple)  # further `nfx finetune` options, as given
     folds: int | None = None  # each cell a k-fold cross-validation: its metrics out-of-fold, with a CI
+    # BatchNorm statistics ("train" | "frozen", `nfx finetune --bn`); "frozen" cells only for nets with BatchNorm
+    bn: tuple[str, ...] = ("train",)
 
     def validate(self) -> CompareConfig:
         if not self.models:
@@ -63,13 +65,18 @@ class CompareConfig:
             raise ConfigError(f"--epochs must be >= 1 (got {self.epochs})")
         if self.size < 32:
             raise ConfigError(f"--size must be >= 32 px (got {self.size})")
+        if not self.bn or set(self.bn) - {"train", "frozen"}:
+            raise ConfigError(f"--bn {','.join(self.bn)}: expected train, frozen or train,frozen")
         if self.folds is not None and self.folds < 2:
             raise ConfigError(f"--folds must be >= 2 (got {self.folds})")
         return self
 
     def cells(self) -> list[Cell]:
-        return [Cell(m, b, self.effective_batch // b, a, s)
-                for m in self.models for b in self.micro_batches for a in self.agc for s in self.seeds]
+        from nfx.models.factory import is_nf  # a name rule: imports no timm/torch
+
+        return [Cell(m, b, self.effective_batch // b, a, s, n)
+                for m in self.models for b in self.micro_batches for a in self.agc for n in self.bn
+                for s in self.seeds if not (n == "frozen" and is_nf(m))]
 
 
 @dataclass(frozen=True)
@@ -79,10 +86,12 @@ class Cell:
     accum: int
     agc: bool
     seed: int
+    bn: str = "train"
 
     @property
     def name(self) -> str:
-        return f"{self.arch}-bs{self.micro_batch}x{self.accum}-agc{'on' if self.agc else 'off'}-s{self.seed}"
+        frozen = "-bnfrozen" if self.bn == "frozen" else ""
+        return f"{self.arch}-bs{self.micro_batch}x{self.accum}-agc{'on' if self.agc else 'off'}{frozen}-s{self.seed}"
 
 
 def finetune_args(cfg: CompareConfig, cell: Cell, out_dir: Path) -> list[str]:
@@ -91,6 +100,7 @@ def finetune_args(cfg: CompareConfig, cell: Cell, out_dir: Path) -> list[str]:
             "--pretrained" if cfg.pretrained else "--no-pretrained",
             "--bs", str(cell.micro_batch), "--accum", str(cell.accum), "--agc", "auto" if cell.agc else "off",
             "--seed", str(cell.seed), "--size", str(cfg.size), "--epochs", str(cfg.epochs),
+            *(["--bn", "frozen"] if cell.bn == "frozen" else []),
             "--out", str(out_dir / "runs"), "--name", cell.name,
             *(["--folds", str(cfg.folds)] if cfg.folds else []), *cfg.extra]
 
@@ -149,20 +159,24 @@ def run_cell(cfg: CompareConfig, cell: Cell, out_dir: Path) -> dict[str, Any]:
 
 
 def summarise(cfg: CompareConfig, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (model, micro-batch, AGC): mean ± sd over seeds."""
+    """One row per (model, micro-batch, AGC, BatchNorm mode): mean ± sd over seeds, and the 95 % t-interval
+    of the mean over seeds."""
     rows = []
     for arch in cfg.models:
         for b in cfg.micro_batches:
-            for a in cfg.agc:
-                rs = [r for r in results if (r["arch"], r["micro_batch"], r["agc"]) == (arch, b, a)]
+            for a, n in [(a, n) for a in cfg.agc for n in cfg.bn]:
+                rs = [r for r in results
+                      if (r["arch"], r["micro_batch"], r["agc"], r.get("bn", "train")) == (arch, b, a, n)]
                 if not rs:
                     continue
                 row: dict[str, Any] = {"arch": arch, "micro_batch": b, "accum": cfg.effective_batch // b,
-                                       "agc": a, "seeds": len(rs)}
+                                       "agc": a, "bn": n, "seeds": len(rs)}
                 for k in ("accuracy", "roc_auc", "images_per_s", "peak_rss_mb", "peak_gpu_memory_mb"):
                     vals = [r[k] for r in rs if r.get(k) is not None and not math.isnan(r[k])]
                     row[k] = round(statistics.mean(vals), 4) if vals else None
                     row[f"{k}_sd"] = round(statistics.stdev(vals), 4) if len(vals) > 1 else None
+                    if k in ("accuracy", "roc_auc"):
+                        row[f"{k}_ci95"] = _t_interval(vals)
                 if cfg.folds and len(rs) == 1:  # one seed: the out-of-fold interval is the spread to quote
                     row["roc_auc_ci"] = rs[0].get("roc_auc_ci")
                 rows.append(row)
@@ -180,7 +194,7 @@ def compare(cfg: CompareConfig, printer=None) -> dict[str, Any]:
     (out_dir / CELLS).mkdir(parents=True, exist_ok=True)
     saved, settings = out_dir / "compare_config.json", _jsonable(cfg)
     if saved.is_file():
-        if json.loads(saved.read_text()) != settings:
+        if {"bn": ["train"], **json.loads(saved.read_text())} != settings:  # folders from before --bn: train
             raise ConfigError(f"{out_dir}: holds a comparison with other settings ({saved}); pass another "
                               "--name, or delete the folder to start again")
     else:
@@ -188,7 +202,8 @@ def compare(cfg: CompareConfig, printer=None) -> dict[str, Any]:
     cells = cfg.cells()
     kept = sum(1 for c in cells if (out_dir / CELLS / f"{c.name}.json").is_file())
     printer.info(f"compare: {len(cells)} cells ({len(cfg.models)} models × {len(cfg.micro_batches)} micro-batches "
-                 f"× {len(cfg.agc)} AGC × {len(cfg.seeds)} seeds), effective batch {cfg.effective_batch}; "
+                 f"× {len(cfg.agc)} AGC" + (f" × BatchNorm {'/'.join(cfg.bn)}" if cfg.bn != ("train",) else "")
+                 + f" × {len(cfg.seeds)} seeds), effective batch {cfg.effective_batch}; "
                  f"{kept} already done in {out_dir}")
     results = []
     with printer.progress(len(cells), "compare") as bar:
@@ -216,13 +231,15 @@ def plot(cfg: CompareConfig, rows: list[dict[str, Any]]) -> bytes:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
     for ax, key, title in ((axes[0], "accuracy", "validation accuracy"), (axes[1], "roc_auc", "validation ROC AUC")):
         for arch in cfg.models:
-            for a in cfg.agc:
-                rs = [r for r in rows if r["arch"] == arch and r["agc"] == a and r.get(key) is not None]
+            for a, n in [(a, n) for a in cfg.agc for n in cfg.bn]:
+                rs = [r for r in rows if r["arch"] == arch and r["agc"] == a and r.get("bn", "train") == n
+                      and r.get(key) is not None]
                 if not rs:
                     continue
                 ax.errorbar([r["micro_batch"] for r in rs], [r[key] for r in rs],
-                            yerr=[r.get(f"{key}_sd") or 0 for r in rs], marker="o", capsize=3,
-                            linestyle="-" if a else "--", label=f"{arch}, AGC {'on' if a else 'off'}")
+                            yerr=[r.get(f"{key}_sd") or 0 for r in rs], marker="o" if n == "train" else "s",
+                            capsize=3, linestyle="-" if a else "--",
+                            label=f"{arch}, AGC {'on' if a else 'off'}" + (", BN frozen" if n == "frozen" else ""))
         ax.set_xscale("log", base=2)
         ax.set_xticks(list(cfg.micro_batches), [str(b) for b in cfg.micro_batches])
         ax.set_xlabel(f"micro-batch (accum = {cfg.effective_batch} / micro-batch)")
@@ -236,6 +253,19 @@ def plot(cfg: CompareConfig, rows: list[dict[str, Any]]) -> bytes:
     fig.savefig(buf, format="png")
     plt.close(fig)
     return buf.getvalue()
+
+
+# two-sided 97.5 % quantiles of Student's t by degrees of freedom (scipy-free: compare imports no heavy module)
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+def _t_interval(vals: list[float]) -> list[float] | None:
+    """95 % interval of the mean over seeds (Student's t); None for fewer than two values."""
+    if len(vals) < 2:
+        return None
+    half = _T975.get(len(vals) - 1, 1.96) * statistics.stdev(vals) / math.sqrt(len(vals))
+    m = statistics.mean(vals)
+    return [round(m - half, 4), round(m + half, 4)]
 
 
 def _f(v: Any) -> float | None:

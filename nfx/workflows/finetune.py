@@ -107,6 +107,9 @@ def prepare(cfg: RunConfig, num_classes: int, printer: Printer) -> Prepared:
 
         if is_nf(arch):
             printer.note(NF_FROM_SCRATCH_NOTE)
+    from nfx.models.factory import check_batchnorm
+
+    check_batchnorm(model, arch, cfg.train.bn, cfg.train.bs, cfg.data.size or data.train_size)
     device = resolve_device()
     precision = resolve_precision(cfg.train.precision, device, printer.warn)
     train_cfg, schedule_line = resolve_schedule(cfg.train, from_scratch=weights_source == SCRATCH)
