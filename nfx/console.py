@@ -12,6 +12,9 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from nfx.evaluate import metric_table
+from nfx.evaluate.metric_table import fmt
+
 
 class Bar:
     """A progress handle: `advance(n)` and `set(description)`."""
@@ -158,30 +161,22 @@ def _escape(text: str) -> str:
 def show_evaluation(p: Printer, ev: dict[str, Any], run_dir: Any) -> None:
     from pathlib import Path
 
-    rows = [
-        ("data", f"{ev['data']} ({ev['n_images']} images, {ev['n_patients']} patients)"),
-        ("accuracy", _fmt(ev["accuracy"])),
-        ("balanced accuracy", _fmt(ev["balanced_accuracy"])),
-        ("ROC AUC", _fmt(ev["roc_auc"]) + _ci(ev.get("roc_auc_ci"))),
-    ]
+    rows: list[tuple[str, Any]] = [("data", f"{ev['data']} ({ev['n_images']} images, {ev['n_patients']} patients)")]
+    rows += metric_table.rows(ev, metric_table.CONSOLE)
     if ev.get("positive_class"):
-        rows += [
-            (f"sensitivity ({ev['positive_class']})", _fmt(ev["sensitivity"]) + _ci(ev.get("sensitivity_ci"))),
-            ("specificity", _fmt(ev["specificity"]) + _ci(ev.get("specificity_ci"))),
-            ("threshold", f"{ev['threshold']:.4g} ({ev.get('threshold_source', '')})"),
-        ]
+        rows.append(("threshold", f"{ev['threshold']:.4g} ({ev.get('threshold_source', '')})"))
         yd = (ev.get("operating_points") or {}).get("Youden")
         if yd:
             from nfx.evaluate.report import op_threshold
 
             rows.append(("Youden threshold", f"{op_threshold(yd)} (chosen on {yd['chosen_on']}): "
-                                             f"sensitivity {_fmt(yd['sensitivity'])}, specificity {_fmt(yd['specificity'])}"))
+                                             f"sensitivity {fmt(yd['sensitivity'], True)}, "
+                                             f"specificity {fmt(yd['specificity'], True)}"))
     folds = ev.get("folds") or {}
     if folds:
         rows.append((f"per fold ({folds['k']})", f"accuracy {_pm(folds['accuracy_mean'], folds['accuracy_sd'])}, "
                                                  f"ROC AUC {_pm(folds['roc_auc_mean'], folds['roc_auc_sd'])}"))
-    rows += [("calibration", f"ECE {_fmt(ev.get('ece'))}, Brier {_fmt(ev.get('brier'))}"),
-             ("confusion matrix", ev["confusion_matrix"]), ("report", Path(run_dir) / "report.html"),
+    rows += [("confusion matrix", ev["confusion_matrix"]), ("report", Path(run_dir) / "report.html"),
              ("next", f"nfx explain {run_dir} IMAGES... --out gradcam  |  nfx export {run_dir} --onnx")]
     p.table("evaluation", rows)
 
@@ -247,8 +242,8 @@ def show_finetune(p: Printer, res: Any) -> None:
         [
             ("run folder", res.run_dir),
             ("model", f"{m['arch']} ({m['weights_source']})"),
-            (f"valid accuracy (epoch {m.get('selected_epoch')})", _fmt(m.get("valid_accuracy"))),
-            ("valid ROC AUC", _fmt(m.get("valid_roc_auc"))),
+            (f"valid accuracy (epoch {m.get('selected_epoch')})", fmt(m.get("valid_accuracy"))),
+            ("valid ROC AUC", fmt(m.get("valid_roc_auc"))),
             ("time", f"{m['seconds']} s on {m['device']} ({m['precision']})"),
             ("next", f"nfx evaluate {res.run_dir}"),
         ],
@@ -260,20 +255,12 @@ def show_folds(p: Printer, res: Any) -> None:
     rows = [("run folder", res.run_dir), ("model", m.get("arch", "?"))]
     for i, f in enumerate(m.get("per_fold", []), 1):
         rows.append((f"fold {i} (epoch {f.get('selected_epoch')})",
-                     f"valid accuracy {_fmt(f.get('valid_accuracy'))}, ROC AUC {_fmt(f.get('valid_roc_auc'))}"))
+                     f"valid accuracy {fmt(f.get('valid_accuracy'))}, ROC AUC {fmt(f.get('valid_roc_auc'))}"))
     rows += [("mean ± sd over folds", f"accuracy {_pm(m.get('valid_accuracy'), m.get('valid_accuracy_sd'))}, "
                                       f"ROC AUC {_pm(m.get('valid_roc_auc'), m.get('valid_roc_auc_sd'))}"),
              ("time", f"{m.get('seconds')} s"),
              ("next", f"nfx evaluate {res.run_dir}  (out-of-fold metrics with patient-bootstrap CIs)")]
     p.table(f"{m.get('folds')}-fold cross-validation finished", rows)
-
-
-def _fmt(v) -> str:
-    return "n/a" if v is None else f"{v:.3f}"
-
-
-def _ci(v) -> str:
-    return f"  (95% CI {v[0]:.3f}–{v[1]:.3f})" if v else ""
 
 
 def _pm(m, sd) -> str:

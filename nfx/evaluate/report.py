@@ -11,6 +11,9 @@ import base64
 import html
 from typing import Any
 
+from nfx.evaluate import metric_table
+from nfx.evaluate.metric_table import fmt, threshold_text
+
 PLOT_TITLES = {
     "roc": "ROC curve with 95% patient-bootstrap band",
     "pr": "Precision–recall curve",
@@ -20,26 +23,10 @@ PLOT_TITLES = {
 }
 
 
-def _f(v: Any, pct: bool = False) -> str:
-    if v is None:
-        return "n/a"
-    return f"{v:.1%}" if pct else f"{v:.3f}"
-
-
-def _ci(v: Any, pct: bool = False) -> str:
-    if not v:
-        return ""
-    return f" (95% CI {_f(v[0], pct)}–{_f(v[1], pct)})"
-
-
-def _thr(v: Any) -> str:
-    return "n/a" if v is None else f"{v:.4g}"
-
-
 def op_threshold(o: dict[str, Any]) -> str:
     """An operating point's threshold, or its per-fold thresholds when cross-fitted (--folds)."""
     per = o.get("thresholds_per_fold")
-    return "per fold " + " / ".join(f"{t:.3g}" for t in per) if per else _thr(o.get("threshold"))
+    return "per fold " + " / ".join(f"{t:.3g}" for t in per) if per else threshold_text(o.get("threshold"))
 
 
 def _sections(ev: dict[str, Any]) -> list[tuple[str, list[str] | list[list[str]], str]]:
@@ -62,41 +49,25 @@ def _sections(ev: dict[str, Any]) -> list[tuple[str, list[str] | list[list[str]]
         f"Software: nfx {prov.get('nfx_version', '?')}"
         + "".join(f", {k} {v}" for k, v in prov.get("packages", {}).items() if v),
     ], "list"))
-    head = [["metric", "value"],
-            ["accuracy", _f(ev["accuracy"])],
-            ["balanced accuracy", _f(ev["balanced_accuracy"])],
-            ["ROC AUC" + ("" if ev.get("positive_class") else " (one-vs-rest macro)"),
-             _f(ev["roc_auc"]) + _ci(ev.get("roc_auc_ci"))],
-            ["PR AUC (average precision)", _f(ev.get("pr_auc"))]]
-    if ev.get("positive_class"):
-        head += [
-            [f"sensitivity ({ev['positive_class']}, threshold {_thr(ev['threshold'])})",
-             _f(ev["sensitivity"], True) + _ci(ev.get("sensitivity_ci"), True)],
-            ["specificity", _f(ev["specificity"], True) + _ci(ev.get("specificity_ci"), True)],
-            ["PPV / NPV", f"{_f(ev.get('ppv'), True)} / {_f(ev.get('npv'), True)}"],
-        ]
-    head += [["F1" + ("" if ev.get("positive_class") else " (macro)"), _f(ev.get("f1"))],
-             ["MCC", _f(ev.get("mcc"))],
-             ["ECE (calibration error)", _f(ev.get("ece"))],
-             ["Brier score", _f(ev.get("brier"))]]
+    head = [["metric", "value"]] + [list(r) for r in metric_table.rows(ev, metric_table.REPORT)]
     blocks.append(("Headline metrics", head, "table"))
     if ev.get("threshold_source"):
-        blocks.append(("", [f"Headline threshold: {_thr(ev['threshold'])} ({ev['threshold_source']})."], "text"))
+        blocks.append(("", [f"Headline threshold: {threshold_text(ev['threshold'])} ({ev['threshold_source']})."], "text"))
     ops = ev.get("operating_points") or {}
     if ops:
         rows = [["operating point", "threshold", "chosen on", "sensitivity", "specificity", "PPV", "NPV",
                  "F1", "MCC"]]
         for name, o in ops.items():
-            rows.append([name, op_threshold(o), o.get("chosen_on", ""), _f(o["sensitivity"], True),
-                         _f(o["specificity"], True), _f(o["ppv"], True), _f(o["npv"], True), _f(o["f1"]),
-                         _f(o["mcc"])])
+            rows.append([name, op_threshold(o), o.get("chosen_on", ""), fmt(o["sensitivity"], True),
+                         fmt(o["specificity"], True), fmt(o["ppv"], True), fmt(o["npv"], True), fmt(o["f1"]),
+                         fmt(o["mcc"])])
         blocks.append(("Operating points", rows, "table"))
     folds = ev.get("folds") or {}
     if folds:
         rows = [["fold", "images", "accuracy", "ROC AUC"]]
-        rows += [[str(r["fold"]), str(r["n_images"]), _f(r["accuracy"]), _f(r["roc_auc"])] for r in folds["per_fold"]]
+        rows += [[str(r["fold"]), str(r["n_images"]), fmt(r["accuracy"]), fmt(r["roc_auc"])] for r in folds["per_fold"]]
         sd = lambda k: "" if folds.get(f"{k}_sd") is None else f" ± {folds[f'{k}_sd']:.3f}"  # noqa: E731
-        rows.append(["mean ± sd", "", _f(folds["accuracy_mean"]) + sd("accuracy"), _f(folds["roc_auc_mean"]) + sd("roc_auc")])
+        rows.append(["mean ± sd", "", fmt(folds["accuracy_mean"]) + sd("accuracy"), fmt(folds["roc_auc_mean"]) + sd("roc_auc")])
         blocks.append((f"Per fold ({folds['k']} folds; each fold scored by the model that did not train on it)",
                        rows, "table"))
     classes = ev["classes"]
@@ -107,19 +78,14 @@ def _sections(ev: dict[str, Any]) -> list[tuple[str, list[str] | list[list[str]]
         rows = [["class", "support", "precision (PPV)", "recall (sensitivity)", "specificity", "F1",
                  "ROC AUC (one-vs-rest)"]]
         for c, m in pc.items():
-            rows.append([c, str(m["support"]), _f(m["precision"]), _f(m["recall"]), _f(m["specificity"]),
-                         _f(m["f1"]), _f(m["roc_auc"])])
+            rows.append([c, str(m["support"]), fmt(m["precision"]), fmt(m["recall"]), fmt(m["specificity"]),
+                         fmt(m["f1"]), fmt(m["roc_auc"])])
         blocks.append(("Per class", rows, "table"))
     pl = ev.get("patient_level")
     if pl:
         rule = "; positive when any image is" if pl.get("positive_class") else ""
         rows = [[f"metric (one row per patient: mean of image probabilities{rule})", "value"],
-                ["patients", str(pl["n_patients"])],
-                ["accuracy", _f(pl["accuracy"])],
-                ["ROC AUC", _f(pl["roc_auc"]) + _ci(pl.get("roc_auc_ci"))]]
-        if pl.get("positive_class"):
-            rows += [["sensitivity", _f(pl["sensitivity"], True) + _ci(pl.get("sensitivity_ci"), True)],
-                     ["specificity", _f(pl["specificity"], True) + _ci(pl.get("specificity_ci"), True)]]
+                ["patients", str(pl["n_patients"])]] + [list(r) for r in metric_table.patient_rows(pl)]
         blocks.append(("Per patient", rows, "table"))
     notes = list(ev.get("warnings") or [])
     if notes:

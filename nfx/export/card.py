@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from nfx.evaluate import metric_table
+from nfx.evaluate.metric_table import fmt
+
 INTENDED_USE = (
     "Research use: a starting point for studying {task} on images like the training data "
     "(same modality, acquisition and preprocessing). Not a medical device; not validated for "
@@ -23,14 +26,6 @@ LIMITS = [
     "{threshold}",
     "Probabilities are only as calibrated as the calibration section shows (ECE / Brier).",
 ]
-
-
-def _ci(v: Any) -> str:
-    return f" (95% CI {v[0]:.3f}–{v[1]:.3f})" if v else ""
-
-
-def _num(v: Any) -> str:
-    return "n/a" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
 def render(info: dict[str, Any], cfg: dict[str, Any], metrics: dict[str, Any], evaluation: dict[str, Any] | None,
@@ -77,21 +72,16 @@ def render(info: dict[str, Any], cfg: dict[str, Any], metrics: dict[str, Any], e
     if evaluation is None:
         lines += ["Not evaluated yet: run `nfx evaluate` on this run folder, then `nfx export` again to fill in "
                   "metrics with confidence intervals. Training's own validation figures (selected epoch "
-                  f"{metrics.get('selected_epoch')}): accuracy {_num(metrics.get('valid_accuracy'))}, "
-                  f"ROC AUC {_num(metrics.get('valid_roc_auc'))}.", ""]
+                  f"{metrics.get('selected_epoch')}): accuracy {fmt(metrics.get('valid_accuracy'))}, "
+                  f"ROC AUC {fmt(metrics.get('valid_roc_auc'))}.", ""]
     else:
         ev = evaluation
         lines += [f"On the {ev.get('split', 'valid')} split ({ev['n_images']} images, {ev['n_patients']} patients); "
                   f"intervals: patient-level bootstrap, {ev.get('n_bootstrap')} resamples.", "",
                   "| metric | value |", "|---|---|",
-                  f"| ROC AUC | {_num(ev.get('roc_auc'))}{_ci(ev.get('roc_auc_ci'))} |",
-                  f"| sensitivity | {_num(ev.get('sensitivity'))}{_ci(ev.get('sensitivity_ci'))} |",
-                  f"| specificity | {_num(ev.get('specificity'))}{_ci(ev.get('specificity_ci'))} |",
-                  f"| accuracy | {_num(ev.get('accuracy'))} |",
-                  f"| balanced accuracy | {_num(ev.get('balanced_accuracy'))} |",
-                  f"| ECE / Brier | {_num(ev.get('ece'))} / {_num(ev.get('brier'))} |", ""]
+                  *(f"| {k} | {v} |" for k, v in metric_table.rows(ev, metric_table.CARD)), ""]
         if ev.get("positive_class") is not None:
-            lines += [f"Decision threshold: p({ev['positive_class']}) ≥ {_num(ev.get('threshold'))} "
+            lines += [f"Decision threshold: p({ev['positive_class']}) ≥ {fmt(ev.get('threshold'))} "
                       f"({ev.get('threshold_source', 'default')}).", ""]
         if ev.get("warnings"):
             lines += ["Cautions from the evaluation:", ""] + [f"- {w}" for w in ev["warnings"]] + [""]
