@@ -21,11 +21,10 @@ from nfx.config_types import type_errors
 from nfx.errors import ConfigError
 from nfx.records import RESIZE_POLICIES as RESIZE  # nfx.data.resize applies them
 from nfx.records import VOI_FALLBACKS
+from nfx.variants import AGC_MODES, AUG_PRESETS, PERSAMPLE_IMPLS, choices
 
-AUG_PRESETS = ("none", "light", "strong")
 MAX_SIZE = 2048  # input side; larger ones exhaust memory decoding the cache before any error would name a file
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-AGC_MODES = ("batch", "per-sample")
 BALANCE = ("none", "loss", "sampler")
 BN_MODES = ("train", "frozen")  # BatchNorm statistics: the batch's (train mode) | running, never updated (eval mode)
 
@@ -233,14 +232,14 @@ def validate_train(t: TrainConfig) -> None:
         (t.schedule is None or t.schedule in SCHEDULES, f"--schedule must be one of {SCHEDULES} (got {t.schedule!r})"),
         (t.agc is None or t.agc > 0, f"--agc must be a positive clip factor, 'auto' or 'off' (got {t.agc})"),
         (t.precision in PRECISIONS, f"--precision must be one of {PRECISIONS} (got {t.precision!r})"),
-        (t.agc_mode in AGC_MODES, f"--agc-mode must be one of {AGC_MODES} (got {t.agc_mode!r})"),
+        (t.agc_mode in AGC_MODES, f"--agc-mode must be {choices(AGC_MODES)} (got {t.agc_mode!r})"),
         (t.balance in BALANCE, f"--balance must be one of {BALANCE} (got {t.balance!r})"),
         (t.bn in BN_MODES, f"--bn must be one of {BN_MODES} (got {t.bn!r})"),
         (t.ema is None or 0 < t.ema < 1, f"--ema must be a decay between 0 and 1, e.g. 0.999 (got {t.ema})"),
         (t.patience is None or t.patience >= 1, f"--patience must be >= 1 epoch (got {t.patience})"),
         (t.folds is None or t.folds >= 2, f"--folds must be >= 2 (got {t.folds})"),
         (t.persample_chunk is None or t.persample_chunk >= 1, f"--persample-chunk must be >= 1 (got {t.persample_chunk})"),
-        (t.persample_impl in ("auto", "one-pass", "vmap"), f"--persample-impl must be auto, one-pass or vmap (got {t.persample_impl!r})"),
+        (t.persample_impl in PERSAMPLE_IMPLS, f"--persample-impl must be {choices(PERSAMPLE_IMPLS)} (got {t.persample_impl!r})"),
         (t.monitor is None or t.monitor in MONITORS, f"--monitor {t.monitor!r}: not a metric nfx records; "
                                                       f"choose one of {', '.join(MONITORS)}"),
         (math.isfinite(t.wd) and t.wd >= 0, f"weight decay must be a finite number >= 0 (got {t.wd})"),
@@ -256,7 +255,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     checks = [
         (dcfg.resize in RESIZE, f"--resize must be one of {RESIZE} (got {dcfg.resize!r})"),
         (dcfg.voi_fallback in (None, *VOI_FALLBACKS), f"--voi-fallback must be one of {VOI_FALLBACKS} (got {dcfg.voi_fallback!r})"),
-        (dcfg.aug in AUG_PRESETS, f"--aug must be one of {AUG_PRESETS} (got {dcfg.aug!r})"),
+        (dcfg.aug in AUG_PRESETS, f"--aug must be {choices(AUG_PRESETS)} (got {dcfg.aug!r})"),
         (dcfg.num_workers is None or dcfg.num_workers >= 0, f"--workers must be >= 0 (0 = load in the main process; got {dcfg.num_workers})"),
         (0 < dcfg.valid_pct < 1, f"--valid-pct must be between 0 and 1 (got {dcfg.valid_pct})"),
         (dcfg.size is None or dcfg.size >= 32, f"--size must be >= 32 px (got {dcfg.size})"),
@@ -300,12 +299,11 @@ MONITORS = ("valid_roc_auc", "valid_loss", "valid_accuracy", "train_loss")  # co
 
 
 def check_agc_mode(agc_mode: str, agc: float | None, compile_model: bool) -> None:
-    """The cross-field rules of per-sample AGC (once AGC's λ is known)."""
-    if agc_mode == "per-sample" and compile_model:  # its taps / torch.func run the eager model
-        raise ConfigError("--compile with --agc-mode per-sample is not supported; drop one of them")
-    if agc_mode == "per-sample" and not agc:
-        raise ConfigError("--agc-mode per-sample clips each sample's gradient and needs AGC on; "
-                          "pass --agc auto or a clip factor, or use --agc-mode batch")
+    """The AGC mode's own cross-field rules (nfx.variants), once AGC's λ is known."""
+    mode = AGC_MODES.get(agc_mode)
+    msg = mode.check(agc, compile_model) if mode else f"--agc-mode must be {choices(AGC_MODES)} (got {agc_mode!r})"
+    if msg:
+        raise ConfigError(msg)
 
 
 def check_training(cfg: RunConfig) -> None:

@@ -48,6 +48,15 @@ def _by_schedule(field: str) -> str:
     return f"[default: {fine:g} fine-tuning, {scratch:g} from scratch]"
 
 
+def _variants(registry: str) -> str:
+    """'a (what a does), b (…) or c (…)' from a registry of nfx.variants: choices and help in one place."""
+    from nfx import variants
+
+    reg = getattr(variants, registry)
+    parts = [f"{k} ({v.help})" for k, v in reg.items()]
+    return parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} or {parts[-1]}"
+
+
 def _voi_default() -> str:
     from nfx.records import DEFAULT_VOI_FALLBACK
 
@@ -80,7 +89,7 @@ def finetune(
     voi_fallback: str | None = typer.Option(None, "--voi-fallback", help=f"Grey DICOMs without any window/VOI LUT: stored (full BitsStored range), minmax or percentile (0.5-99.5) per image {_voi_default()}."),
     keep_patient_ids: bool | None = typer.Option(None, "--keep-patient-ids", help="Write raw patient ids to the run's outputs [default: pseudonyms, see README]."),
     skip_bad: bool | None = typer.Option(None, "--skip-bad/--no-skip-bad", help="Continue past unreadable files (listed in bad_files.csv)."),
-    aug: str | None = typer.Option(None, "--aug", help=f"Augmentation preset: none, light, strong {_default('data', 'aug')}."),
+    aug: str | None = typer.Option(None, "--aug", help=f"Augmentation preset: {_variants('AUG_PRESETS')} {_default('data', 'aug')}."),
     precision: str | None = typer.Option(None, "--precision", help=f"auto, bf16, fp16 or fp32 {_default('train', 'precision')}."),
     workers: int | None = typer.Option(None, "--workers", help="DataLoader workers [default: 0 on CPU, up to 8 on GPU]."),
     cache_dir: str | None = typer.Option(None, "--cache-dir", help="Decoded-image cache [default: ~/.cache/nfx]."),
@@ -89,9 +98,9 @@ def finetune(
     allow_patient_leak: bool | None = typer.Option(None, "--allow-patient-leak", help="Accept user splits that share a patient (warned, recorded)."),
     allow_duplicate_leak: bool | None = typer.Option(None, "--allow-duplicate-leak", help="Accept copies of one image in different user splits or under different labels (warned, recorded; metrics will be optimistic)."),
     flip: bool | None = typer.Option(None, "--flip/--no-flip", help="Horizontal flips in augmentation (use --no-flip for chest X-rays)."),
-    agc_mode: str | None = typer.Option(None, "--agc-mode", help=f"batch (clip the mean gradient) or per-sample (clip each sample's) {_default('train', 'agc_mode')}."),
+    agc_mode: str | None = typer.Option(None, "--agc-mode", help=f"{_variants('AGC_MODES')} {_default('train', 'agc_mode')}."),
     persample_chunk: int | None = typer.Option(None, "--persample-chunk", help="Samples per vmap chunk in per-sample AGC [default: auto]."),
-    persample_impl: str | None = typer.Option(None, "--persample-impl", help=f"Per-sample AGC implementation: auto (one backward pass; vmap where a layer is not covered), one-pass or vmap {_default('train', 'persample_impl')}."),
+    persample_impl: str | None = typer.Option(None, "--persample-impl", help=f"Per-sample AGC implementation: {_variants('PERSAMPLE_IMPLS')} {_default('train', 'persample_impl')}."),
     ema: float | None = typer.Option(None, "--ema", help="EMA decay of the weights, e.g. 0.999 (validation and saved model use the EMA)."),
     bn: str | None = typer.Option(None, "--bn", help=f"BatchNorm models: train (batch statistics) or frozen (eval mode: running statistics, never updated; for micro-batches of 1-2) {_default('train', 'bn')}."),
     balance: str | None = typer.Option(None, "--balance", help=f"Class imbalance: none, loss (weighted loss) or sampler (weighted sampling) {_default('train', 'balance')}."),

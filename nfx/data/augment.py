@@ -53,28 +53,13 @@ def clahe_on_float(p: float = 0.3, clip_limit: float = 2.0, tile: int = 8) -> An
 
 
 def build(preset: str, flip: bool = True) -> Any:
+    """The preset's albumentations Compose (nfx.variants.AUG_PRESETS): a horizontal flip first when the
+    preset flips and `flip` is on, then the preset's transforms."""
     import albumentations as A
 
-    if preset == "none":
-        return A.Compose([])
-    ts: list[Any] = []
-    if flip:
-        ts.append(A.HorizontalFlip(p=0.5))
-    if preset == "light":
-        ts += [
-            A.Affine(scale=(0.95, 1.05), translate_percent=(-0.03, 0.03), rotate=(-10, 10),
-                     border_mode=0, fill=0, p=0.7),
-            A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1, p=0.5),
-        ]
-    elif preset == "strong":
-        ts += [
-            A.Affine(scale=(0.9, 1.1), translate_percent=(-0.05, 0.05), rotate=(-20, 20),
-                     border_mode=0, fill=0, p=0.8),
-            A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.7),
-            A.RandomGamma(gamma_limit=(80, 120), p=0.3),
-            A.GaussianBlur(blur_limit=(3, 5), p=0.2),
-            clahe_on_float(p=0.3),
-        ]
-    else:
-        raise ValueError(f"unknown augmentation preset {preset!r}; use none, light or strong")
-    return A.Compose(ts)
+    from nfx.variants import AUG_PRESETS, choices
+
+    if preset not in AUG_PRESETS:
+        raise ValueError(f"unknown augmentation preset {preset!r}; use {choices(AUG_PRESETS)}")
+    p = AUG_PRESETS[preset]
+    return A.Compose(([A.HorizontalFlip(p=0.5)] if flip and p.flips else []) + p.build(flip))

@@ -28,6 +28,12 @@ LIMITS = [
 ]
 
 
+def _agc_card(mode: str) -> str:
+    from nfx.variants import AGC_MODES
+
+    return AGC_MODES[mode].card if mode in AGC_MODES else mode
+
+
 def render(info: dict[str, Any], cfg: dict[str, Any], metrics: dict[str, Any], evaluation: dict[str, Any] | None,
            export: dict[str, Any]) -> str:
     """`info`: model.json; `cfg`: config.json; `metrics`: metrics.json (training's last/best
@@ -55,7 +61,7 @@ def render(info: dict[str, Any], cfg: dict[str, Any], metrics: dict[str, Any], e
               + f", grey DICOMs without VOI: `{info.get('voi_fallback', 'stored')}` (docs/VOI_FALLBACK.md)",
               f"- Training: {t.get('schedule') or 'fine-tune'} schedule, {t.get('freeze_epochs')} head-only + "
               f"{t.get('epochs')} full epochs, effective batch {metrics.get('effective_batch_size', '?')}, "
-              f"lr {t.get('lr')}, AGC {t.get('agc') if t.get('agc') else 'off'} ({metrics.get('agc_mode', 'batch')}), "
+              f"lr {t.get('lr')}, AGC {t.get('agc') if t.get('agc') else 'off'} ({_agc_card(metrics.get('agc_mode', 'batch'))}), "
               + ("BatchNorm statistics frozen (eval mode, `--bn frozen`), " if t.get("bn") == "frozen" else "")
               + f"precision {metrics.get('precision', '?')}, device {metrics.get('device', '?')}, seed {t.get('seed')}",
               f"- Exported: `{export['onnx']}` (ONNX opset {export.get('opset', '?')}); ONNX Runtime vs torch "

@@ -92,7 +92,9 @@ def fit(cfg: RunConfig, model, prep, *, train, valid, num_classes: int, device: 
             f"auc {_fmt(row.get('valid_roc_auc'))}{agc_txt}"
         )
         if w.agc_cb and w.agc_cb.epoch_min_step_fraction is not None and w.agc_cb.epoch_min_step_fraction > 0.95:
-            what = "(sample, unit) pairs" if t.agc_mode == "per-sample" else "units"
+            from nfx.variants import AGC_MODES
+
+            what = AGC_MODES[t.agc_mode].clipped
             printer.warn(
                 f"AGC clipped more than 95% of {what} at every step of epoch {row['epoch']} "
                 f"(λ={t.agc}); raise --agc or lower --lr"

@@ -81,14 +81,9 @@ def build_learner(dls, model, *, num_classes: int, wd: float, precision: str, ac
     if precision in ("bf16", "fp16"):
         cbs.append(MixedPrecision(amp_mode=precision))
     _head, body = head_and_body(model)
-    if agc_mode == "per-sample":
-        from nfx.train.persample_cb import PerSampleAGCCallback
+    from nfx.variants import AGC_MODES, AGCContext
 
-        # replaces the backward pass; the batch-mode AGCCallback is not installed with it
-        agc_cb = PerSampleAGCCallback(model, body, agc, chunk=persample_chunk, accum_cb=accum_cb,
-                                      impl=persample_impl, note=note)
-    else:
-        agc_cb = AGCCallback(agc, params=body, column=None) if agc else None
+    agc_cb = AGC_MODES[agc_mode].build(AGCContext(model, body, agc, accum_cb, persample_chunk, persample_impl, note))
     if agc_cb:
         cbs.append(agc_cb)
     learn = Learner(
