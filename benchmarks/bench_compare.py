@@ -9,12 +9,13 @@ ELPV solar-cell EL images. From scratch: no model hub is reachable here.
 The study is a union of sub-grids (a full cross product does not fit a 2-core machine); the
 cells run in order of priority, so an interrupted study is useful and a rerun resumes it:
 
-1. nf_regnet_b0 vs resnet18, micro-batch 1, 2, 4, 8, 32 at an effective batch of 32, AGC on
-   (nfx's default); AGC off for nf_regnet_b0 at 1 and 32 and for resnet18 at 2 and 32; resnet18
-   with frozen BatchNorm statistics (`--bn frozen`) at micro-batch 1 and 2;
+1. nf_regnet_b0 vs resnet18, micro-batch 1, 2 and 32 at an effective batch of 32, AGC on
+   (nfx's default); AGC off for nf_regnet_b0 at 1 and 32 and for resnet18 at 32; resnet18 with
+   frozen BatchNorm statistics (`--bn frozen`) at micro-batch 1 and 2 (micro-batches 4 and 8:
+   the 48-px grid of the previous version of docs/COMPARE.md, in git history);
 2. nf_resnet26 vs resnet26 at micro-batch 2 and 32, AGC on.
 
-    python benchmarks/bench_compare.py                  # both sets, 3 seeds (about 2 h on 2 cores)
+    python benchmarks/bench_compare.py                  # both sets, 3 seeds (about 1 h 45 min on 2 cores)
     python benchmarks/bench_compare.py --sets mri --seeds 0
 """
 
@@ -33,27 +34,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _doc import ROOT, device_line  # noqa: E402
 from real_data import CACHE, brain_mri, elpv  # noqa: E402
 
-SETS = {"mri": ("brain MRI", brain_mri), "elpv": ("ELPV solar cells", lambda: elpv(n_per_class=150))}
+SETS = {"mri": ("brain MRI", brain_mri), "elpv": ("ELPV solar cells", lambda: elpv(n_per_class=120))}
 PAIR1, PAIR2 = ("nf_regnet_b0", "resnet18"), ("nf_resnet26", "resnet26")
 
 
-def study_cells(seeds: list[int], effective: int = 32):
-    """The study's cells in order of priority (see the module docstring)."""
+def study_cells(seeds: list[int], sets: list[str], effective: int = 32):
+    """The study's (set, cell) pairs in order of priority (see the module docstring): sub-grid 1 seed by
+    seed, both sets in each seed, then sub-grid 2 the same way."""
     from nfx.workflows.compare import Cell
 
     def c(arch, b, agc=True, bn="train", s=0):
         return Cell(arch, b, effective // b, agc, s, bn)
 
-    out = []
-    for s in seeds:
-        for b in (1, 2, 4, 8, 32):
-            out += [c("nf_regnet_b0", b, s=s), c("resnet18", b, s=s)]
-        out += [c("resnet18", 1, bn="frozen", s=s), c("resnet18", 2, bn="frozen", s=s)]
-        out += [c("nf_regnet_b0", 1, agc=False, s=s), c("nf_regnet_b0", 32, agc=False, s=s)]
-        out += [c("resnet18", 2, agc=False, s=s), c("resnet18", 32, agc=False, s=s)]
-    for s in seeds:
-        out += [c(a, b, s=s) for a in PAIR2 for b in (2, 32)]
-    return out
+    def grid1(s):
+        return [c(a, b, s=s) for b in (1, 2, 32) for a in PAIR1] + [
+            c("resnet18", 1, bn="frozen", s=s), c("resnet18", 2, bn="frozen", s=s),
+            c("nf_regnet_b0", 1, agc=False, s=s), c("nf_regnet_b0", 32, agc=False, s=s),
+            c("resnet18", 32, agc=False, s=s)]
+
+    def grid2(s):
+        return [c(a, b, s=s) for b in (2, 32) for a in PAIR2]
+
+    return [(k, cell) for grid in (grid1, grid2) for s in seeds for k in sets for cell in grid(s)]
 
 
 def main(argv=None) -> int:
@@ -72,22 +74,19 @@ def main(argv=None) -> int:
     from nfx.workflows import compare as cmp
 
     seeds = [int(s) for s in args.seeds.split(",")]
-    cells = study_cells(seeds)
     sets = args.sets.split(",")
     per_set = {}
     for key in sets:
         title, make = SETS[key]
         data = make()
         cfg = cmp.CompareConfig(
-            data=str(data), models=PAIR1 + PAIR2, micro_batches=(1, 2, 4, 8, 32), effective_batch=32,
+            data=str(data), models=PAIR1 + PAIR2, micro_batches=(1, 2, 32), effective_batch=32,
             agc=(True, False), bn=("train", "frozen"), seeds=tuple(seeds), size=args.size, epochs=args.epochs,
             out=str(args.work), name=f"{key}-{args.size}px-{args.epochs}ep", extra=("--workers", "0")).validate()
         per_set[key] = (title, data, cfg)
     printer = Printer()
     results: dict[str, list] = {k: [] for k in sets}
-    # priority: sub-grid 1 of every set before sub-grid 2; the seeds of one set interleaved
-    order = [(k, c) for group in (PAIR1, PAIR2) for k in sets for c in cells if c.arch in group]
-    for key, cell in order:
+    for key, cell in study_cells(seeds, sets):
         title, data, cfg = per_set[key]
         out_dir = Path(cfg.out) / cfg.name
         (out_dir / cmp.CELLS).mkdir(parents=True, exist_ok=True)

@@ -57,9 +57,9 @@ def measure(paths: list[str], size: int, pool: str, workers: int, repeats: int =
             cold.append(time.perf_counter() - t)
             assert not bad, bad[:3]
             t = time.perf_counter()
-            _, bad = cache.fill(paths, workers=workers, pool=pool)
+            filled = cache.fill(paths, workers=workers, pool=pool)
             warm.append(time.perf_counter() - t)
-            assert cache.last_stats["hits"] == len(paths)
+            assert filled.stats["hits"] == len(paths)
         finally:
             shutil.rmtree(d, ignore_errors=True)
     return min(cold), min(warm)

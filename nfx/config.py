@@ -19,8 +19,8 @@ from typing import Any
 
 from nfx.config_types import type_errors
 from nfx.errors import ConfigError
+from nfx.records import DEFAULT_VOI_FALLBACK, VOI_FALLBACKS, auto_agc_clip  # noqa: F401  (the λ rule: nfx.config.auto_agc_clip)
 from nfx.records import RESIZE_POLICIES as RESIZE  # nfx.data.resize applies them
-from nfx.records import VOI_FALLBACKS
 from nfx.variants import AGC_MODES, AUG_PRESETS, PERSAMPLE_IMPLS, choices
 
 MAX_SIZE = 2048  # input side; larger ones exhaust memory decoding the cache before any error would name a file
@@ -29,32 +29,47 @@ BALANCE = ("none", "loss", "sampler")
 BN_MODES = ("train", "frozen")  # BatchNorm statistics: the batch's (train mode) | running, never updated (eval mode)
 
 
+def opt(default: Any, help: str, flag: str | None = None, param: str | None = None) -> Any:
+    """A config field that is also an `nfx finetune` option (nfx.cli.train builds the command from these):
+    its help, its flag (default --<field-name>; "--x/--no-x" for a switch) and the CLI parameter name when
+    it differs from the field's. Placeholders in `help` are filled from the code, never written by hand:
+    {default} (the field's default), {by_schedule} (SCHEDULE_DEFAULTS), {one_of:NAME} (a tuple of this
+    module), {variants:NAME} (a registry of nfx.variants), {voi_default}."""
+    return field(default=default, metadata={"cli": {"help": help, "flag": flag, "param": param}})
+
+
 @dataclass(frozen=True)
 class DataConfig:
     path: str = ""
-    size: int | None = None  # square input side in px; None = the checkpoint's train size
-    valid_pct: float = 0.2
-    patient_regex: str | None = None  # first group (or whole match) of the file name = patient id
-    skip_bad: bool = False
-    aug: str = "none"  # none | light | strong; light measured level with none within 12 epochs (docs/LEARNING.md)
-    cache_dir: str | None = None  # None = $NFX_CACHE_DIR or ~/.cache/nfx
-    num_workers: int | None = None  # None = automatic (0 on CPU)
-    labels: str | None = None  # CSV with path, label[, patient][, split] columns
-    frame: int | None = None  # frame to use from multi-frame DICOMs (None = skip them with a reason)
-    allow_patient_leak: bool = False  # accept user splits that share a patient (recorded, warned)
-    allow_duplicate_leak: bool = False  # accept copies across user splits / across labels (recorded, warned)
-    flip: bool = True  # horizontal flips in augmentation (off for chest X-rays)
-    resize: str = "squish"  # squish | letterbox | crop (nfx.data.resize); chosen on real data, docs/LEARNING.md
-    # True: raw patient ids in outputs, else pseudonyms (nfx.data.pseudonym); None = an older run (raw)
-    keep_patient_ids: bool | None = None
-    voi_fallback: str | None = None  # DICOM without VOI: stored | minmax | percentile; None = older run (stored)
+    size: int | None = opt(None, "Input size in px [default: the checkpoint's train size].")  # square side
+    valid_pct: float = opt(0.2, "Share of patients for validation {default}.")
+    patient_regex: str | None = opt(None, "Regex on file names; group 1 = patient id (when no DICOM PatientID).")
+    skip_bad: bool = opt(False, "Continue past unreadable files (listed in bad_files.csv).", "--skip-bad/--no-skip-bad")
+    # light measured level with none within 12 epochs (docs/LEARNING.md)
+    aug: str = opt("none", "Augmentation preset: {variants:AUG_PRESETS} {default}.")
+    cache_dir: str | None = opt(None, "Decoded-image cache [default: $NFX_CACHE_DIR or ~/.cache/nfx].")
+    num_workers: int | None = opt(None, "DataLoader workers [default: 0 on CPU, up to 8 on GPU].", "--workers", "workers")
+    labels: str | None = opt(None, "CSV with path,label[,patient][,split] columns instead of label folders.")
+    frame: int | None = opt(None, "Frame to use from multi-frame DICOMs; single-frame files give their only frame "
+                                  "(default: skip multi-frame files with a reason).")
+    allow_patient_leak: bool = opt(False, "Accept user splits that share a patient (warned, recorded).")
+    allow_duplicate_leak: bool = opt(False, "Accept copies of one image in different user splits or under different "
+                                            "labels (warned, recorded; metrics will be optimistic).")
+    flip: bool = opt(True, "Horizontal flips in augmentation (use --no-flip for chest X-rays).", "--flip/--no-flip")
+    # nfx.data.resize applies the policies; squish chosen on real data, docs/LEARNING.md
+    resize: str = opt("squish", "{one_of:RESIZE} {default}.")
+    # True: raw patient ids in outputs, else pseudonyms (nfx.data.pseudonym)
+    keep_patient_ids: bool = opt(False, "Write raw patient ids to the run's outputs [default: pseudonyms, "
+                                        "see README].")
+    voi_fallback: str = opt(DEFAULT_VOI_FALLBACK, "Grey DICOMs without any window/VOI LUT: stored (full BitsStored range), "
+                                         "minmax or percentile (0.5-99.5) per image {voi_default}.")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: str = "dm_nfnet_f0"
-    pretrained: bool = True
-    weights: str | None = None  # local weights file (safetensors or torch state dict)
+    arch: str = opt("dm_nfnet_f0", "timm architecture {default}.")
+    pretrained: bool = opt(True, "Start from pretrained weights [default: pretrained].", "--pretrained/--no-pretrained")
+    weights: str | None = opt(None, "Local weights file (safetensors or state dict) for offline use.")
 
 
 SCHEDULES = ("fine-tune", "from-scratch")
@@ -71,30 +86,37 @@ SCHEDULE_DEFAULTS: dict[str, dict[str, float]] = {
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 10  # epochs with the whole network trainable
+    epochs: int = opt(10, "Epochs with the whole network trainable {default}.")
     # None below = chosen by the schedule (SCHEDULE_DEFAULTS) once nfx knows whether the body
     # is pretrained; config.json always holds the resolved values.
-    freeze_epochs: int | None = None  # head-only warm-up epochs before unfreezing
-    bs: int = 16  # samples per forward pass (micro-batch)
-    accum: int = 1  # micro-batches per optimizer step
-    lr: float | None = None  # peak learning rate of the head; the body gets lr / body_lr_div
-    body_lr_div: float | None = None
-    schedule: str | None = None  # fine-tune | from-scratch; None = from the weights' starting point
+    freeze_epochs: int | None = opt(None, "Head-only warm-up epochs (body frozen) {by_schedule}.")
+    bs: int = opt(16, "Samples per forward pass {default}.")  # micro-batch
+    accum: int = opt(1, "Micro-batches per optimizer step {default}.")
+    lr: float | None = opt(None, "Peak learning rate (fine-tuning: of the head-only warm-up, halved when the body is "
+                                 "unfrozen) {by_schedule}.")  # the body gets lr / body_lr_div
+    body_lr_div: float | None = opt(None, "Body lr = lr / this {by_schedule}.")
+    schedule: str | None = opt(None, "fine-tune (head-only warm-up, then the whole network) or from-scratch (no "
+                                     "warm-up) [default: from the weights: fine-tune from pretrained or --weights, "
+                                     "from-scratch with --no-pretrained].")
     wd: float = 1e-2
     agc: float | None = None  # AGC clip factor λ; None = AGC off
     agc_auto: bool = True  # λ was chosen by nfx from the effective batch size
-    precision: str = "auto"
-    seed: int = 42
-    agc_mode: str = "batch"  # "batch": clip the mean gradient; "per-sample": clip each sample's
-    persample_chunk: int | None = None  # samples per vmap chunk in per-sample mode (None = auto)
-    persample_impl: str = "auto"  # per-sample AGC: auto (one-pass; vmap if a layer is not covered) | one-pass | vmap
-    ema: float | None = None  # EMA decay of the weights (None = off)
-    balance: str = "none"  # class imbalance: none | loss (weighted CE) | sampler (weighted sampling)
-    bn: str = "train"  # BatchNorm layers: train (batch statistics) | frozen (eval mode: running statistics, not updated)
-    patience: int | None = None  # early stopping: epochs without improvement of the monitor
-    monitor: str | None = None  # checkpoint/early-stop metric; None = valid_roc_auc (binary) else valid_loss
-    compile: bool = False  # torch.compile the model for training
-    folds: int | None = None  # k-fold cross-validation: k runs under one parent (nfx.workflows.folds)
+    precision: str = opt("auto", "{one_of:PRECISIONS} {default}.")
+    seed: int = opt(42, "Random seed {default}.")
+    agc_mode: str = opt("batch", "{variants:AGC_MODES} {default}.")
+    persample_chunk: int | None = opt(None, "Samples per vmap chunk in per-sample AGC [default: auto].")
+    persample_impl: str = opt("auto", "Per-sample AGC implementation: {variants:PERSAMPLE_IMPLS} {default}.")
+    ema: float | None = opt(None, "EMA decay of the weights, e.g. 0.999 (validation and saved model use the EMA).")
+    balance: str = opt("none", "Class imbalance: none, loss (weighted loss) or sampler (weighted sampling) {default}.")
+    bn: str = opt("train", "BatchNorm models: train (batch statistics) or frozen (eval mode: running statistics, never "
+                           "updated; for micro-batches of 1-2) {default}.")
+    patience: int | None = opt(None, "Stop after this many epochs without improvement of the monitor.")
+    monitor: str | None = opt(None, "Metric for best checkpoint / early stop [default: valid_roc_auc (binary) else "
+                                    "valid_loss].")
+    compile: bool = opt(False, "torch.compile the model for training.", "--compile/--no-compile", "compile_")
+    folds: int | None = opt(None, "K-fold cross-validation: K runs (K times the training cost) under one parent folder, "
+                                  "folds grouped by patient and copy group; evaluate/export/predict the parent for "
+                                  "out-of-fold metrics and the fold ensemble.")  # nfx.workflows.folds
     world_size: int = 1  # training processes (DDP); from the launcher (torchrun / accelerate), never a flag
 
     @property
@@ -134,13 +156,24 @@ def resolve_schedule(train: TrainConfig, from_scratch: bool) -> tuple[TrainConfi
     return out, line
 
 
+# The one upgrade step for old run folders: what a run did for an option that did not exist yet when it
+# was made (its config.json lacks the key, or holds null). RunConfig.read_run fills these in when a run is
+# interpreted (evaluate, export, predict, resume, folds); a config used as the template of a new run
+# (--config) gets today's defaults instead. The in-memory types carry no "older run" states.
+LEGACY_RUN_VALUES: dict[str, dict[str, Any]] = {
+    "data": {"keep_patient_ids": True,  # raw ids: pseudonyms came later
+             "voi_fallback": "stored",  # the full BitsStored range
+             "resize": "letterbox"},  # the only policy before --resize
+}
+
+
 @dataclass(frozen=True)
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    out: str = "runs"  # parent folder of run folders
-    name: str | None = None  # run folder name; None = <arch>-<timestamp>
+    out: str = opt("runs", "Parent folder of run folders {default}.")
+    name: str | None = opt(None, "Run folder name [default: <arch>-<time>].")
 
     # -- serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -168,15 +201,14 @@ class RunConfig:
         atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
 
     @classmethod
+    def read_run(cls, path: Path) -> RunConfig:
+        """A run's own config.json, upgraded: options newer than the run get what the run did (LEGACY_RUN_VALUES)."""
+        return cls.from_dict(_with_legacy(_read_json(Path(path)), legacy=True), source=str(path))
+
+    @classmethod
     def load(cls, path: Path) -> RunConfig:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found; pass a run folder's config.json")
-        try:
-            d = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}: not valid JSON ({e}); fix or regenerate it") from e
-        return cls.from_dict(d, source=str(path))
+        """A config.json as the template of a new run: options it lacks (or holds null for) get today's defaults."""
+        return cls.from_dict(_with_legacy(_read_json(Path(path)), legacy=False), source=str(path))
 
     def override(self, **sections: dict[str, Any]) -> RunConfig:
         """Return a copy with the given per-section values replaced (None values ignored)."""
@@ -194,6 +226,28 @@ class RunConfig:
         return RunConfig.from_dict(d)
 
 
+def _read_json(path: Path) -> Any:
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found; pass a run folder's config.json")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON ({e}); fix or regenerate it") from e
+
+
+def _with_legacy(d: Any, legacy: bool) -> Any:
+    """Options of LEGACY_RUN_VALUES missing or null in `d`: the old run's value (legacy) or dropped (defaults)."""
+    if not isinstance(d, dict):
+        return d  # from_dict names the problem
+    d = dict(d)
+    for sec, values in LEGACY_RUN_VALUES.items():
+        if isinstance(d.get(sec), dict):
+            d[sec] = {k: v for k, v in d[sec].items() if not (k in values and v is None)}
+            if legacy:
+                d[sec] = {**{k: v for k, v in values.items() if k not in d[sec]}, **d[sec]}
+    return d
+
+
 def _section(cls: type, value: Any, source: str) -> Any:
     if not isinstance(value, dict):
         raise ConfigError(f"{source}: expected an object, got {type(value).__name__}")
@@ -203,18 +257,6 @@ def _section(cls: type, value: Any, source: str) -> Any:
     if wrong := type_errors(cls, value):
         raise ConfigError(f"{source}: {'; '.join(wrong)}; fix the value (numbers without quotes, true/false, null)")
     return cls(**value)
-
-
-def auto_agc_clip(effective_batch_size: int) -> float:
-    """AGC clip factor λ for an effective batch size.
-
-    Brock et al. (2021, Fig. 3 / Sec. 4.1) use λ = 0.01 at batch 4096 and report that smaller
-    batches tolerate (and need) larger λ; fine-tuning reports put 0.04–0.16 at batches of
-    32–256. We interpolate with λ = 0.01·sqrt(4096 / B), clamped to [0.01, 0.16]:
-    B=4096 → 0.01, 256 → 0.04, 64 → 0.08, 32 → 0.113, ≤16 → 0.16.
-    """
-    b = max(1, int(effective_batch_size))
-    return round(min(0.16, max(0.01, 0.01 * math.sqrt(4096 / b))), 4)
 
 
 def validate_train(t: TrainConfig) -> None:
@@ -254,7 +296,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     validate_train(t)
     checks = [
         (dcfg.resize in RESIZE, f"--resize must be one of {RESIZE} (got {dcfg.resize!r})"),
-        (dcfg.voi_fallback in (None, *VOI_FALLBACKS), f"--voi-fallback must be one of {VOI_FALLBACKS} (got {dcfg.voi_fallback!r})"),
+        (dcfg.voi_fallback in VOI_FALLBACKS, f"--voi-fallback must be one of {VOI_FALLBACKS} (got {dcfg.voi_fallback!r})"),
         (dcfg.aug in AUG_PRESETS, f"--aug must be {choices(AUG_PRESETS)} (got {dcfg.aug!r})"),
         (dcfg.num_workers is None or dcfg.num_workers >= 0, f"--workers must be >= 0 (0 = load in the main process; got {dcfg.num_workers})"),
         (0 < dcfg.valid_pct < 1, f"--valid-pct must be between 0 and 1 (got {dcfg.valid_pct})"),

@@ -65,6 +65,43 @@ class Printer:
         yield Bar()
 
 
+class Scoped(Printer):
+    """A view of a Printer that keeps the warnings given through it — e.g. the ones that belong in
+    one evaluation.json — and sends all output to its parent (which records them too, so scopes
+    nest). `quiet=True`: only warnings reach the parent; `prefix` says where they came from."""
+
+    def __init__(self, parent: Printer, quiet: bool = False, prefix: str = ""):
+        super().__init__(quiet=parent.quiet)
+        self.parent, self.mute, self.prefix = parent, quiet, prefix
+
+    def info(self, text: str) -> None:
+        if not self.mute:
+            self.parent.info(text)
+
+    def note(self, text: str) -> None:
+        if not self.mute:
+            self.parent.note(text)
+
+    def warn(self, text: str) -> None:
+        text = self.prefix + text
+        self.warnings.append(text)
+        self.parent.warn(text)
+
+    def table(self, title: str, rows: Sequence[tuple[str, Any]]) -> None:
+        self.parent.table(title, rows)
+
+    def grid(self, title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        self.parent.grid(title, header, rows)
+
+    @contextlib.contextmanager
+    def progress(self, total: int | None, description: str) -> Iterator[Bar]:
+        if self.mute:
+            yield Bar()
+            return
+        with self.parent.progress(total, description) as bar:
+            yield bar
+
+
 class _RichBar(Bar):
     def __init__(self, progress: Any, task: Any):
         self._p, self._t = progress, task

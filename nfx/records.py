@@ -8,6 +8,7 @@ Pure: imports no torch, numpy, fastai or onnx.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -147,3 +148,15 @@ class ModelInfo:
     def from_onnx_metadata(cls, meta: dict[str, str]) -> ModelInfo:
         return cls(arch=meta.get("nfx_arch", ""), classes=tuple(json.loads(meta["nfx_classes"])),
                    input=InputSpec.from_onnx_metadata(meta), weights_source=meta.get("nfx_weights_source", ""))
+
+
+def auto_agc_clip(effective_batch_size: int) -> float:
+    """AGC clip factor λ for an effective batch size.
+
+    Brock et al. (2021, Fig. 3 / Sec. 4.1) use λ = 0.01 at batch 4096 and report that smaller
+    batches tolerate (and need) larger λ; fine-tuning reports put 0.04–0.16 at batches of
+    32–256. We interpolate with λ = 0.01·sqrt(4096 / B), clamped to [0.01, 0.16]:
+    B=4096 → 0.01, 256 → 0.04, 64 → 0.08, 32 → 0.113, ≤16 → 0.16.
+    """
+    b = max(1, int(effective_batch_size))
+    return round(min(0.16, max(0.01, 0.01 * math.sqrt(4096 / b))), 4)

@@ -125,10 +125,22 @@ def _light(flip: bool) -> list[Any]:
             A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1, p=0.5)]
 
 
-def _strong(flip: bool) -> list[Any]:
+def clahe_on_float(p: float = 0.3, clip_limit: float = 2.0, tile: int = 8) -> Any:
+    """CLAHE for float [0, 1] images: to uint8, CLAHE, back to float32 [0, 1]."""
     import albumentations as A
 
-    from nfx.data.augment import clahe_on_float
+    return A.Sequential(
+        [
+            A.FromFloat(max_value=255, p=1.0),  # float [0,1] → uint8 [0,255]
+            A.CLAHE(clip_limit=(1.0, clip_limit), tile_grid_size=(tile, tile), p=1.0),
+            A.ToFloat(max_value=255, p=1.0),
+        ],
+        p=p,
+    )
+
+
+def _strong(flip: bool) -> list[Any]:
+    import albumentations as A
 
     return [A.Affine(scale=(0.9, 1.1), translate_percent=(-0.05, 0.05), rotate=(-20, 20), border_mode=0, fill=0,
                      p=0.8),

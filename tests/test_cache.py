@@ -30,15 +30,16 @@ def pngs(tiny_data, tmp_path):
 
 def test_fill_then_all_hits(pngs, tmp_path):
     cache = ImageCache(tmp_path / "c", SIZE, resize="letterbox")
-    entries, bad = cache.fill(pngs[:6], workers=2, pool="thread")
+    filled = cache.fill(pngs[:6], workers=2, pool="thread")
+    entries, bad = filled
     assert not bad and all(e is not None and e.is_file() for e in entries)
-    assert cache.last_stats["decoded"] == 6 and cache.last_stats["hits"] == 0
+    assert filled.stats["decoded"] == 6 and filled.stats["hits"] == 0
     arr = np.load(entries[0])
     assert arr.shape == (SIZE, SIZE, 3) and arr.dtype == np.float16
     assert 0.0 <= float(arr.min()) and float(arr.max()) <= 1.0
-    entries2, _ = cache.fill(pngs[:6], workers=2)
-    assert entries2 == entries
-    assert cache.last_stats["hits"] == 6 and cache.last_stats["decoded"] == 0
+    filled = cache.fill(pngs[:6], workers=2)
+    assert filled.entries == entries
+    assert filled.stats["hits"] == 6 and filled.stats["decoded"] == 0
 
 
 def test_changed_file_or_setting_is_a_miss(pngs, tmp_path):
@@ -52,8 +53,7 @@ def test_changed_file_or_setting_is_a_miss(pngs, tmp_path):
     st = os.stat(p)
     os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
     assert cache.key(p) != k
-    cache.fill([p], workers=1)
-    assert cache.last_stats["decoded"] == 1
+    assert cache.fill([p], workers=1).stats["decoded"] == 1
 
 
 def test_damaged_entry_is_rebuilt(pngs, tmp_path):
@@ -61,8 +61,9 @@ def test_damaged_entry_is_rebuilt(pngs, tmp_path):
     (e,), _ = cache.fill(pngs[:1], workers=1)
     good = np.load(e)
     e.write_bytes(e.read_bytes()[:100])  # e.g. a disk that filled up
-    (e2,), bad = cache.fill(pngs[:1], workers=1)
-    assert not bad and cache.last_stats["decoded"] == 1
+    filled = cache.fill(pngs[:1], workers=1)
+    (e2,), bad = filled
+    assert not bad and filled.stats["decoded"] == 1
     assert np.array_equal(np.load(e2), good)
 
 
@@ -74,8 +75,9 @@ def test_process_and_thread_pools_agree_and_report_every_bad_file(pngs, tmp_path
     out = {}
     for pool in ("thread", "process"):
         cache = ImageCache(tmp_path / pool, SIZE, resize="letterbox")
-        entries, bad = cache.fill(paths, workers=2, pool=pool)
-        assert cache.last_stats["pool"] == pool
+        filled = cache.fill(paths, workers=2, pool=pool)
+        entries, bad = filled
+        assert filled.stats["pool"] == pool
         assert [p for p, _ in bad] == sorted([str(broken), multi])
         reasons = dict(bad)
         assert "--frame" in reasons[multi]

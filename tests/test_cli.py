@@ -175,3 +175,32 @@ def test_an_empty_class_folder_and_a_one_image_class_are_named(tiny_data, tmp_pa
     noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)  # not a copy of any image
     Image.fromarray(noise).save(root / "suspect" / "one.png")
     _assert_one_line_error(nfx("finetune", root, *args), "class 'suspect' has 1 image(s)", "at least 2")
+
+
+def test_finetune_options_are_derived_from_the_config_fields():
+    """Every config field marked with nfx.config.opt is a finetune option with the field's flag and
+    help (placeholders filled from the code); no option is written by hand beside DATA, --config,
+    --agc and --resume."""
+    from dataclasses import fields
+
+    import typer
+
+    from nfx.cli import app
+    from nfx.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+
+    cmd = typer.main.get_command(app).commands["finetune"]
+    by_flag = {o: p for p in cmd.params for o in (*p.opts, *p.secondary_opts)}
+    marked = 0
+    for cls in (DataConfig, ModelConfig, TrainConfig, RunConfig):
+        for f in fields(cls):
+            cli = f.metadata.get("cli")
+            if not cli:
+                continue
+            flag = (cli["flag"] or "--" + f.name.replace("_", "-")).split("/")[0]
+            assert flag in by_flag, flag
+            help_text = by_flag[flag].help
+            assert "{" not in help_text, (flag, help_text)  # every placeholder filled
+            assert cli["help"].split("{")[0].strip() in help_text  # the field's own words
+            marked += 1
+    assert len(cmd.params) == marked + 4  # + DATA, --config, --agc, --resume
+    assert "[default: 16]" in by_flag["--bs"].help and "[default: squish]" in by_flag["--resize"].help

@@ -671,6 +671,6 @@ def test_cache_reports_notes_on_every_use(tmp_path):
     shutil.copy(TEST_FILES / "JPEG-lossy.dcm", src)
     for _ in range(2):  # decode, then a cache hit
         cache = ImageCache(tmp_path / "cache", 32, resize="squish")
-        entries, bad = cache.fill([str(src)], workers=1)
-        assert bad == [] and entries[0] is not None
-        assert [p for p, _ in cache.last_notes] == [str(src)] and "repaired" in cache.last_notes[0][1]
+        filled = cache.fill([str(src)], workers=1)
+        assert filled.bad == [] and filled.entries[0] is not None
+        assert [p for p, _ in filled.notes] == [str(src)] and "repaired" in filled.notes[0][1]

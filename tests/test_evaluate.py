@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from nfx import api
+from nfx import api, runs
 from nfx.console import Printer
 from nfx.errors import ConfigError, DataError
 from nfx.evaluate.metrics import binary_at_threshold, threshold_for_sensitivity, youden_threshold
@@ -147,3 +147,26 @@ def test_explain_command(tiny_run, tiny_data, tmp_path):
                        env={**os.environ, "COLUMNS": "200"})
     assert r.returncode == 0, r.stderr
     assert len(list((tmp_path / "o").glob("*_gradcam.png"))) == 1
+
+
+def test_warnings_of_choosing_thresholds_on_the_validation_split_reach_evaluation_json(tiny_data, tmp_path):
+    """A validation image that no longer decodes, found while choosing thresholds for other data: the
+    warning is in evaluation.json and the report (it used to go to a silenced printer), and it is shown."""
+    import shutil
+
+    from nfx.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data / "png", data)
+    cfg = RunConfig(data=DataConfig(path=str(data), size=64, num_workers=0, cache_dir=str(tmp_path / "cache")),
+                    model=ModelConfig(arch="test_nfnet", pretrained=False),
+                    train=TrainConfig(epochs=1, freeze_epochs=0, bs=4, lr=1e-3, agc=0.16), out=str(tmp_path), name="r")
+    res = api.finetune(cfg, Printer(quiet=True))
+    valid = [r["path"] for r in runs.read_csv(res.run_dir / runs.SPLITS) if r["split"] == "valid"]
+    with open(valid[0], "wb") as f:  # damaged after training
+        f.write(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    shown = Printer(quiet=True)
+    ev = api.evaluate(res.run_dir, str(tiny_data / "png"), printer=shown, n_bootstrap=0, plots=False)
+    want = [w for w in ev["warnings"] if w.startswith("validation split (thresholds): 1 file(s) could not be decoded")]
+    assert want and want[0] in shown.warnings
+    assert "validation split (thresholds)" in (res.run_dir / "report.md").read_text()

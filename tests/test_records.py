@@ -81,3 +81,33 @@ def test_atomic_path_replaces_only_on_success(tmp_path):
     with atomic_path(target) as tmp:
         tmp.write_bytes(b"new")
     assert target.read_bytes() == b"new" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_one_upgrade_step_for_old_run_configs(tmp_path):
+    """A config.json written before --keep-patient-ids, --voi-fallback and --resize existed: read as
+    that run's record it gets what the run did (raw ids, stored VOI range, letterbox); used as the
+    template of a new run (--config) it gets today's defaults (pseudonyms, minmax, squish). In memory
+    both are plain values, never an 'older run' None."""
+    import json
+
+    from nfx.config import DataConfig, RunConfig
+    from nfx.records import DEFAULT_VOI_FALLBACK
+
+    d = RunConfig().to_dict()
+    for k in ("keep_patient_ids", "voi_fallback", "resize"):
+        d["data"].pop(k)
+    old = tmp_path / "config.json"
+    old.write_text(json.dumps(d))
+    run = RunConfig.read_run(old).data
+    assert (run.keep_patient_ids, run.voi_fallback, run.resize) == (True, "stored", "letterbox")
+    template = RunConfig.load(old).data
+    assert (template.keep_patient_ids, template.voi_fallback, template.resize) == (False, DEFAULT_VOI_FALLBACK, "squish")
+    d["data"].update(keep_patient_ids=None, voi_fallback=None)  # written as null by a later version
+    old.write_text(json.dumps(d))
+    assert RunConfig.read_run(old).data.keep_patient_ids is True and RunConfig.load(old).data.keep_patient_ids is False
+    # a recent run's own values are kept as written
+    d["data"].update(keep_patient_ids=False, voi_fallback="percentile", resize="crop")
+    old.write_text(json.dumps(d))
+    assert RunConfig.read_run(old).data == RunConfig.load(old).data
+    assert RunConfig.read_run(old).data.voi_fallback == "percentile"
+    assert DataConfig().keep_patient_ids is False and DataConfig().voi_fallback == DEFAULT_VOI_FALLBACK

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from nfx.cli import app, boundary, printer
+from nfx.cli.app import app, boundary, printer
 from nfx.console import show_evaluation
 
 

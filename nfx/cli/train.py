@@ -6,29 +6,8 @@ from pathlib import Path
 
 import typer
 
-from nfx.cli import app, boundary, printer
+from nfx.cli.app import app, boundary, printer
 from nfx.console import show_compare, show_finetune, show_folds
-
-# finetune option (parameter name) → (config section, field): the one place the two meet
-FINETUNE_FLAGS = {
-    "data": ("data", "path"), "size": ("data", "size"), "valid_pct": ("data", "valid_pct"),
-    "patient_regex": ("data", "patient_regex"), "keep_patient_ids": ("data", "keep_patient_ids"),
-    "voi_fallback": ("data", "voi_fallback"),
-    "skip_bad": ("data", "skip_bad"), "aug": ("data", "aug"),
-    "cache_dir": ("data", "cache_dir"), "workers": ("data", "num_workers"), "labels": ("data", "labels"),
-    "frame": ("data", "frame"), "allow_patient_leak": ("data", "allow_patient_leak"),
-    "allow_duplicate_leak": ("data", "allow_duplicate_leak"), "flip": ("data", "flip"),
-    "resize": ("data", "resize"),
-    "arch": ("model", "arch"), "pretrained": ("model", "pretrained"), "weights": ("model", "weights"),
-    "epochs": ("train", "epochs"), "freeze_epochs": ("train", "freeze_epochs"), "bs": ("train", "bs"),
-    "accum": ("train", "accum"), "lr": ("train", "lr"), "schedule": ("train", "schedule"),
-    "body_lr_div": ("train", "body_lr_div"), "precision": ("train", "precision"), "seed": ("train", "seed"),
-    "agc_mode": ("train", "agc_mode"), "persample_chunk": ("train", "persample_chunk"),
-    "persample_impl": ("train", "persample_impl"), "ema": ("train", "ema"),
-    "balance": ("train", "balance"), "bn": ("train", "bn"), "patience": ("train", "patience"), "monitor": ("train", "monitor"),
-    "compile_": ("train", "compile"), "folds": ("train", "folds"),
-    "out": ("top", "out"), "name": ("top", "name"),
-}
 
 
 def _default(section: str, field: str) -> str:
@@ -48,13 +27,16 @@ def _by_schedule(field: str) -> str:
     return f"[default: {fine:g} fine-tuning, {scratch:g} from scratch]"
 
 
+def _one_of(values) -> str:
+    values = list(values)
+    return values[0] if len(values) == 1 else f"{', '.join(values[:-1])} or {values[-1]}"
+
+
 def _variants(registry: str) -> str:
     """'a (what a does), b (…) or c (…)' from a registry of nfx.variants: choices and help in one place."""
     from nfx import variants
 
-    reg = getattr(variants, registry)
-    parts = [f"{k} ({v.help})" for k, v in reg.items()]
-    return parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} or {parts[-1]}"
+    return _one_of(f"{k} ({v.help})" for k, v in getattr(variants, registry).items())
 
 
 def _voi_default() -> str:
@@ -63,55 +45,55 @@ def _voi_default() -> str:
     return f"[default: {DEFAULT_VOI_FALLBACK}, see docs/VOI_FALLBACK.md]"
 
 
-@app.command()
-@boundary
-def finetune(
-    data: Path | None = typer.Argument(None, help="Data folder: one sub-folder per label (optionally under train/ valid/ test/)."),
-    config: Path | None = typer.Option(None, "--config", help="Start from a run's config.json (options below override it)."),
-    arch: str | None = typer.Option(None, "--arch", help=f"timm architecture {_default('model', 'arch')}."),
-    pretrained: bool | None = typer.Option(None, "--pretrained/--no-pretrained", help="Start from pretrained weights [default: pretrained]."),
-    weights: Path | None = typer.Option(None, "--weights", help="Local weights file (safetensors or state dict) for offline use."),
-    epochs: int | None = typer.Option(None, "--epochs", help=f"Epochs with the whole network trainable {_default('train', 'epochs')}."),
-    freeze_epochs: int | None = typer.Option(None, "--freeze-epochs", help=f"Head-only warm-up epochs (body frozen) {_by_schedule('freeze_epochs')}."),
-    schedule: str | None = typer.Option(None, "--schedule", help="fine-tune (head-only warm-up, then the whole network) or from-scratch (no warm-up) [default: from the weights: fine-tune from pretrained or --weights, from-scratch with --no-pretrained]."),
-    body_lr_div: float | None = typer.Option(None, "--body-lr-div", help=f"Body lr = lr / this {_by_schedule('body_lr_div')}."),
-    resize: str | None = typer.Option(None, "--resize", help=f"squish, letterbox or crop {_default('data', 'resize')}."),
-    bs: int | None = typer.Option(None, "--bs", help=f"Samples per forward pass {_default('train', 'bs')}."),
-    accum: int | None = typer.Option(None, "--accum", help=f"Micro-batches per optimizer step {_default('train', 'accum')}."),
-    lr: float | None = typer.Option(None, "--lr", help=f"Peak learning rate (fine-tuning: of the head-only warm-up, halved when the body is unfrozen) {_by_schedule('lr')}."),
-    agc: str | None = typer.Option(None, "--agc", help="AGC clip factor: auto (from the effective batch size), off, or a number."),
-    size: int | None = typer.Option(None, "--size", help="Input size in px [default: the checkpoint's train size]."),
-    seed: int | None = typer.Option(None, "--seed", help=f"Random seed {_default('train', 'seed')}."),
-    out: str | None = typer.Option(None, "--out", help=f"Parent folder of run folders {_default('top', 'out')}."),
-    name: str | None = typer.Option(None, "--name", help="Run folder name [default: <arch>-<time>]."),
-    valid_pct: float | None = typer.Option(None, "--valid-pct", help=f"Share of patients for validation {_default('data', 'valid_pct')}."),
-    patient_regex: str | None = typer.Option(None, "--patient-regex", help="Regex on file names; group 1 = patient id (when no DICOM PatientID)."),
-    voi_fallback: str | None = typer.Option(None, "--voi-fallback", help=f"Grey DICOMs without any window/VOI LUT: stored (full BitsStored range), minmax or percentile (0.5-99.5) per image {_voi_default()}."),
-    keep_patient_ids: bool | None = typer.Option(None, "--keep-patient-ids", help="Write raw patient ids to the run's outputs [default: pseudonyms, see README]."),
-    skip_bad: bool | None = typer.Option(None, "--skip-bad/--no-skip-bad", help="Continue past unreadable files (listed in bad_files.csv)."),
-    aug: str | None = typer.Option(None, "--aug", help=f"Augmentation preset: {_variants('AUG_PRESETS')} {_default('data', 'aug')}."),
-    precision: str | None = typer.Option(None, "--precision", help=f"auto, bf16, fp16 or fp32 {_default('train', 'precision')}."),
-    workers: int | None = typer.Option(None, "--workers", help="DataLoader workers [default: 0 on CPU, up to 8 on GPU]."),
-    cache_dir: str | None = typer.Option(None, "--cache-dir", help="Decoded-image cache [default: ~/.cache/nfx]."),
-    labels: Path | None = typer.Option(None, "--labels", help="CSV with path,label[,patient][,split] columns instead of label folders."),
-    frame: int | None = typer.Option(None, "--frame", help="Frame to use from multi-frame DICOMs; single-frame files give their only frame (default: skip multi-frame files with a reason)."),
-    allow_patient_leak: bool | None = typer.Option(None, "--allow-patient-leak", help="Accept user splits that share a patient (warned, recorded)."),
-    allow_duplicate_leak: bool | None = typer.Option(None, "--allow-duplicate-leak", help="Accept copies of one image in different user splits or under different labels (warned, recorded; metrics will be optimistic)."),
-    flip: bool | None = typer.Option(None, "--flip/--no-flip", help="Horizontal flips in augmentation (use --no-flip for chest X-rays)."),
-    agc_mode: str | None = typer.Option(None, "--agc-mode", help=f"{_variants('AGC_MODES')} {_default('train', 'agc_mode')}."),
-    persample_chunk: int | None = typer.Option(None, "--persample-chunk", help="Samples per vmap chunk in per-sample AGC [default: auto]."),
-    persample_impl: str | None = typer.Option(None, "--persample-impl", help=f"Per-sample AGC implementation: {_variants('PERSAMPLE_IMPLS')} {_default('train', 'persample_impl')}."),
-    ema: float | None = typer.Option(None, "--ema", help="EMA decay of the weights, e.g. 0.999 (validation and saved model use the EMA)."),
-    bn: str | None = typer.Option(None, "--bn", help=f"BatchNorm models: train (batch statistics) or frozen (eval mode: running statistics, never updated; for micro-batches of 1-2) {_default('train', 'bn')}."),
-    balance: str | None = typer.Option(None, "--balance", help=f"Class imbalance: none, loss (weighted loss) or sampler (weighted sampling) {_default('train', 'balance')}."),
-    patience: int | None = typer.Option(None, "--patience", help="Stop after this many epochs without improvement of the monitor."),
-    monitor: str | None = typer.Option(None, "--monitor", help="Metric for best checkpoint / early stop [default: valid_roc_auc (binary) else valid_loss]."),
-    compile_: bool | None = typer.Option(None, "--compile/--no-compile", help="torch.compile the model for training."),
-    folds: int | None = typer.Option(None, "--folds", help="K-fold cross-validation: K runs (K times the training cost) under one parent folder, folds grouped by patient and copy group; evaluate/export/predict the parent for out-of-fold metrics and the fold ensemble."),
-    resume: Path | None = typer.Option(None, "--resume", help="Continue this run folder (or a --folds parent: its unfinished folds) from its last completed epoch."),
-) -> None:
+def _help(text: str, section: str, field: str) -> str:
+    """A config field's help with its placeholders filled from the code (nfx.config.opt)."""
+    import re
+
+    from nfx import config
+
+    def fill(m: re.Match) -> str:
+        key, _, arg = m.group(1).partition(":")
+        return {"default": lambda: _default(section, field), "by_schedule": lambda: _by_schedule(field),
+                "voi_default": _voi_default, "variants": lambda: _variants(arg),
+                "one_of": lambda: _one_of(getattr(config, arg))}[key]()
+
+    return re.sub(r"\{(default|by_schedule|voi_default|variants:\w+|one_of:\w+)\}", fill, text)
+
+
+def _config_options() -> tuple[dict[str, tuple[str, str]], list]:
+    """The finetune options derived from the config dataclasses' field metadata (nfx.config.opt):
+    ({parameter: (section, field)}, [inspect.Parameter with its typer.Option])."""
+    import inspect
+    import typing
+    from dataclasses import fields
+
+    from nfx.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+
+    flags: dict[str, tuple[str, str]] = {}
+    params = []
+    for section, cls in (("model", ModelConfig), ("train", TrainConfig), ("data", DataConfig), ("top", RunConfig)):
+        hints = typing.get_type_hints(cls)
+        for f in fields(cls):
+            cli = f.metadata.get("cli")
+            if not cli:
+                continue
+            name = cli["param"] or f.name
+            flag = cli["flag"] or "--" + f.name.replace("_", "-")
+            kind = typing.Optional[hints[f.name]]  # noqa: UP045 - a runtime type for typer, not an annotation
+            params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=kind,
+                                            default=typer.Option(None, flag, help=_help(cli["help"], section, f.name))))
+            flags[name] = (section, f.name)
+    return flags, params
+
+
+FINETUNE_FLAGS, _OPTIONS = _config_options()
+FINETUNE_FLAGS = {"data": ("data", "path"), **FINETUNE_FLAGS}  # option (parameter name) → (config section, field)
+
+
+def _finetune(data: Path | None = None, config: Path | None = None, agc: str | None = None,
+              resume: Path | None = None, **options) -> None:
     """Fine-tune a timm model (NFNet by default) on a folder of images."""
-    opts = dict(locals())
+    opts = {"data": data, "config": config, "agc": agc, **options}
 
     from nfx.config import RunConfig, parse_agc
 
@@ -119,7 +101,7 @@ def finetune(
         from nfx import api
         from nfx.errors import ConfigError
 
-        given = [f"--{k.rstrip('_').replace('_', '-')}" for k, v in opts.items() if v is not None and k != "resume"]
+        given = [f"--{k.rstrip('_').replace('_', '-')}" for k, v in opts.items() if v is not None]
         if given:
             raise ConfigError(f"--resume continues a run with its own config.json; drop {', '.join(sorted(given))} "
                               "(or start a new run with --config RUN_DIR/config.json and your changes)")
@@ -136,7 +118,7 @@ def finetune(
         raise ConfigError("no data folder given; usage: nfx finetune DATA [options]")
     sections: dict[str, dict] = {"data": {}, "model": {}, "train": {}, "top": {}}
     for flag, (section, key) in FINETUNE_FLAGS.items():
-        v = opts[flag]
+        v = opts.get(flag)
         sections[section][key] = str(v) if isinstance(v, Path) else v
     cfg = base.override(**sections)
     from dataclasses import replace
@@ -155,6 +137,41 @@ def finetune(
         show_folds(p, api.finetune_folds(cfg, p))
         return
     show_finetune(p, api.finetune(cfg, p))
+
+
+def _finetune_command():
+    """`nfx finetune`: the data argument, --config, --agc and --resume, then one option per config field
+    marked with nfx.config.opt — flag, help and default text come from the field, nothing by hand here."""
+    import inspect
+
+    kw = inspect.Parameter.KEYWORD_ONLY
+    head = [
+        inspect.Parameter("data", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typing_optional(Path),
+                          default=typer.Argument(None, help="Data folder: one sub-folder per label (optionally under "
+                                                 "train/ valid/ test/).")),
+        inspect.Parameter("config", kw, annotation=typing_optional(Path), default=typer.Option(
+            None, "--config", help="Start from a run's config.json (options below override it).")),
+        inspect.Parameter("agc", kw, annotation=typing_optional(str), default=typer.Option(
+            None, "--agc", help="AGC clip factor: auto (from the effective batch size), off, or a number.")),
+    ]
+    tail = [inspect.Parameter("resume", kw, annotation=typing_optional(Path), default=typer.Option(
+        None, "--resume", help="Continue this run folder (or a --folds parent: its unfinished folds) from its last "
+                               "completed epoch."))]
+    command = boundary(_finetune)
+    params = head + _OPTIONS + tail
+    command.__signature__ = inspect.Signature(params, return_annotation=None)
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    command.__name__ = "finetune"
+    return command
+
+
+def typing_optional(t):
+    import typing
+
+    return typing.Optional[t]  # noqa: UP045 - a runtime type for typer, not an annotation
+
+
+finetune = app.command(name="finetune")(_finetune_command())
 
 
 @app.command()

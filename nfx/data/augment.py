@@ -23,6 +23,8 @@ from typing import Any
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations would contact PyPI on import
 
+from nfx.variants import AUG_PRESETS, choices, clahe_on_float  # noqa: E402,F401  (augment.clahe_on_float)
+
 
 def describe(preset: str, flip: bool = True) -> list[str]:
     """Human-readable list of the transforms of a preset (for logs and reports)."""
@@ -38,26 +40,10 @@ def _name(t: Any) -> str:
     return repr(t)
 
 
-def clahe_on_float(p: float = 0.3, clip_limit: float = 2.0, tile: int = 8) -> Any:
-    """CLAHE for float [0, 1] images: to uint8, CLAHE, back to float32 [0, 1]."""
-    import albumentations as A
-
-    return A.Sequential(
-        [
-            A.FromFloat(max_value=255, p=1.0),  # float [0,1] → uint8 [0,255]
-            A.CLAHE(clip_limit=(1.0, clip_limit), tile_grid_size=(tile, tile), p=1.0),
-            A.ToFloat(max_value=255, p=1.0),
-        ],
-        p=p,
-    )
-
-
 def build(preset: str, flip: bool = True) -> Any:
     """The preset's albumentations Compose (nfx.variants.AUG_PRESETS): a horizontal flip first when the
     preset flips and `flip` is on, then the preset's transforms."""
     import albumentations as A
-
-    from nfx.variants import AUG_PRESETS, choices
 
     if preset not in AUG_PRESETS:
         raise ValueError(f"unknown augmentation preset {preset!r}; use {choices(AUG_PRESETS)}")

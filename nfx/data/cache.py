@@ -23,6 +23,7 @@ import hashlib
 import os
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +77,19 @@ def _reason(e: BaseException) -> str:
     return f"could not be decoded ({short_reason(e, 120, with_type=True)}); remove or re-export it"
 
 
+@dataclass
+class Filled:
+    """What ImageCache.fill returns."""
+
+    entries: list[Path | None]  # the cache entry of each path, None when it could not be decoded
+    bad: list[tuple[str, str]]  # (path, reason), sorted
+    stats: dict[str, object]  # files, hits, decoded, bad, seconds, pool, workers
+    notes: list[tuple[str, str]]  # (path, tolerated defect) of files decoded with a note
+
+    def __iter__(self):  # `entries, bad = cache.fill(paths)`
+        return iter((self.entries, self.bad))
+
+
 class ImageCache:
     def __init__(self, cache_dir: str | Path | None, size: int, frame: int | None = None, *, resize: str,
                  voi: str = "stored"):
@@ -86,8 +100,6 @@ class ImageCache:
         self.dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.size = int(size)
         self.frame = frame
-        self.last_stats: dict[str, object] = {}
-        self.last_notes: list[tuple[str, str]] = []
         # np.save of a float16 size×size×3 array: a ≥ 64-byte header + the data
         self._min_bytes = self.size * self.size * 3 * 2 + 64
 
@@ -150,11 +162,12 @@ class ImageCache:
         workers: int | None = None,
         on_done: Callable[[], None] | None = None,
         pool: str = "auto",
-    ) -> tuple[list[Path | None], list[tuple[str, str]]]:
-        """Decode every path into the cache. Returns (entry per path or None, bad (path, reason)).
+    ) -> Filled:
+        """Decode every path into the cache. Returns a `Filled`: the entry per path (or None), bad
+        (path, reason), statistics (hits, decoded, bad, seconds, pool) and the decode notes;
+        `entries, bad = cache.fill(...)` unpacks the first two.
 
-        Every path ends either with an entry or in `bad` with its reason. `last_stats` holds
-        hits, decoded, bad, seconds and the pool used.
+        Every path ends either with an entry or in `bad` with its reason.
         """
         if pool not in POOLS:
             raise ValueError(f"pool must be one of {POOLS}")
@@ -191,14 +204,14 @@ class ImageCache:
             else:
                 bad.append((paths[i], reason))
         bad.sort()
-        self.last_notes = [(paths[i], note_of(e).read_text()) for i, e in enumerate(entries)
-                           if e is not None and note_of(e).is_file()]  # (path, tolerated defect)
-        self.last_stats = {
+        notes = [(paths[i], note_of(e).read_text()) for i, e in enumerate(entries)
+                 if e is not None and note_of(e).is_file()]  # (path, tolerated defect)
+        stats = {
             "files": len(paths), "hits": hits,
             "decoded": sum(1 for i in misses if entries[i] is not None), "bad": len(bad),
             "seconds": round(time.perf_counter() - t0, 3), "pool": pool, "workers": n,
         }
-        return entries, bad
+        return Filled(entries, bad, stats, notes)
 
 
 def _worker_init() -> None:

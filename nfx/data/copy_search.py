@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nfx.data.copies import LOW, mask, orient, orientations
+from nfx.data.copy_signature import LOW, mask, orient, orientations
 
 HASH_BITS = 64  # principal-coordinate sign bits, multi-index hashed in 16-bit quarters
 PROBED = 2  # the first quarters (largest principal coordinates) are probed with their least certain bit flipped too

@@ -27,20 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nfx.data.dicom import is_dicom, patient_id, read_header
-from nfx.data.images import IMAGE_SUFFIXES
+from nfx.data.labels_csv import from_csv
+from nfx.data.layout import IGNORED, SPLIT_DIRS, Item, is_supported, unsupported_reason
 from nfx.data.parallel import map_files
 from nfx.errors import BadFileError, DataError, short_reason
-
-SPLIT_DIRS = {"train": "train", "valid": "valid", "validation": "valid", "val": "valid", "test": "test"}
-SPLIT_VALUES = {**SPLIT_DIRS, "training": "train", "testing": "test", "holdout": "test"}
-IGNORED = {".DS_Store", "Thumbs.db", "desktop.ini"}
-CSV_COLUMNS = {
-    "path": ("path", "file", "filename", "file_name", "filepath", "image", "image_path"),
-    "label": ("label", "class", "target", "diagnosis"),
-    "patient": ("patient", "patient_id", "patientid", "subject", "subject_id"),
-    "split": ("split", "set", "subset", "partition"),
-}
-SUPPORTED = "DICOM (.dcm/.dicom or DICM marker), PNG, JPEG, TIFF or BMP"
 
 
 @dataclass(frozen=True)
@@ -111,10 +101,6 @@ def _visible_files(folder: Path) -> list[Path]:
     return _walk(folder)[0]
 
 
-def is_supported(p: Path) -> bool:
-    return p.suffix.lower() in IMAGE_SUFFIXES or is_dicom(p)
-
-
 def candidate_files(folder: Path) -> list[Path]:
     """Supported image files under a folder (stray images beside the split folders)."""
     return [p for p in _visible_files(folder) if is_supported(p)]
@@ -132,10 +118,6 @@ def walk_files(folder: Path) -> tuple[list[Path], list[tuple[str, str]]]:
             other.append((str(p), unsupported_reason(p)))
     return ok, other
 
-
-def unsupported_reason(p: Path) -> str:
-    kind = f"{p.suffix}" if p.suffix else "no extension and no DICM marker"
-    return f"unsupported file type ({kind}); use {SUPPORTED}, or move it out of the data folder"
 
 
 def discover(
@@ -161,8 +143,6 @@ def discover(
 
     notes: list[str] = []
     if labels is not None:
-        from nfx.data.labels_csv import from_csv
-
         items, bad, user_splits, notes = from_csv(root, Path(labels))
         where = str(labels)
     else:
@@ -233,9 +213,6 @@ def _compile(patient_regex: str | None) -> re.Pattern | None:
 
 
 # (path, label, split, csv patient)
-Item = tuple[Path, str, "str | None", "str | None"]
-
-
 def _from_folders(root: Path) -> tuple[list[Item], list[tuple[str, str]], bool]:
     subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     split_dirs = [d for d in subdirs if d.name.lower() in SPLIT_DIRS]

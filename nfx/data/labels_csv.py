@@ -7,7 +7,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from nfx.data.discover import CSV_COLUMNS, SPLIT_VALUES, Item, is_supported, unsupported_reason
+from nfx.data.layout import CSV_COLUMNS, SPLIT_VALUES, Item, is_supported, unsupported_reason
 from nfx.errors import DataError
 
 

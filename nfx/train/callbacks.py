@@ -108,7 +108,7 @@ def resolve_clip(clip_factor: float | str, learn: Any) -> float:
     """λ: the number given, or for "auto" nfx.config.auto_agc_clip of the Learner's effective batch."""
     if clip_factor != "auto":
         return float(clip_factor)
-    from nfx.config import auto_agc_clip
+    from nfx.records import auto_agc_clip
 
     return auto_agc_clip(effective_batch(learn))
 

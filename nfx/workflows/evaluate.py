@@ -10,10 +10,18 @@ from typing import Any
 
 from nfx import runs
 from nfx.config import EvaluateConfig
-from nfx.console import Printer
+from nfx.console import Printer, Scoped
 from nfx.errors import DataError
-from nfx.evaluate.cautions import evaluation_warnings, provenance
-from nfx.workflows.loading import LoadedRun, load_run, predict_probs
+from nfx.evaluate.cautions import evaluation_warnings
+from nfx.workflows.loading import LoadedRun, load_run
+from nfx.workflows.scoring import (
+    clip_fractions,
+    copies_of,
+    data_items,
+    eval_probs,
+    evaluation_plots,
+    run_provenance,
+)
 
 
 def evaluate(run_dir: str | Path, data: str | None = None, printer: Printer | None = None,
@@ -37,7 +45,7 @@ def evaluate(run_dir: str | Path, data: str | None = None, printer: Printer | No
 
         return evaluate_folds(run_dir, data, printer, threshold, n_bootstrap, split=split, tta=tta,
                               target_sensitivity=target_sensitivity, plots=plots)
-    n_warn = len(printer.warnings)
+    printer = Scoped(printer)  # every warning given from here on belongs in evaluation.json
     EvaluateConfig(split=split, threshold=threshold, target_sensitivity=target_sensitivity,
                    n_bootstrap=n_bootstrap, tta=tta, per_patient=per_patient).validate()  # before any work
     run = load_run(run_dir)
@@ -114,10 +122,10 @@ def evaluate(run_dir: str | Path, data: str | None = None, printer: Printer | No
                 "ece", "brier")}
         except ValueError as e:
             printer.warn(f"per-patient aggregation skipped: {e}")
-    for w in evaluation_warnings(result, items, split_rows, data, _clip_fractions(run), run.cfg.train.agc,
+    for w in evaluation_warnings(result, items, split_rows, data, clip_fractions(run), run.cfg.train.agc,
                                  run.info.from_scratch):
         printer.warn(w)
-    result["warnings"] = printer.warnings[n_warn:]
+    result["warnings"] = printer.warnings
     result["provenance"] = run_provenance(run.run_dir, run.cfg, run.info, split_rows)
 
     images: dict[str, bytes] = {}
@@ -146,23 +154,6 @@ def evaluate(run_dir: str | Path, data: str | None = None, printer: Printer | No
 
 
 
-def data_items(data: str, cfg: Any, classes: list[str], printer: Printer) -> list[tuple[str, str, str | None]]:
-    """(path, label, patient) of a DATA folder to evaluate a model on, found as the run found its
-    own (pseudonyms like its splits.csv; raw ids for runs from before that). Label folders the
-    model does not know are refused; files that cannot be read are warned about, not dropped silently."""
-    from nfx.data.discover import discover
-
-    disc = discover(data, cfg.data.patient_regex, pseudonymise=cfg.data.keep_patient_ids is False)
-    unknown = sorted(set(disc.classes) - set(classes))
-    if unknown:
-        raise DataError(f"{data}: label folder(s) {unknown} are not classes of this model {classes}; "
-                        "move them out of the folder or evaluate a folder with only these classes")
-    if disc.bad:
-        printer.warn(f"{len(disc.bad)} file(s) in {data} cannot be evaluated and are left out "
-                     f"(first: {disc.bad[0][0]}: {disc.bad[0][1]})")
-    return [(s.path, s.label, s.patient) for s in disc.samples]
-
-
 def training_copies(run: LoadedRun, split_rows, paths: list[str], printer: Printer) -> tuple[set[int], list[dict]]:
     """Images of new data that are copies of this run's training images (nfx.data.copies): their
     indices and one record each (file, training file, correlation). They are left out of the
@@ -170,37 +161,6 @@ def training_copies(run: LoadedRun, split_rows, paths: list[str], printer: Print
     listed in evaluation.json; the warning says how many."""
     train = [i for i, r in enumerate(split_rows) if r["split"] == "train"]
     return copies_of(run.run_dir, split_rows, train, run, paths, printer)
-
-
-def copies_of(folder: Path, split_rows, ref: list[int], run: LoadedRun, paths: list[str],
-              printer: Printer) -> tuple[set[int], list[dict]]:
-    """Which of `paths` are copies of the rows `ref` of `folder`'s record (its copy_signatures.npy,
-    one per row); `run` gives the cache and preprocessing the paths were scored with."""
-    import numpy as np
-
-    from nfx.data.cache import ImageCache, signatures
-    from nfx.data.copies import cross_matches
-
-    sig_file = folder / runs.COPY_SIGNATURES
-    if not sig_file.is_file():
-        printer.warn(f"{folder.name}: made before nfx recorded copy signatures; new data was not checked for "
-                     "copies of training images")
-        return set(), []
-    try:
-        ref_all = np.load(sig_file, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise DataError(f"{sig_file}: unreadable ({e}); delete it to evaluate without the copy check") from e
-    if len(ref_all) != len(split_rows):
-        raise DataError(f"{sig_file}: {len(ref_all)} signatures for {len(split_rows)} rows of the run's split record; "
-                        "delete it to evaluate without the copy check")
-    cache = ImageCache.for_spec(run.cfg.data.cache_dir, run.info.input)  # filled when the images were scored
-    matches = cross_matches(signatures([cache.entry(p) for p in paths]), ref_all[ref])
-    out = [{"file": paths[q], "training_file": split_rows[ref[r]]["path"], "correlation": c} for q, r, c in matches]
-    if out:
-        printer.warn(f"{len(out)} of {len(paths)} image(s) are copies of training images of this run (e.g. "
-                     f"{out[0]['file']} ≈ {out[0]['training_file']}); left out of the metrics, listed in "
-                     f"{runs.EVALUATION} under copies_of_training")
-    return {q for q, _, _ in matches}, out
 
 
 def _existing_items(run: LoadedRun, rows: list[dict[str, str]]) -> list[tuple[str, str, str | None]]:
@@ -212,29 +172,6 @@ def _existing_items(run: LoadedRun, rows: list[dict[str, str]]) -> list[tuple[st
             "restore the data folder or pass DATA explicitly"
         )
     return items
-
-
-class _Flipped:
-    """Model wrapper for horizontal-flip TTA (flip the width axis of NCHW input)."""
-
-    def __init__(self, model):
-        self.model = model
-
-    def parameters(self):
-        return self.model.parameters()
-
-    def __call__(self, x):
-        return self.model(x.flip(-1))
-
-
-def eval_probs(run: LoadedRun, paths: list[str], tta: bool, printer: Printer):
-    probs, bad = predict_probs(run.model, paths, run.info, run.cfg.data.cache_dir, printer)
-    if bad:
-        printer.warn(f"{len(bad)} file(s) could not be decoded and are left out (first: {bad[0][0]}: {bad[0][1]})")
-    if tta:
-        flipped, _ = predict_probs(_Flipped(run.model), paths, run.info, run.cfg.data.cache_dir, printer)
-        probs = (probs + flipped) / 2
-    return probs
 
 
 def _validation_scores(run: LoadedRun, split_rows, pos: int, tta: bool, printer: Printer):
@@ -257,7 +194,7 @@ def _validation_scores(run: LoadedRun, split_rows, pos: int, tta: bool, printer:
     if not paths:
         return None, None
     printer.info(f"choosing thresholds on the validation split ({len(paths)} images)")
-    probs = eval_probs(run, paths, tta, Printer(quiet=True))
+    probs = eval_probs(run, paths, tta, Scoped(printer, quiet=True, prefix="validation split (thresholds): "))
     label_of = {r["path"]: r["label"] for r in rows}
     ok = np.isfinite(probs).all(1)
     classes = list(run.info.classes)
@@ -267,40 +204,3 @@ def _validation_scores(run: LoadedRun, split_rows, pos: int, tta: bool, printer:
     return y_pos, p_pos
 
 
-def run_provenance(folder: Path, cfg: Any, info: Any, split_rows) -> dict[str, Any]:
-    """provenance() of a run folder (its env.json) plus the copies line of its split_summary.json."""
-    from nfx.evaluate.cautions import copies_line
-
-    env = json.loads((folder / runs.ENV).read_text()) if (folder / runs.ENV).is_file() else {}
-    prov = provenance(cfg, info, env, split_rows)
-    try:
-        summary = json.loads((folder / runs.SPLIT_SUMMARY).read_text())
-    except (OSError, ValueError):
-        summary = {}
-    prov["copies"] = copies_line(summary.get("copies") if isinstance(summary, dict) else None)
-    return prov
-
-
-def _clip_fractions(run: LoadedRun) -> list[float]:
-    hist = run.run_dir / runs.HISTORY
-    if not hist.is_file():
-        return []
-    return [float(r["agc_clip_fraction"]) for r in runs.read_csv(hist) if r.get("agc_clip_fraction")]
-
-
-def evaluation_plots(run: LoadedRun, ev: dict[str, Any], curves: dict[str, Any]) -> dict[str, bytes]:
-    from nfx.evaluate import plots
-
-    out: dict[str, bytes] = {}
-    if curves["roc"]:
-        out["roc"] = plots.roc_png(curves["roc"], ev["roc_auc"], ev.get("roc_auc_ci"), curves.get("roc_band"))
-        out["pr"] = plots.pr_png(curves["pr"])
-    sub = f"threshold {ev['threshold']:.3g}" if ev.get("threshold") is not None else "argmax"
-    out["confusion"] = plots.confusion_png(ev["confusion_matrix"], ev["classes"], sub)
-    out["reliability"] = plots.reliability_png(curves["calibration"])
-    hist = run.run_dir / runs.HISTORY
-    if hist.is_file():
-        rows = runs.read_csv(hist)
-        if rows:
-            out["training"] = plots.training_png(rows)
-    return out

@@ -16,7 +16,7 @@ from nfx.config import RunConfig
 from nfx.console import Printer
 from nfx.data.split import split_counts
 from nfx.errors import DataError, RunError
-from nfx.records import DEFAULT_VOI_FALLBACK, MODEL_INFO, InputSpec, ModelInfo, voi_of
+from nfx.records import MODEL_INFO, InputSpec, ModelInfo
 from nfx.workflows.splitting import split, write_splits
 
 
@@ -47,8 +47,6 @@ def _finetune(cfg: RunConfig, printer: Printer) -> RunResult:
     from nfx.config import check_training
 
     check_training(cfg)  # cross-field rules fail before any file is read
-    cfg = replace(cfg, data=replace(cfg.data, keep_patient_ids=bool(cfg.data.keep_patient_ids),  # recorded
-                                    voi_fallback=cfg.data.voi_fallback or DEFAULT_VOI_FALLBACK))
     disc = discover_data(cfg, printer)
     pat = f"{disc.n_patients} patients" if disc.n_patients else "no patient ids"
     printer.info(f"found {len(disc.samples)} images in {len(disc.classes)} classes ({', '.join(disc.classes)}), {pat}")
@@ -64,7 +62,7 @@ def _finetune(cfg: RunConfig, printer: Printer) -> RunResult:
     info = ModelInfo(arch=cfg.model.arch, classes=tuple(disc.classes), weights_source=prep.weights_source,
                      input=InputSpec(size=cfg.data.size, mean=tuple(prep.data.mean), std=tuple(prep.data.std),
                                      resize=cfg.data.resize, frame=cfg.data.frame,
-                                     voi=voi_of(cfg.data.voi_fallback)))
+                                     voi=cfg.data.voi_fallback))
     info.write(run_dir)
     return train_run(cfg, prep.model, prep.data, info, train, valid, prep.device, prep.precision, run_dir, printer,
                      counts, t_start, prep.notes)
@@ -219,7 +217,7 @@ def _resume(run_dir: Path, printer: Printer) -> RunResult:
     run_dir = runs.require_run(Path(run_dir), runs.SPLITS, MODEL_INFO)
     for folder in (run_dir, run_dir / runs.CKPT_DIR):  # what a kill -9 left half-written
         runs.remove_stale_temps(folder)
-    cfg = RunConfig.load(run_dir / runs.CONFIG)
+    cfg = RunConfig.read_run(run_dir / runs.CONFIG)
     if cfg.train.world_size != distributed.env_world_size():
         raise RunError(f"{run_dir}: trained on {cfg.train.world_size} process(es), resumed on "
                        f"{distributed.env_world_size()}; resume with the launch it started with "
@@ -289,14 +287,14 @@ def ingest(cfg: RunConfig, disc, run_dir: Path, printer: Printer):
     from nfx.data.cache import ImageCache
 
     cache = ImageCache(cfg.data.cache_dir, cfg.data.size, cfg.data.frame, resize=cfg.data.resize,
-                       voi=voi_of(cfg.data.voi_fallback))
+                       voi=cfg.data.voi_fallback)
     paths = [s.path for s in disc.samples]
     with printer.progress(len(paths), "decoding + caching") as bar:
-        entries, bad = cache.fill(paths, workers=cfg.data.num_workers or None, on_done=lambda: bar.advance(1))
-    st = cache.last_stats
-    if cache.last_notes:
-        path, note = cache.last_notes[0]
-        printer.note(f"{len(cache.last_notes)} file(s) decoded with a note (first: {path}: {note})")
+        filled = cache.fill(paths, workers=cfg.data.num_workers or None, on_done=lambda: bar.advance(1))
+    entries, bad, st = filled.entries, filled.bad, filled.stats
+    if filled.notes:
+        path, note = filled.notes[0]
+        printer.note(f"{len(filled.notes)} file(s) decoded with a note (first: {path}: {note})")
     if st.get("hits"):
         printer.info(f"cache: {st['hits']} of {len(paths)} images reused, {st['decoded']} decoded ({cache.dir})")
     bad = sorted(disc.bad + bad)

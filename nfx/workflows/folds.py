@@ -27,7 +27,7 @@ from nfx import runs
 from nfx.config import RunConfig
 from nfx.console import Printer
 from nfx.errors import ConfigError, DataError, RunError
-from nfx.records import DEFAULT_VOI_FALLBACK, MODEL_INFO, InputSpec, ModelInfo, voi_of
+from nfx.records import MODEL_INFO, InputSpec, ModelInfo
 
 FOLDS = runs.FOLDS
 
@@ -59,8 +59,6 @@ def finetune_folds(cfg: RunConfig, printer: Printer | None = None) -> FoldsResul
     t0 = time.time()
     check_training(cfg)
     k = int(cfg.train.folds or 0)
-    cfg = replace(cfg, data=replace(cfg.data, keep_patient_ids=bool(cfg.data.keep_patient_ids),
-                                    voi_fallback=cfg.data.voi_fallback or DEFAULT_VOI_FALLBACK))
     disc = discover_data(cfg, printer)
     if any(s.split == "valid" for s in disc.samples):  # train rows are cross-validated, test rows kept out
         raise DataError(f"{cfg.data.path}: --folds makes its own validation folds, but the data has a user-given "
@@ -97,7 +95,7 @@ def finetune_folds(cfg: RunConfig, printer: Printer | None = None) -> FoldsResul
                                                          "test_images": len(samples) - len(pool), "copies": copies})
     info = ModelInfo(arch=cfg.model.arch, classes=tuple(disc.classes), weights_source=prep.weights_source,
                      input=InputSpec(size=cfg.data.size, mean=tuple(prep.data.mean), std=tuple(prep.data.std),
-                                     resize=cfg.data.resize, frame=cfg.data.frame, voi=voi_of(cfg.data.voi_fallback)))
+                                     resize=cfg.data.resize, frame=cfg.data.frame, voi=cfg.data.voi_fallback))
     info.write(parent)
     printer.info(f"{k} folds grouped by patient and copy group: {', '.join(str(n) for n in per_fold.values())} "
                  f"images; {k} trainings follow")
@@ -124,7 +122,7 @@ def resume_folds(parent: str | Path, printer: Printer | None = None) -> FoldsRes
     """Continue a --folds parent: finished folds are kept, the one with a checkpoint resumes, the rest start."""
     printer = printer or Printer()
     parent = runs.require_run(Path(parent), FOLDS, MODEL_INFO)
-    k = int(RunConfig.load(parent / runs.CONFIG).train.folds or 0)
+    k = int(RunConfig.read_run(parent / runs.CONFIG).train.folds or 0)
     if all(_complete(fold_dir(parent, f)) for f in range(1, k + 1)) and (parent / runs.METRICS).is_file():
         raise RunError(f"{parent}: already complete ({k} folds); nothing to resume")
     return _train_folds(parent, printer, time.time())
@@ -139,7 +137,7 @@ def _train_folds(parent: Path, printer: Printer, t0: float, first: Any = None) -
 
     from nfx.workflows.finetune import resume
 
-    cfg = RunConfig.load(parent / runs.CONFIG)
+    cfg = RunConfig.read_run(parent / runs.CONFIG)
     rows = runs.read_csv(parent / FOLDS)
     k = int(cfg.train.folds or 0)
     results: list[dict[str, Any]] = []

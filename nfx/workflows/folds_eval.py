@@ -15,11 +15,11 @@ import numpy as np
 
 from nfx import runs
 from nfx.config import EvaluateConfig, RunConfig
-from nfx.console import Printer
+from nfx.console import Printer, Scoped
 from nfx.errors import DataError
 from nfx.records import ModelInfo
-from nfx.workflows.evaluate import eval_probs
 from nfx.workflows.folds import FOLDS
+from nfx.workflows.scoring import eval_probs
 
 
 def evaluate_folds(parent: str | Path, data: str | None = None, printer: Printer | None = None,
@@ -31,11 +31,11 @@ def evaluate_folds(parent: str | Path, data: str | None = None, printer: Printer
     from nfx.workflows.loading import load_folds
 
     printer = printer or Printer()
-    n_warn = len(printer.warnings)
+    printer = Scoped(printer)  # every warning given from here on belongs in evaluation.json
     EvaluateConfig(split=split, threshold=threshold, target_sensitivity=target_sensitivity,
                    n_bootstrap=n_bootstrap, tta=tta).validate()
     parent = runs.require_run(Path(parent), FOLDS)
-    cfg = RunConfig.load(parent / runs.CONFIG)
+    cfg = RunConfig.read_run(parent / runs.CONFIG)
     info = ModelInfo.read(parent)
     classes = list(info.classes)
     k = int(cfg.train.folds or 0)
@@ -95,11 +95,11 @@ def evaluate_folds(parent: str | Path, data: str | None = None, printer: Printer
                   arch=info.arch, folds=_per_fold(y_oof, oof, fold_of, k, classes) if oof_mode else None)
     if data is not None:
         result["copies_of_training"] = found
-    result["warnings"] = printer.warnings[n_warn:]
+    result["warnings"] = printer.warnings
     result["provenance"] = _provenance(parent, cfg, info, rows)
     images: dict[str, bytes] = {}
     if plots:
-        from nfx.workflows.evaluate import evaluation_plots
+        from nfx.workflows.scoring import evaluation_plots
 
         images = evaluation_plots(SimpleRun(parent), result, curves)
         (parent / runs.PLOTS).mkdir(exist_ok=True)
@@ -181,7 +181,7 @@ def _ensemble_on(data: str, models: list[Any], parent: Path, cfg: RunConfig, inf
                  printer: Printer) -> tuple[list[tuple[str, str, str | None]], np.ndarray, list[dict]]:
     """(items, mean softmax of the fold models) on a new folder; copies of any image the folds trained
     on are left out (every cross-validated image trained K-1 of the K models)."""
-    from nfx.workflows.evaluate import copies_of, data_items
+    from nfx.workflows.scoring import copies_of, data_items
 
     items = data_items(data, cfg, list(info.classes), printer)
     paths = [p for p, _, _ in items]
@@ -196,7 +196,7 @@ def _ensemble_on(data: str, models: list[Any], parent: Path, cfg: RunConfig, inf
 
 
 def _provenance(parent: Path, cfg: RunConfig, info: ModelInfo, rows) -> dict[str, Any]:
-    from nfx.workflows.evaluate import run_provenance
+    from nfx.workflows.scoring import run_provenance
 
     split_rows = [{**r, "split": "train" if r["split"] == "cv" else r["split"]} for r in rows]
     prov = run_provenance(parent, cfg, info, split_rows)

@@ -27,7 +27,7 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     if (Path(run_dir) / runs.FOLDS).is_file():
         return _load_folds(Path(run_dir))
     run_dir = runs.require_run(Path(run_dir), runs.WEIGHTS, MODEL_INFO)
-    cfg = RunConfig.load(run_dir / runs.CONFIG)
+    cfg = RunConfig.read_run(run_dir / runs.CONFIG)
     info = ModelInfo.read(run_dir)
     from safetensors.torch import load_file
 
@@ -48,7 +48,7 @@ def load_folds(parent: Path) -> list[LoadedRun]:
     from nfx.workflows.folds import fold_dir
 
     parent = runs.require_run(parent, MODEL_INFO)
-    k = int(RunConfig.load(parent / runs.CONFIG).train.folds or 0)
+    k = int(RunConfig.read_run(parent / runs.CONFIG).train.folds or 0)
     unfinished = [f for f in range(1, k + 1) if not (fold_dir(parent, f) / runs.WEIGHTS).is_file()]
     if unfinished:
         raise RunError(f"{parent}: fold {unfinished[0]} has not finished; finish it with `nfx finetune --resume {parent}`")
@@ -59,7 +59,7 @@ def _load_folds(parent: Path) -> LoadedRun:
     from nfx.models.ensemble import FoldEnsemble
 
     folds = load_folds(parent)
-    return LoadedRun(parent, RunConfig.load(parent / runs.CONFIG), ModelInfo.read(parent),
+    return LoadedRun(parent, RunConfig.read_run(parent / runs.CONFIG), ModelInfo.read(parent),
                      FoldEnsemble([r.model for r in folds]).eval())
 
 

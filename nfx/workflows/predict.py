@@ -66,7 +66,7 @@ def predict(model: str | Path, images: list[str], printer: Printer | None = None
         if cache_dir is None and source.parent.joinpath(runs.CONFIG).is_file():
             from nfx.config import RunConfig
 
-            cache_dir = RunConfig.load(source.parent / runs.CONFIG).data.cache_dir
+            cache_dir = RunConfig.read_run(source.parent / runs.CONFIG).data.cache_dir
         with printer.progress(2 * len(paths), "decoding + predicting") as bar:
             probs, bad = predictor.predict_files(paths, cache_dir, on_decoded=bar.advance, on_batch=bar.advance)
     else:

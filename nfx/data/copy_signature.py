@@ -1,0 +1,95 @@
+"""The signature of a decoded image for finding copies, and its 8 orientations (pure numpy).
+
+The grey image squished to a 32×32 thumbnail (Gaussian pyramid, bilinear to 128, 4×4 block
+means), its 2-D DCT-II (orthonormal) and the 16×16 lowest frequencies kept. Why this measure and
+how the orientations are sign flips and a transpose of it: nfx.data.copies. Used by the decode
+cache (one signature per image), the candidate search (nfx.data.copy_search) and the grouping
+(nfx.data.copies). Must not import torch, fastai or pydicom.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+THUMB = 32  # thumbnail side (px)
+MID = 128  # the thumbnail is made from a MID×MID (bilinear) reduction: see thumbnail()
+LOW = 16  # DCT block kept as the signature: LOW×LOW coefficients
+SIG_VERSION = 2  # 1: area resize straight to 32×32; 2: thumbnail() via a 128 px bilinear reduction
+FLAT_STD = 0.004  # low-passed thumbnail std below this: no contrast, no signature
+
+
+def _dct_matrix(n: int) -> np.ndarray:
+    k = np.arange(n)[:, None]
+    x = np.arange(n)[None, :]
+    m = np.cos(np.pi * (2 * x + 1) * k / (2 * n)) * np.sqrt(2.0 / n)
+    m[0] /= np.sqrt(2.0)
+    return m
+
+
+_D = _dct_matrix(THUMB)[:LOW]  # LOW × THUMB
+
+
+def thumbnail(img: np.ndarray) -> np.ndarray:
+    """Grey THUMB×THUMB float32 thumbnail of a decoded image (any H×W[×C]): Gaussian halvings
+    (cv2.pyrDown) while the short side is ≥ 2 × MID, bilinear to MID×MID (now at most a 2×
+    reduction, so little aliasing), then exact 4×4 block means to THUMB×THUMB. The grey mean is
+    taken last, over 32×32 pixels. Measured against area averaging straight to 32×32 (the first
+    definition): correlation ≥ 0.996 on the brain MRI files at 40–60 % of the time
+    (cv2's area resize is slow for non-integer factors)."""
+    import cv2
+
+    a = np.asarray(img, dtype=np.float32)
+    while min(a.shape[:2]) >= 2 * MID:
+        a = cv2.pyrDown(a)
+    if min(a.shape[:2]) >= MID:
+        a = cv2.resize(a, (MID, MID), interpolation=cv2.INTER_LINEAR)
+    interp = cv2.INTER_AREA if min(a.shape[:2]) >= THUMB else cv2.INTER_LINEAR
+    t = cv2.resize(a, (THUMB, THUMB), interpolation=interp)
+    return t.mean(axis=2) if t.ndim == 3 else t
+
+
+def signature(img: np.ndarray) -> np.ndarray:
+    """The LOW×LOW low-frequency DCT block of the image's thumbnail, float16."""
+    t = thumbnail(img).astype(np.float64)
+    return (_D @ t @ _D.T).astype(np.float16)
+
+
+def unit_vectors(sigs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N×LOW×LOW float32 signatures with DC removed and unit length, bool mask of usable ones)."""
+    s = np.asarray(sigs, dtype=np.float32).reshape(-1, LOW, LOW).copy()
+    s[:, 0, 0] = 0.0
+    norm = np.sqrt((s.astype(np.float64) ** 2).sum(axis=(1, 2)))
+    ok = norm / THUMB > FLAT_STD  # Parseval: the AC energy is THUMB² × variance
+    s[ok] /= norm[ok, None, None].astype(np.float32)
+    s[~ok] = 0.0
+    return s, ok
+
+
+_SIGN = np.where(np.arange(LOW) % 2 == 0, 1.0, -1.0).astype(np.float32)
+
+
+def orient(v: np.ndarray, k: int) -> np.ndarray:
+    """Orientation k (0–7) of signatures (…×n×n DCT blocks, n ≤ LOW): identity, the mirrors,
+    180°, then the transpose-based ones (90°, 270°, the two diagonal mirrors). A flip along y
+    multiplies row k by (-1)^k, along x column k; a transpose swaps the axes."""
+    return (np.swapaxes(v, -1, -2) if k >= 4 else v) * mask(v.shape[-1], k)
+
+
+def mask(n: int, k: int) -> np.ndarray:
+    """The sign pattern orientation k multiplies an n×n DCT block by (after the transpose for k ≥ 4)."""
+    s = _SIGN[:n]
+    rows, cols = s[:, None], s[None, :]
+    return (np.ones((n, n), np.float32), cols, rows, rows * cols)[k % 4]
+
+
+def orientations(v: np.ndarray) -> list[np.ndarray]:
+    """The 8 rotations/mirrors of signatures (see orient)."""
+    return [orient(v, k) for k in range(8)]
+
+
+def correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Best correlation of two signatures over the 8 orientations (0 when either is flat)."""
+    (va, vb), ok = unit_vectors(np.stack([a, b]))
+    if not ok.all():
+        return 0.0
+    return float(max((o * vb).sum() for o in orientations(va)))
