@@ -10,10 +10,13 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nfx.evaluate import metric_table
 from nfx.evaluate.metric_table import fmt
+
+if TYPE_CHECKING:
+    from nfx.evaluate.result import Evaluation
 
 
 class Bar:
@@ -195,7 +198,7 @@ def _escape(text: str) -> str:
 # --------------------------------------------------------------------------------------------
 # the final table each command prints
 # --------------------------------------------------------------------------------------------
-def show_evaluation(p: Printer, ev: dict[str, Any], run_dir: Any) -> None:
+def show_evaluation(p: Printer, ev: Evaluation, run_dir: Any) -> None:
     from pathlib import Path
 
     rows: list[tuple[str, Any]] = [("data", f"{ev['data']} ({ev['n_images']} images, {ev['n_patients']} patients)")]

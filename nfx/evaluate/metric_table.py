@@ -14,7 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from nfx.evaluate.result import Evaluation
 
 REPORT, CONSOLE, CARD = "report", "console", "card"
 EVERYWHERE = frozenset({REPORT, CONSOLE, CARD})
@@ -74,12 +77,12 @@ def threshold_text(v: Any) -> str:
     return "n/a" if v is None else f"{v:.4g}"
 
 
-def value(m: Metric, ev: dict[str, Any]) -> str:
+def value(m: Metric, ev: Evaluation) -> str:
     """The metric's value with its interval, as every table shows it."""
     return fmt(ev.get(m.key), m.pct) + (fmt_ci(ev.get(m.ci), m.pct) if m.ci else "")
 
 
-def label(m: Metric, ev: dict[str, Any]) -> str:
+def label(m: Metric, ev: Evaluation) -> str:
     binary = ev.get("positive_class") is not None
     text = m.label if binary or not m.multiclass_label else m.multiclass_label
     if "{" in text:
@@ -87,7 +90,7 @@ def label(m: Metric, ev: dict[str, Any]) -> str:
     return text
 
 
-def rows(ev: dict[str, Any], where: str, keep: Callable[[Metric], bool] = lambda m: True) -> list[tuple[str, str]]:
+def rows(ev: Evaluation, where: str, keep: Callable[[Metric], bool] = lambda m: True) -> list[tuple[str, str]]:
     """(label, value) of each metric shown `where` that applies to `ev` (binary-only ones need a
     positive class; a metric missing from `ev` is left out)."""
     binary = ev.get("positive_class") is not None

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import base64
 import html
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nfx.evaluate import metric_table
 from nfx.evaluate.metric_table import fmt, threshold_text
+
+if TYPE_CHECKING:
+    from nfx.evaluate.result import Evaluation
 
 PLOT_TITLES = {
     "roc": "ROC curve with 95% patient-bootstrap band",
@@ -29,7 +32,7 @@ def op_threshold(o: dict[str, Any]) -> str:
     return "per fold " + " / ".join(f"{t:.3g}" for t in per) if per else threshold_text(o.get("threshold"))
 
 
-def _sections(ev: dict[str, Any]) -> list[tuple[str, list[str] | list[list[str]], str]]:
+def _sections(ev: Evaluation) -> list[tuple[str, list[str] | list[list[str]], str]]:
     """The report as (title, content, kind) blocks shared by the Markdown and HTML renderers.
     kind: 'list' (bullet lines), 'table' (first row = header), 'text'."""
     prov = ev.get("provenance", {})
@@ -103,7 +106,7 @@ def _sections(ev: dict[str, Any]) -> list[tuple[str, list[str] | list[list[str]]
     return blocks
 
 
-def render_markdown(ev: dict[str, Any]) -> str:
+def render_markdown(ev: Evaluation) -> str:
     lines = [f"# nfx evaluation — {ev.get('run', '')}", ""]
     for title, content, kind in _sections(ev):
         if title:
@@ -137,7 +140,7 @@ figcaption{font-size:.85em;color:#555;text-align:center}img{display:block;max-wi
 """
 
 
-def render_html(ev: dict[str, Any], images: dict[str, bytes]) -> str:
+def render_html(ev: Evaluation, images: dict[str, bytes]) -> str:
     """Self-contained HTML: `images` maps a plot name to its PNG bytes, embedded inline."""
     e = html.escape
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',

@@ -8,13 +8,9 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 from typing import Any
 
-import torch
-
 from nfx import runs
-from nfx.config import RunConfig
 from nfx.train.callbacks import EpochLog, RichProgress
 from nfx.train.checkpoint import (
     BEST,
@@ -25,6 +21,7 @@ from nfx.train.checkpoint import (
     load_opt_state,
     save_state_dict,
 )
+from nfx.train.job import TrainingJob
 from nfx.train.learner import build_learner
 
 HISTORY_FIELDS = ["epoch", "phase", "train_loss", "valid_loss", "valid_accuracy", "valid_roc_auc",
@@ -35,13 +32,14 @@ def default_monitor(num_classes: int) -> str:
     return "valid_roc_auc" if num_classes == 2 else "valid_loss"
 
 
-def fit(cfg: RunConfig, model, prep, *, train, valid, num_classes: int, device: torch.device,
-        precision: str, run_dir: Path, printer, resume: dict[str, Any] | None = None
-        ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def fit(job: TrainingJob, printer) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Train `job` (nfx.train.job): its config sections say how; returns (history rows, final metrics)."""
     from fastai.torch_core import set_seed
 
     from nfx.data.dataloaders import class_weights, make_dataloaders
 
+    cfg, model, device, run_dir, resume = job.cfg, job.model, job.device, job.run_dir, job.resume
+    num_classes, train, valid = job.num_classes, job.train, job.valid
     t = cfg.train
     if not t.resolved:
         raise ValueError("fit() needs a resolved schedule: call nfx.config.resolve_schedule first")
@@ -49,12 +47,13 @@ def fit(cfg: RunConfig, model, prep, *, train, valid, num_classes: int, device: 
     workers = cfg.data.num_workers
     if workers is None:
         workers = 0 if device.type == "cpu" else min(8, os.cpu_count() or 1)
-    dls = make_dataloaders(train, valid, bs=t.bs, mean=prep.mean, std=prep.std, aug=cfg.data.aug,
+    dls = make_dataloaders((train.entries, train.labels), (valid.entries, valid.labels), bs=t.bs,
+                           mean=job.preprocessing.mean, std=job.preprocessing.std, aug=cfg.data.aug,
                            flip=cfg.data.flip, num_workers=workers, device=device, seed=t.seed,
                            balance=t.balance, n_classes=num_classes, accum=t.accum * t.world_size)
-    w = build_learner(dls, model, num_classes=num_classes, wd=t.wd, precision=precision,
+    w = build_learner(dls, model, num_classes=num_classes, wd=t.wd, precision=job.precision,
                       accum=t.accum, agc=t.agc, device=device,
-                      class_weights=class_weights(train[1], num_classes) if t.balance == "loss" else None,
+                      class_weights=class_weights(train.labels, num_classes) if t.balance == "loss" else None,
                       agc_mode=t.agc_mode, persample_chunk=t.persample_chunk, compile_model=t.compile,
                       persample_impl=t.persample_impl, note=printer.note)
     learn = w.learn

@@ -13,6 +13,7 @@ from nfx.config import EvaluateConfig
 from nfx.console import Printer, Scoped
 from nfx.errors import DataError
 from nfx.evaluate.cautions import evaluation_warnings
+from nfx.evaluate.result import Evaluation
 from nfx.workflows.loading import LoadedRun, load_run
 from nfx.workflows.scoring import (
     clip_fractions,
@@ -27,7 +28,7 @@ from nfx.workflows.scoring import (
 def evaluate(run_dir: str | Path, data: str | None = None, printer: Printer | None = None,
              threshold: float | None = None, n_bootstrap: int = 1000, *, split: str = "valid",
              tta: bool = False, target_sensitivity: float | None = None, per_patient: bool = False,
-             plots: bool = True) -> dict[str, Any]:
+             plots: bool = True) -> Evaluation:
     """Evaluate a run on its validation/test split or on a DATA folder.
 
     Writes evaluation.json, predictions.csv, plots/*.png, report.md and report.html into the run

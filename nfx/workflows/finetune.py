@@ -17,6 +17,7 @@ from nfx.console import Printer
 from nfx.data.split import split_counts
 from nfx.errors import DataError, RunError
 from nfx.records import MODEL_INFO, InputSpec, ModelInfo
+from nfx.train.job import Selection, TrainingJob
 from nfx.workflows.splitting import split, write_splits
 
 
@@ -58,14 +59,15 @@ def _finetune(cfg: RunConfig, printer: Printer) -> RunResult:
     sigs = signatures(entries)
     split_of = split(cfg, samples, printer, run_dir, sigs=sigs)
     counts = write_splits(samples, split_of, run_dir, printer, sigs=sigs)
-    train, valid = select(cfg, samples, entries, split_of, disc.classes)
+    train, valid = select(cfg, [s.label for s in samples], entries, split_of, disc.classes,
+                          user_splits=any(s.split for s in samples))
     info = ModelInfo(arch=cfg.model.arch, classes=tuple(disc.classes), weights_source=prep.weights_source,
                      input=InputSpec(size=cfg.data.size, mean=tuple(prep.data.mean), std=tuple(prep.data.std),
                                      resize=cfg.data.resize, frame=cfg.data.frame,
                                      voi=cfg.data.voi_fallback))
     info.write(run_dir)
-    return train_run(cfg, prep.model, prep.data, info, train, valid, prep.device, prep.precision, run_dir, printer,
-                     counts, t_start, prep.notes)
+    return train_run(TrainingJob(cfg, prep.model, prep.data, info, train, valid, prep.device, prep.precision,
+                                 run_dir, counts, prep.notes, t_start=t_start), printer)
 
 
 @dataclass
@@ -131,11 +133,13 @@ def create_run_folder(cfg: RunConfig, precision: str) -> tuple[RunConfig, Path]:
     return cfg, run_dir
 
 
-def select(cfg: RunConfig, samples, entries, split_of: list[str], classes: list[str]):
-    """(train, valid) as (cache entries, class indices); refuses an empty validation split and a
-    training split smaller than one batch."""
+def select(cfg: RunConfig, labels: list[str], entries, split_of: list[str], classes: list[str],
+           user_splits: bool = False) -> tuple[Selection, Selection]:
+    """The train and valid selections (cache entries, class indices) of every image's label and split;
+    refuses an empty validation split, a training split smaller than one batch and a class missing
+    from either. The one selection of fresh, resumed and fold runs."""
     cls_idx = {c: i for i, c in enumerate(classes)}
-    sel = {sp: [i for i in range(len(samples)) if split_of[i] == sp] for sp in ("train", "valid")}
+    sel = {sp: [i for i in range(len(labels)) if split_of[i] == sp] for sp in ("train", "valid")}
     if not sel["valid"]:
         raise DataError(f"{cfg.data.path}: the validation split is empty; add images or raise --valid-pct")
     if len(sel["train"]) < cfg.train.bs:
@@ -145,53 +149,51 @@ def select(cfg: RunConfig, samples, entries, split_of: list[str], classes: list[
         )
     from collections import Counter
 
-    per_class = Counter(s.label for s in samples)
+    per_class = Counter(labels)
     few = sorted(c for c in classes if per_class[c] < 2)
-    if few and not any(s.split for s in samples):
+    if few and not user_splits:
         raise DataError(f"{cfg.data.path}: class {few[0]!r} has {per_class[few[0]]} image(s); a class needs at "
                         "least 2 (one to train on, one to validate); add images or remove the class")
-    in_train = {samples[i].label for i in sel["train"]}
+    in_train = {labels[i] for i in sel["train"]}
     for c in classes:
         if c not in in_train:
             raise DataError(f"{cfg.data.path}: class {c!r} has no training images (its {per_class[c]} image(s) are all in "
                             "the validation/test split); add training images of it, or remove the class")
-    in_valid = {samples[i].label for i in sel["valid"]}
+    in_valid = {labels[i] for i in sel["valid"]}
     for c in classes:  # its accuracy would count nothing and ROC AUC / the checkpoint monitor be undefined
         if c not in in_valid:
             fix = ("add validation images of it (valid/<class>/) or let nfx split (no train/valid folders)"
-                   if any(s.split for s in samples) else "raise --valid-pct or add images of it")
+                   if user_splits else "raise --valid-pct or add images of it")
             raise DataError(f"{cfg.data.path}: class {c!r} has no validation images (its {per_class[c]} image(s) "
                             f"are all in the training split); {fix}")
-    return tuple(([entries[i] for i in sel[sp]], [cls_idx[samples[i].label] for i in sel[sp]])
+    return tuple(Selection([entries[i] for i in sel[sp]], [cls_idx[labels[i]] for i in sel[sp]])
                  for sp in ("train", "valid"))
 
 
-def train_run(cfg, model, prep, model_info, train, valid, device, precision, run_dir, printer, counts,
-              t_start, notes, resume=None) -> RunResult:
+def train_run(job: TrainingJob, printer: Printer) -> RunResult:
+    """Train the job (nfx.train.fit) and write metrics.json."""
     from nfx.train.fit import fit
 
-    history, final = fit(
-        cfg, model, prep, train=train, valid=valid, num_classes=model_info.num_classes,
-        device=device, precision=precision, run_dir=run_dir, printer=printer, resume=resume,
-    )
+    history, final = fit(job, printer)
+    cfg = job.cfg
     metrics = {
         **final,
-        "arch": model_info.arch,
-        "weights_source": model_info.weights_source,
-        "precision": precision,
-        "device": str(device),
+        "arch": job.info.arch,
+        "weights_source": job.info.weights_source,
+        "precision": job.precision,
+        "device": str(job.device),
         "effective_batch_size": cfg.train.effective_batch_size,
         "agc": cfg.train.agc,
         "agc_mode": cfg.train.agc_mode,
-        "splits": counts,
-        "seconds": round(time.time() - t_start, 1),
+        "splits": job.counts,
+        "seconds": round(time.time() - job.t_start, 1),
     }
     import torch
 
-    if device.type == "cuda":
-        metrics["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-    runs.atomic_write_json(run_dir / runs.METRICS, metrics)
-    return RunResult(run_dir, metrics, history, notes)
+    if job.device.type == "cuda":
+        metrics["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated(job.device) / 2**20, 1)
+    runs.atomic_write_json(job.run_dir / runs.METRICS, metrics)
+    return RunResult(job.run_dir, metrics, history, job.notes)
 
 
 def resume(run_dir: str | Path, printer: Printer | None = None) -> RunResult:
@@ -252,17 +254,15 @@ def _resume(run_dir: Path, printer: Printer) -> RunResult:
     if bad:
         raise DataError(f"{bad[0][0]}: {bad[0][1]} (a file of this run changed or vanished; "
                         "restore the data folder to resume)")
-    classes = list(info.classes)
-    pick = {sp: [i for i, r in enumerate(rows) if r["split"] == sp] for sp in ("train", "valid")}
-    train = ([entries[i] for i in pick["train"]], [classes.index(rows[i]["label"]) for i in pick["train"]])
-    valid = ([entries[i] for i in pick["valid"]], [classes.index(rows[i]["label"]) for i in pick["valid"]])
+    train, valid = select(cfg, [r["label"] for r in rows], entries, [r["split"] for r in rows], list(info.classes),
+                          user_splits=True)
     prep = Preprocessing(spec.size, spec.size, spec.mean, spec.std, "")
     model = build_for_inference(info.arch, info.num_classes)
     device = resolve_device()
     precision = resolve_precision(cfg.train.precision, device, printer.warn)
     counts = split_counts([r["patient"] for r in rows], [r["split"] for r in rows])
-    return train_run(cfg, model, prep, info, train, valid, device, precision, run_dir, printer, counts,
-                     t_start, [], resume=ckpt)
+    return train_run(TrainingJob(cfg, model, prep, info, train, valid, device, precision, run_dir, counts,
+                                 resume=ckpt, t_start=t_start), printer)
 
 
 def discover_data(cfg: RunConfig, printer: Printer):

@@ -20,7 +20,6 @@ import statistics
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from nfx import runs
@@ -182,6 +181,7 @@ def _start_fold(cfg: RunConfig, parent: Path, rows: list[dict[str, str]], entrie
     import shutil
 
     from nfx.data.split import split_counts
+    from nfx.train.job import TrainingJob
     from nfx.workflows.finetune import prepare, select, train_run
 
     d = fold_dir(parent, f)
@@ -205,12 +205,11 @@ def _start_fold(cfg: RunConfig, parent: Path, rows: list[dict[str, str]], entrie
     except (OSError, ValueError):
         pass
     runs.atomic_write_json(d / runs.SPLIT_SUMMARY, summary)
-    samples = [SimpleNamespace(path=r["path"], label=r["label"], split=None) for r in rows]
-    train, valid = select(fcfg, samples, entries, split_of, list(info.classes))
+    train, valid = select(fcfg, [r["label"] for r in rows], entries, split_of, list(info.classes))
     prep = prepared or prepare(fcfg, info.num_classes, Printer(quiet=True))
     counts = split_counts([r["patient"] or None for r in rows], split_of)
-    res = train_run(fcfg, prep.model, prep.data, info, train, valid, prep.device, prep.precision, d, printer,
-                    counts, time.time(), prep.notes)
+    res = train_run(TrainingJob(fcfg, prep.model, prep.data, info, train, valid, prep.device, prep.precision, d,
+                                counts, prep.notes), printer)
     return res.metrics
 
 

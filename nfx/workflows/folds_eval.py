@@ -17,6 +17,7 @@ from nfx import runs
 from nfx.config import EvaluateConfig, RunConfig
 from nfx.console import Printer, Scoped
 from nfx.errors import DataError
+from nfx.evaluate.result import Evaluation
 from nfx.records import ModelInfo
 from nfx.workflows.folds import FOLDS
 from nfx.workflows.scoring import eval_probs
@@ -24,7 +25,7 @@ from nfx.workflows.scoring import eval_probs
 
 def evaluate_folds(parent: str | Path, data: str | None = None, printer: Printer | None = None,
                    threshold: float | None = None, n_bootstrap: int = 1000, *, split: str = "valid", tta: bool = False,
-                   target_sensitivity: float | None = None, plots: bool = True) -> dict[str, Any]:
+                   target_sensitivity: float | None = None, plots: bool = True) -> Evaluation:
     """Out-of-fold metrics (split 'valid'), or the fold ensemble on the user's test split
     (split 'test') or on a DATA folder; written into the parent like a single run's evaluation."""
     from nfx.evaluate.metrics import evaluate_predictions, operating_point, positive_index
