@@ -210,8 +210,8 @@ def show_evaluation(p: Printer, ev: Evaluation, run_dir: Any) -> None:
             from nfx.evaluate.report import op_threshold
 
             rows.append(("Youden threshold", f"{op_threshold(yd)} (chosen on {yd['chosen_on']}): "
-                                             f"sensitivity {fmt(yd['sensitivity'], True)}, "
-                                             f"specificity {fmt(yd['specificity'], True)}"))
+                                             f"sensitivity {fmt(yd['sensitivity'])}, "
+                                             f"specificity {fmt(yd['specificity'])}"))
     folds = ev.get("folds") or {}
     if folds:
         rows.append((f"per fold ({folds['k']})", f"accuracy {_pm(folds['accuracy_mean'], folds['accuracy_sd'])}, "

@@ -103,8 +103,8 @@ def test_a_registered_metric_reaches_report_console_and_card(dummies, capsys):
     text = card.render({"classes": ["a", "b"], "arch": "x", "input_size": 64}, {"train": {}}, {}, ev,
                        {"onnx": "m.onnx", "max_abs_diff": 0.0})
     assert f"| {want} | 0.500 (95% CI 0.200–0.700) |" in text
-    # sensitivity reads the same everywhere: a percentage with its label
-    assert "| sensitivity (b, threshold 0.5) | 50.0% |" in md and "50.0%" in text
+    # sensitivity reads the same everywhere: a proportion with three decimals
+    assert "| sensitivity (b, threshold 0.5) | 0.500 |" in md and "| sensitivity (b, threshold 0.5) | 0.500 |" in text
 
 
 def test_the_readme_example_registers_working_variants(tiny_data, tmp_path):

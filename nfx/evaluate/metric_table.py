@@ -5,9 +5,9 @@ metric rows from `METRICS` with `rows()`, and the per-patient table takes the en
 `patient_level`. Adding a metric = one entry here (plus computing it in nfx/evaluate/metrics.py);
 every place that shows metrics picks it up with one label and one format.
 
-Formats: proportions of patients or images that a clinician reads as rates (sensitivity,
-specificity, PPV, NPV) as percentages; scores (accuracy, AUCs, F1, MCC, ECE, Brier) with three
-decimals. Intervals: "(95% CI lo–hi)" in the metric's own format.
+Format: every metric as a proportion with three decimals (sensitivity 0.912, not 91.2 %), the same in
+the report, the console and MODEL.md; `pct=True` shows a metric as a percentage everywhere instead.
+Intervals: "(95% CI lo–hi)" in the metric's own format.
 """
 
 from __future__ import annotations
@@ -40,11 +40,11 @@ METRICS: list[Metric] = [
     Metric("balanced_accuracy", "balanced accuracy"),
     Metric("roc_auc", "ROC AUC", ci="roc_auc_ci", multiclass_label="ROC AUC (one-vs-rest macro)", patient_level=True),
     Metric("pr_auc", "PR AUC (average precision)", where=frozenset({REPORT})),
-    Metric("sensitivity", "sensitivity ({positive_class}, threshold {threshold})", pct=True, ci="sensitivity_ci",
+    Metric("sensitivity", "sensitivity ({positive_class}, threshold {threshold})", ci="sensitivity_ci",
            binary=True, patient_level=True),
-    Metric("specificity", "specificity", pct=True, ci="specificity_ci", binary=True, patient_level=True),
-    Metric("ppv", "PPV", pct=True, binary=True, where=frozenset({REPORT, CARD})),
-    Metric("npv", "NPV", pct=True, binary=True, where=frozenset({REPORT, CARD})),
+    Metric("specificity", "specificity", ci="specificity_ci", binary=True, patient_level=True),
+    Metric("ppv", "PPV", binary=True, where=frozenset({REPORT, CARD})),
+    Metric("npv", "NPV", binary=True, where=frozenset({REPORT, CARD})),
     Metric("f1", "F1", multiclass_label="F1 (macro)", where=frozenset({REPORT})),
     Metric("mcc", "MCC", where=frozenset({REPORT})),
     Metric("ece", "ECE (calibration error)", where=EVERYWHERE),

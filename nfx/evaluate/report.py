@@ -61,8 +61,8 @@ def _sections(ev: Evaluation) -> list[tuple[str, list[str] | list[list[str]], st
         rows = [["operating point", "threshold", "chosen on", "sensitivity", "specificity", "PPV", "NPV",
                  "F1", "MCC"]]
         for name, o in ops.items():
-            rows.append([name, op_threshold(o), o.get("chosen_on", ""), fmt(o["sensitivity"], True),
-                         fmt(o["specificity"], True), fmt(o["ppv"], True), fmt(o["npv"], True), fmt(o["f1"]),
+            rows.append([name, op_threshold(o), o.get("chosen_on", ""), fmt(o["sensitivity"]),
+                         fmt(o["specificity"]), fmt(o["ppv"]), fmt(o["npv"]), fmt(o["f1"]),
                          fmt(o["mcc"])])
         blocks.append(("Operating points", rows, "table"))
     folds = ev.get("folds") or {}
