@@ -216,21 +216,25 @@ def _resume(run_dir: Path, printer: Printer) -> RunResult:
     from nfx.train import distributed
 
     t_start = time.time()
-    run_dir = runs.require_run(Path(run_dir), runs.SPLITS, MODEL_INFO)
-    for folder in (run_dir, run_dir / runs.CKPT_DIR):  # what a kill -9 left half-written
-        runs.remove_stale_temps(folder)
+    from nfx.train.checkpoint import load_last
+
+    run_dir = Path(run_dir)
+    ckpt = None
+    if run_dir.is_dir():
+        for folder in (run_dir, run_dir / runs.CKPT_DIR):  # what a kill -9 left half-written
+            if folder.is_dir():
+                runs.remove_stale_temps(folder)
+        ckpt = load_last(run_dir)
+        if ckpt is None and (run_dir / runs.CONFIG).is_file():  # killed during ingest or its first epoch
+            raise RunError(f"{run_dir}: no checkpoint to resume from (it stopped before finishing an epoch); "
+                           f"start it again with `nfx finetune --config {run_dir / runs.CONFIG}`")
+    run_dir = runs.require_run(run_dir, runs.SPLITS, MODEL_INFO)
     cfg = RunConfig.read_run(run_dir / runs.CONFIG)
     if cfg.train.world_size != distributed.env_world_size():
         raise RunError(f"{run_dir}: trained on {cfg.train.world_size} process(es), resumed on "
                        f"{distributed.env_world_size()}; resume with the launch it started with "
                        f"(e.g. torchrun --nproc_per_node {cfg.train.world_size} -m nfx finetune --resume {run_dir})")
     info = ModelInfo.read(run_dir)
-    from nfx.train.checkpoint import load_last
-
-    ckpt = load_last(run_dir)
-    if ckpt is None:
-        raise RunError(f"{run_dir}: no checkpoint to resume from (it stopped before finishing an epoch); "
-                       f"start it again with `nfx finetune --config {run_dir / runs.CONFIG}`")
     if not cfg.train.resolved:  # a run from before the schedule was recorded: its values are explicit
         from nfx.config import resolve_schedule
 

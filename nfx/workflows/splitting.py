@@ -41,7 +41,9 @@ def check_copies(cfg: RunConfig, samples, sigs, printer: Printer) -> tuple[list[
         msg = (f"{len(conflicts)} group(s) of copies of one image carry different labels ({n_img} images; "
                f"e.g. {_pair(samples, conflicts[0])})")
         if not cfg.data.allow_duplicate_leak:
-            raise DataError(f"{msg}; correct the labels or remove the copies, or pass --allow-duplicate-leak")
+            raise DataError(f"{msg}; correct the labels or remove the copies, or pass --allow-duplicate-leak (also when "
+                            "they are distinct images of one fixed layout that look alike at low resolution: "
+                            "docs/COPIES.md)")
         printer.warn(f"{msg}; allowed by --allow-duplicate-leak, recorded in split_summary.json")
     if sets:
         printer.info(f"copies: {summary['images_in_groups']} images are copies of another (other size, encoding, "
