@@ -25,6 +25,12 @@ NF_FROM_SCRATCH_NOTE = ("measured on real sets of a few hundred images (docs/COM
                         "regnety_004, or pass --weights")
 
 
+BN_AT_BS1_DROP = "0.15-0.27"  # resnet18, brain MRI and ELPV, docs/COMPARE.md
+BN_AT_BS1_NOTE = ("measured on two real sets (docs/COMPARE.md): BatchNorm in train mode at micro-batch 1 lost "
+                  "{drop} accuracy against the same net at micro-batch 32, under the same accumulation to an "
+                  "effective batch of 32; pass --bn frozen (BatchNorm in eval mode), --bs 2 or more, or an NF net")
+
+
 def check_policy(policy: str) -> str:
     """`policy` if it is a resize policy, else ValueError naming the valid ones (the one check)."""
     if policy not in RESIZE_POLICIES:

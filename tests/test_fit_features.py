@@ -263,9 +263,30 @@ def test_bn_rules_refuse_clearly_before_training(tiny_data, tmp_path):
 
 def test_bn_frozen_or_64_px_make_micro_batch_1_train(tiny_data, tmp_path):
     """The two ways out the refusal names both run: --bn frozen at 32 px, and train-mode BN at 64 px."""
+    notes: list[str] = []
+
+    class Notes(Printer):
+        def note(self, text):
+            notes.append(text)
+
     frozen = api.finetune(_bn_cfg(tiny_data / "dicom", tmp_path, "f32", size=32, bs=1, accum=2, epochs=1,
-                                  bn="frozen", agc=None), Printer(quiet=True))
+                                  bn="frozen", agc=None), Notes(quiet=True))
     assert np.isfinite(frozen.history[-1]["train_loss"])
+    assert not [n for n in notes if "micro-batch 1 lost" in n]  # frozen BatchNorm: not the measured loser
+
     big = api.finetune(_bn_cfg(tiny_data / "dicom", tmp_path, "t64", size=64, bs=1, accum=2, epochs=1, agc=None),
-                       Printer(quiet=True))
+                       Notes(quiet=True))
     assert np.isfinite(big.history[-1]["train_loss"])
+    # measured to lose: said once when it starts, and recorded for MODEL.md
+    assert [n for n in notes if "BatchNorm in train mode at micro-batch 1 lost" in n]
+    assert big.metrics["batchnorm_layers"] > 0
+    from nfx.export.card import render
+
+    cfg = json.loads((big.run_dir / "config.json").read_text())
+    card = render({"classes": ["a", "b"], "arch": "test_byobnet", "input_size": 64}, cfg, big.metrics, None,
+                  {"onnx": "m.onnx", "max_abs_diff": 0.0})
+    assert "micro-batch 1 with train-mode BatchNorm" in card
+    frozen_cfg = json.loads((frozen.run_dir / "config.json").read_text())
+    assert "micro-batch 1 with train-mode BatchNorm" not in render(
+        {"classes": ["a", "b"], "arch": "test_byobnet", "input_size": 64}, frozen_cfg, frozen.metrics, None,
+        {"onnx": "m.onnx", "max_abs_diff": 0.0})

@@ -107,9 +107,13 @@ def prepare(cfg: RunConfig, num_classes: int, printer: Printer) -> Prepared:
 
         if is_nf(arch):
             printer.note(NF_FROM_SCRATCH_NOTE)
-    from nfx.models.factory import check_batchnorm
+    from nfx.models.factory import batchnorm_layers, check_batchnorm
 
     check_batchnorm(model, arch, cfg.train.bn, cfg.train.bs, cfg.data.size or data.train_size)
+    if cfg.train.bs == 1 and cfg.train.bn == "train" and batchnorm_layers(model):
+        from nfx.records import BN_AT_BS1_DROP, BN_AT_BS1_NOTE
+
+        printer.note(BN_AT_BS1_NOTE.format(drop=BN_AT_BS1_DROP))
     device = resolve_device()
     precision = resolve_precision(cfg.train.precision, device, printer.warn)
     train_cfg, schedule_line = resolve_schedule(cfg.train, from_scratch=weights_source == SCRATCH)
@@ -172,6 +176,7 @@ def select(cfg: RunConfig, labels: list[str], entries, split_of: list[str], clas
 
 def train_run(job: TrainingJob, printer: Printer) -> RunResult:
     """Train the job (nfx.train.fit) and write metrics.json."""
+    from nfx.models.factory import batchnorm_layers
     from nfx.train.fit import fit
 
     history, final = fit(job, printer)
@@ -185,6 +190,7 @@ def train_run(job: TrainingJob, printer: Printer) -> RunResult:
         "effective_batch_size": cfg.train.effective_batch_size,
         "agc": cfg.train.agc,
         "agc_mode": cfg.train.agc_mode,
+        "batchnorm_layers": len(batchnorm_layers(job.model)),  # MODEL.md: the measured BatchNorm regimes
         "splits": job.counts,
         "seconds": round(time.time() - job.t_start, 1),
     }
