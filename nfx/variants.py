@@ -76,8 +76,8 @@ def register_persample_impl(impl: PerSampleImpl) -> PerSampleImpl:
     return impl
 
 
-def choices(registry: dict[str, Any]) -> str:
-    """'a, b or c' from a registry's keys (help texts and error messages)."""
+def choices(registry: Any) -> str:
+    """'a, b or c' from a registry's keys, or any sequence of names (help texts and error messages)."""
     keys = list(registry)
     return keys[0] if len(keys) == 1 else f"{', '.join(keys[:-1])} or {keys[-1]}"
 

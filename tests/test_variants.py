@@ -128,3 +128,10 @@ def test_the_readme_example_registers_working_variants(tiny_data, tmp_path):
         variants.AGC_MODES.pop("loose", None)
         variants.AUG_PRESETS.pop("grid", None)
         metric_table.METRICS[:] = [m for m in metric_table.METRICS if m.key != "youden_j"]
+
+
+def test_the_per_sample_callback_implements_exactly_the_registered_implementations():
+    """The callback dispatches on its own names; the registry describes them for the CLI and config."""
+    from nfx.train.persample_cb import IMPLEMENTED
+
+    assert set(IMPLEMENTED) == set(variants.PERSAMPLE_IMPLS)

@@ -2,7 +2,6 @@
 `main`. The commands (cli/train.py, cli/runs.py, cli/data.py) register on `app`; nfx.cli imports
 them."""
 
-
 from __future__ import annotations
 
 import logging
@@ -103,7 +102,6 @@ def _main(
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
-# finetune option (parameter name) → (config section, field): the one place the two meet
 def main() -> None:
     import warnings
 

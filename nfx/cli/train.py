@@ -27,16 +27,11 @@ def _by_schedule(field: str) -> str:
     return f"[default: {fine:g} fine-tuning, {scratch:g} from scratch]"
 
 
-def _one_of(values) -> str:
-    values = list(values)
-    return values[0] if len(values) == 1 else f"{', '.join(values[:-1])} or {values[-1]}"
-
-
 def _variants(registry: str) -> str:
     """'a (what a does), b (…) or c (…)' from a registry of nfx.variants: choices and help in one place."""
     from nfx import variants
 
-    return _one_of(f"{k} ({v.help})" for k, v in getattr(variants, registry).items())
+    return variants.choices([f"{k} ({v.help})" for k, v in getattr(variants, registry).items()])
 
 
 def _voi_default() -> str:
@@ -50,14 +45,21 @@ def _help(text: str, section: str, field: str) -> str:
     import re
 
     from nfx import config
+    from nfx.variants import choices
 
     def fill(m: re.Match) -> str:
         key, _, arg = m.group(1).partition(":")
         return {"default": lambda: _default(section, field), "by_schedule": lambda: _by_schedule(field),
                 "voi_default": _voi_default, "variants": lambda: _variants(arg),
-                "one_of": lambda: _one_of(getattr(config, arg))}[key]()
+                "one_of": lambda: choices(getattr(config, arg))}[key]()
 
     return re.sub(r"\{(default|by_schedule|voi_default|variants:\w+|one_of:\w+)\}", fill, text)
+
+
+def typing_optional(t):
+    import typing
+
+    return typing.Optional[t]  # noqa: UP045 - a runtime type for typer, not an annotation
 
 
 def _config_options() -> tuple[dict[str, tuple[str, str]], list]:
@@ -79,7 +81,7 @@ def _config_options() -> tuple[dict[str, tuple[str, str]], list]:
                 continue
             name = cli["param"] or f.name
             flag = cli["flag"] or "--" + f.name.replace("_", "-")
-            kind = typing.Optional[hints[f.name]]  # noqa: UP045 - a runtime type for typer, not an annotation
+            kind = typing_optional(hints[f.name])
             params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=kind,
                                             default=typer.Option(None, flag, help=_help(cli["help"], section, f.name))))
             flags[name] = (section, f.name)
@@ -163,12 +165,6 @@ def _finetune_command():
     command.__annotations__ = {p.name: p.annotation for p in params}
     command.__name__ = "finetune"
     return command
-
-
-def typing_optional(t):
-    import typing
-
-    return typing.Optional[t]  # noqa: UP045 - a runtime type for typer, not an annotation
 
 
 finetune = app.command(name="finetune")(_finetune_command())

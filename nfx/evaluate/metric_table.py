@@ -12,7 +12,6 @@ Intervals: "(95% CI lo–hi)" in the metric's own format.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -90,16 +89,17 @@ def label(m: Metric, ev: Evaluation) -> str:
     return text
 
 
-def rows(ev: Evaluation, where: str, keep: Callable[[Metric], bool] = lambda m: True) -> list[tuple[str, str]]:
-    """(label, value) of each metric shown `where` that applies to `ev` (binary-only ones need a
-    positive class; a metric missing from `ev` is left out)."""
+def _applicable(ev: dict[str, Any]) -> list[Metric]:
+    """The metrics `ev` holds; binary-only ones need a positive class."""
     binary = ev.get("positive_class") is not None
-    return [(label(m, ev), value(m, ev)) for m in METRICS
-            if where in m.where and (binary or not m.binary) and m.key in ev and keep(m)]
+    return [m for m in METRICS if (binary or not m.binary) and m.key in ev]
+
+
+def rows(ev: Evaluation, where: str) -> list[tuple[str, str]]:
+    """(label, value) of each metric shown `where` that applies to `ev`."""
+    return [(label(m, ev), value(m, ev)) for m in _applicable(ev) if where in m.where]
 
 
 def patient_rows(pl: dict[str, Any]) -> list[tuple[str, str]]:
     """The per-patient table's metric rows (labels without the image-level threshold)."""
-    binary = pl.get("positive_class") is not None
-    return [(m.label.split(" (")[0], value(m, pl)) for m in METRICS
-            if m.patient_level and (binary or not m.binary) and m.key in pl]
+    return [(m.label.split(" (")[0], value(m, pl)) for m in _applicable(pl) if m.patient_level]

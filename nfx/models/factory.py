@@ -221,10 +221,10 @@ def batchnorm_layers(model: Any) -> list[Any]:
 BN_MIN_SIZE_AT_BS1 = 64
 
 
-def check_batchnorm(model: Any, arch: str, bn: str, bs: int, size: int) -> None:
+def check_batchnorm(model: Any, arch: str, bn: str, bs: int, size: int) -> bool:
     """The --bn rules that need the model: 'frozen' needs BatchNorm layers; train-mode BatchNorm at
     micro-batch 1 needs inputs of BN_MIN_SIZE_AT_BS1 px (else torch fails mid-epoch with 'Expected more
-    than 1 value per channel')."""
+    than 1 value per channel'). Returns whether the model has BatchNorm layers."""
     has_bn = bool(batchnorm_layers(model))
     if bn == "frozen" and not has_bn:
         raise ConfigError(f"--bn frozen: {arch} has no BatchNorm layers (nothing to freeze); drop --bn frozen")
@@ -232,6 +232,7 @@ def check_batchnorm(model: Any, arch: str, bn: str, bs: int, size: int) -> None:
         raise ConfigError(f"--bs 1 with {arch} (BatchNorm) needs --size {BN_MIN_SIZE_AT_BS1} or more (got {size}): "
                           "batch statistics of one image over a 1 x 1 feature map are undefined; raise --size, "
                           "raise --bs, or pass --bn frozen")
+    return has_bn
 
 
 def no_decay_params(model: Any) -> list[Any]:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from nfx import runs
+from nfx.config import BN_MODES
 from nfx.errors import ConfigError, RunError
 
 CELLS = "cells"
@@ -65,7 +66,7 @@ class CompareConfig:
             raise ConfigError(f"--epochs must be >= 1 (got {self.epochs})")
         if self.size < 32:
             raise ConfigError(f"--size must be >= 32 px (got {self.size})")
-        if not self.bn or set(self.bn) - {"train", "frozen"}:
+        if not self.bn or set(self.bn) - set(BN_MODES):
             raise ConfigError(f"--bn {','.join(self.bn)}: expected train, frozen or train,frozen")
         if self.folds is not None and self.folds < 2:
             raise ConfigError(f"--folds must be >= 2 (got {self.folds})")

@@ -107,10 +107,10 @@ def prepare(cfg: RunConfig, num_classes: int, printer: Printer) -> Prepared:
 
         if is_nf(arch):
             printer.note(NF_FROM_SCRATCH_NOTE)
-    from nfx.models.factory import batchnorm_layers, check_batchnorm
+    from nfx.models.factory import check_batchnorm
 
-    check_batchnorm(model, arch, cfg.train.bn, cfg.train.bs, cfg.data.size or data.train_size)
-    if cfg.train.bs == 1 and cfg.train.bn == "train" and batchnorm_layers(model):
+    has_bn = check_batchnorm(model, arch, cfg.train.bn, cfg.train.bs, cfg.data.size or data.train_size)
+    if has_bn and cfg.train.bs == 1 and cfg.train.bn == "train":
         from nfx.records import BN_AT_BS1_DROP, BN_AT_BS1_NOTE
 
         printer.note(BN_AT_BS1_NOTE.format(drop=BN_AT_BS1_DROP))
