@@ -36,7 +36,7 @@ step() {  # step NAME SECONDS COMMAND...
 }
 step gpu-tests 60 "$PY" -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider
 step agc 90 "$PY" benchmarks/bench_agc.py
-step train 180 "$PY" benchmarks/bench_train.py --gpu-suite
+step train 180 "$PY" benchmarks/bench_train.py --gpu-suite --rounds 1
 step persample 120 "$PY" benchmarks/bench_persample.py --models nf_resnet26,eca_nfnet_l0,dm_nfnet_f0
 step inference 60 "$PY" benchmarks/bench_inference.py
 if [ "$NGPU" -ge 2 ]; then

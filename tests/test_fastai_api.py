@@ -245,6 +245,10 @@ def test_nf_learner_keeps_timm_head_exempts_gains_from_decay_and_normalises():
 
     dls = _png_dls(bs=8)
     learn = nf_learner(dls, "test_nfnet", pretrained=False)
+    from nfx.train.optim import FusedAdam
+
+    learn.create_opt()
+    assert isinstance(learn.opt, FusedAdam)  # fastai's Adam, fused steps (tests/test_optim.py)
     assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in learn.model.modules())
     assert any(isinstance(cb, AGC) for cb in learn.cbs) and any(isinstance(cb, NoDecay) for cb in learn.cbs)
     assert any(isinstance(t, Normalize) for t in dls.after_batch.fs)

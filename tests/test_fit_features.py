@@ -185,6 +185,9 @@ def test_compile_is_in_place_and_keeps_state_dict_keys():
     w = build_learner(dls, model, num_classes=2, wd=0.0, precision="fp32", accum=1, agc=0.1,
                       device=torch.device("cpu"), compile_model=True)
     assert w.learn.model is model and list(model.state_dict()) == keys
+    from nfx.train.optim import FusedAdam
+
+    assert isinstance(w.learn.opt, FusedAdam)  # the default optimizer on every device, CPU included
     compiled = getattr(model, "_compiled_call_impl", None)
     assert compiled is not None
     # validation runs eager (no recompilation for its batch sizes), training compiled again after

@@ -60,9 +60,7 @@ def build_learner(dls, model, *, num_classes: int, wd: float, precision: str, ac
     from fastai.learner import Learner
     from fastai.losses import CrossEntropyLossFlat
     from fastai.metrics import RocAuc, RocAucBinary, accuracy
-    from fastai.optimizer import Adam
-
-    from nfx.train.optim import foreach_adam
+    from nfx.train.optim import fused_adam
 
     model = model.to(device)
     if device.type == "cuda":
@@ -88,7 +86,7 @@ def build_learner(dls, model, *, num_classes: int, wd: float, precision: str, ac
         cbs.append(agc_cb)
     learn = Learner(
         dls, model, loss_func=CrossEntropyLossFlat(weight=_weights(class_weights, device)),
-        opt_func=opt_func or (foreach_adam if device.type == "cuda" else Adam), metrics=metrics,
+        opt_func=opt_func or fused_adam, metrics=metrics,
         splitter=splitter_for(model), wd=wd, wd_bn_bias=False, train_bn=True, cbs=cbs,
     )
     learn.remove_cb(ProgressCallback)  # rich progress comes from nfx's own callback

@@ -1,17 +1,23 @@
 """fastai's Adam (AdamW: decoupled weight decay, β = (0.9, 0.99), eps 1e-5), stepped with
-torch._foreach kernels.
+torch's fused Adam kernel.
 
 fastai's `Optimizer.step` runs its update functions once per parameter in Python: about six
-small kernels per tensor, i.e. ~1,400 launches per step for dm_nfnet_f0's 231 tensors. This
-subclass keeps fastai's Optimizer (param groups from the splitter, freeze/unfreeze, per-parameter
-`state` with the same keys — `grad_avg`, `sqr_avg`, `step`, `do_wd` — so checkpoints, resume and
-the weight-decay exemptions work unchanged) and only replaces `step` with the same arithmetic
-applied to whole buckets of tensors (same group, same step count, same do_wd, device, dtype).
+small kernels per tensor, i.e. ~1,400 launches per step for dm_nfnet_f0's 231 tensors, each a
+separate pass over memory. This subclass keeps fastai's Optimizer (param groups from the
+splitter, freeze/unfreeze, hyper-parameter schedules, per-parameter `state` with the same keys —
+`grad_avg`, `sqr_avg`, `step`, `do_wd` — so checkpoints, resume and the weight-decay exemptions
+work unchanged) and only replaces `step`: the same arithmetic applied to whole buckets of tensors
+(same group, same step count, same do_wd, device, dtype) by `torch._fused_adamw_`, one pass over
+each tensor, on the CPU as on CUDA. Where no fused kernel exists for a device, `torch._foreach_*`
+kernels do the same steps.
 
-nfx uses it on CUDA only, the policy torch itself follows for `foreach`: on the CPU, big tensors
-are better served one at a time (cache locality). Measured on 2 CPU cores, opt.step() for
-dm_nfnet_f0: fastai Adam 107 ms, this 234 ms, torch's foreach AdamW 183 ms; for nf_resnet26:
-44 / 24 / 22 ms. The GPU gain is not measured yet.
+The arithmetic is fastai's: p ← p·(1 − lr·wd) (if do_wd); m ← β₁m + (1 − β₁)g;
+v ← β₂v + (1 − β₂)g²; p ← p − lr/(1 − β₁ᵗ) · m / (√(v/(1 − β₂ᵗ)) + eps) — torch's AdamW with
+betas=(mom, sqr_mom) computes exactly this (√v/√(1 − β₂ᵗ) is the same quotient); tests/test_optim.py
+checks it against fastai's Adam step by step.
+
+`opt.step()` alone on 2 CPU cores (benchmarks/bench_train.py, docs/BENCHMARKS.md): nf_resnet26
+fastai Adam 68 ms → 11 ms, dm_nfnet_f0 244 ms → 55 ms.
 """
 
 from __future__ import annotations
@@ -30,7 +36,26 @@ from fastai.optimizer import (
 )
 
 
-class ForeachAdam(Optimizer):
+def _fused_available(device: torch.device) -> bool:
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+    return device.type in _get_fused_kernels_supported_devices() and hasattr(torch, "_fused_adamw_")
+
+
+class FusedAdam(Optimizer):
+    """fastai's Optimizer holding fastai Adam's state, stepped by whole buckets of tensors."""
+
+    @torch.no_grad()
+    def zero_grad(self):
+        """fastai's zero_grad (gradients kept, detached and zeroed), one foreach kernel instead of
+        one call per tensor."""
+        grads = [p.grad for p, *_ in self.all_params(with_grad=True)]
+        for g in grads:
+            if g.grad_fn is not None:
+                g.detach_()
+        if grads:
+            torch._foreach_zero_(grads)
+
     @torch.no_grad()
     def step(self, closure=None):
         if closure is not None:
@@ -47,29 +72,37 @@ class ForeachAdam(Optimizer):
                     st["sqr_avg"] = torch.zeros_like(p.grad)
                 key = (int(st.get("step", 0)), bool(st.get("do_wd", True)), p.device, p.dtype)
                 buckets[key].append(p)
-            for (step, do_wd, _dev, _dt), ps in buckets.items():
+            for (step, do_wd, dev, _dt), ps in buckets.items():
                 states = [self.state[p] for p in ps]
                 grads = [p.grad for p in ps]
                 avgs = [s["grad_avg"] for s in states]
                 sqrs = [s["sqr_avg"] for s in states]
-                if do_wd and wd != 0:
-                    torch._foreach_mul_(ps, 1 - lr * wd)
-                torch._foreach_mul_(avgs, mom)
-                torch._foreach_add_(avgs, grads, alpha=1 - mom)
-                torch._foreach_mul_(sqrs, sqr_mom)
-                torch._foreach_addcmul_(sqrs, grads, grads, value=1 - sqr_mom)
                 step += 1
-                debias1 = 1 - mom**step
-                debias2 = 1 - sqr_mom**step
-                denom = torch._foreach_div(sqrs, debias2)
-                torch._foreach_sqrt_(denom)
-                torch._foreach_add_(denom, eps)
-                torch._foreach_addcdiv_(ps, avgs, denom, value=-lr / debias1)
+                decay = wd if do_wd else 0.0
+                if _fused_available(dev):
+                    t = torch.full((), float(step), dtype=torch.float32, device=dev)
+                    torch._fused_adamw_(ps, grads, avgs, sqrs, [], [t] * len(ps), amsgrad=False, lr=lr,
+                                        beta1=mom, beta2=sqr_mom, weight_decay=decay, eps=eps, maximize=False)
+                else:
+                    _foreach_adamw(ps, grads, avgs, sqrs, step, lr, mom, sqr_mom, eps, decay)
                 for s in states:
                     s["step"] = step
 
 
-def foreach_adam(params, lr, mom: float = 0.9, sqr_mom: float = 0.99, eps: float = 1e-5, wd: float = 0.01):
-    """Drop-in for fastai.optimizer.Adam (decouple_wd=True)."""
+def _foreach_adamw(ps, grads, avgs, sqrs, step, lr, mom, sqr_mom, eps, decay):
+    if decay != 0:
+        torch._foreach_mul_(ps, 1 - lr * decay)
+    torch._foreach_mul_(avgs, mom)
+    torch._foreach_add_(avgs, grads, alpha=1 - mom)
+    torch._foreach_mul_(sqrs, sqr_mom)
+    torch._foreach_addcmul_(sqrs, grads, grads, value=1 - sqr_mom)
+    denom = torch._foreach_div(sqrs, 1 - sqr_mom**step)
+    torch._foreach_sqrt_(denom)
+    torch._foreach_add_(denom, eps)
+    torch._foreach_addcdiv_(ps, avgs, denom, value=-lr / (1 - mom**step))
+
+
+def fused_adam(params, lr, mom: float = 0.9, sqr_mom: float = 0.99, eps: float = 1e-5, wd: float = 0.01):
+    """Drop-in for fastai.optimizer.Adam (decouple_wd=True); nfx's default `opt_func`."""
     cbs = [weight_decay, partial(average_grad, dampening=True), average_sqr_grad, step_stat, adam_step]
-    return ForeachAdam(params, cbs, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd)
+    return FusedAdam(params, cbs, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd)
