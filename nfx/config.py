@@ -70,6 +70,8 @@ class ModelConfig:
     arch: str = opt("dm_nfnet_f0", "timm architecture {default}.")
     pretrained: bool = opt(True, "Start from pretrained weights [default: pretrained].", "--pretrained/--no-pretrained")
     weights: str | None = opt(None, "Local weights file (safetensors or state dict) for offline use.")
+    drop_path: float = opt(0.0, "Stochastic depth: the rate of the last block (timm's drop_path_rate) {default}.")
+    dropout: float = opt(0.0, "Dropout before the classifier (timm's drop_rate) {default}.")
 
 
 SCHEDULES = ("fine-tune", "from-scratch")
@@ -98,7 +100,9 @@ class TrainConfig:
     schedule: str | None = opt(None, "fine-tune (head-only warm-up, then the whole network) or from-scratch (no "
                                      "warm-up) [default: from the weights: fine-tune from pretrained or --weights, "
                                      "from-scratch with --no-pretrained].")
-    wd: float = 1e-2
+    wd: float = opt(1e-2, "Weight decay, decoupled (AdamW); gains, biases and norms exempt {default}.")
+    label_smoothing: float = opt(0.0, "Label smoothing of the cross-entropy {default}.")
+    mixup: float = opt(0.0, "MixUp α (fastai's MixUp callback; 0 = off, 0.2-0.4 usual) {default}.")
     agc: float | None = None  # AGC clip factor λ; None = AGC off
     agc_auto: bool = True  # λ was chosen by nfx from the effective batch size
     precision: str = opt("auto", "{one_of:PRECISIONS} {default}.")
@@ -284,7 +288,12 @@ def validate_train(t: TrainConfig) -> None:
         (t.persample_impl in PERSAMPLE_IMPLS, f"--persample-impl must be {choices(PERSAMPLE_IMPLS)} (got {t.persample_impl!r})"),
         (t.monitor is None or t.monitor in MONITORS, f"--monitor {t.monitor!r}: not a metric nfx records; "
                                                       f"choose one of {', '.join(MONITORS)}"),
-        (math.isfinite(t.wd) and t.wd >= 0, f"weight decay must be a finite number >= 0 (got {t.wd})"),
+        (math.isfinite(t.wd) and t.wd >= 0, f"--wd must be a finite number >= 0 (got {t.wd})"),
+        (0 <= t.label_smoothing < 1, f"--label-smoothing must be in [0, 1) (got {t.label_smoothing})"),
+        (math.isfinite(t.mixup) and t.mixup >= 0, f"--mixup must be an α >= 0, e.g. 0.4; 0 = off (got {t.mixup})"),
+        (t.mixup == 0 or t.agc_mode == "batch",
+         f"--mixup with --agc-mode {t.agc_mode}: a mixed sample has no gradient of its own to clip; "
+         "use --agc-mode batch or drop --mixup"),
     ]
     for ok, msg in checks:
         if not ok:
@@ -292,9 +301,11 @@ def validate_train(t: TrainConfig) -> None:
 
 
 def validate(cfg: RunConfig) -> RunConfig:
-    t, dcfg = cfg.train, cfg.data
+    t, dcfg, m = cfg.train, cfg.data, cfg.model
     validate_train(t)
     checks = [
+        (0 <= m.drop_path < 1, f"--drop-path must be in [0, 1), e.g. 0.1 (got {m.drop_path})"),
+        (0 <= m.dropout < 1, f"--dropout must be in [0, 1), e.g. 0.25 (got {m.dropout})"),
         (dcfg.resize in RESIZE, f"--resize must be one of {RESIZE} (got {dcfg.resize!r})"),
         (dcfg.voi_fallback in VOI_FALLBACKS, f"--voi-fallback must be one of {VOI_FALLBACKS} (got {dcfg.voi_fallback!r})"),
         (dcfg.aug in AUG_PRESETS, f"--aug must be {choices(AUG_PRESETS)} (got {dcfg.aug!r})"),

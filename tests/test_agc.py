@@ -114,24 +114,32 @@ def test_mixed_dtypes_in_one_call_and_exact_bf16():
         assert torch.equal(p.grad, q.grad)
 
 
-def test_plan_is_reused_and_rebuilt_when_grads_are_replaced():
+def test_plan_is_reused_rebound_for_new_grads_and_rebuilt_for_new_params():
     ps = _params(seed=3)
     clipper = agc.Clipper()
     clipper(ps, 0.05)
     first = clipper._plan
-    for p in ps:  # a set_to_none optimizer: new gradient tensors next step
+    for p in ps:  # a set_to_none optimizer (nfx's own): new gradient tensors next step
         p.grad = torch.randn_like(p)
     ref = _clone(ps)
     clipper(ps, 0.05)
-    assert clipper._plan is not first  # rebuilt for the new gradient tensors
+    assert clipper._plan is first  # the plan is kept, its gradient lists rebound to the new tensors
     agc.clip_reference_(ref, 0.05)
     for p, q in zip(ps, ref):
-        assert torch.equal(p.grad, q.grad)
+        assert torch.equal(p.grad, q.grad)  # the new gradients were the ones clipped
     before = [p.grad for p in ps]
-    second = clipper._plan
     clipper(ps, 0.05)  # reused plan still writes into the live gradient tensors
-    assert clipper._plan is second
+    assert clipper._plan is first
     assert all(p.grad is g for p, g in zip(ps, before))
+    some = ps[1:5]  # another parameter list: a new plan
+    for p in some:
+        p.grad = torch.randn_like(p) * 3
+    ref = _clone(some)
+    clipper(some, 0.05)
+    assert clipper._plan is not first
+    agc.clip_reference_(ref, 0.05)
+    for p, q in zip(some, ref):
+        assert torch.equal(p.grad, q.grad)
 
 
 def test_clip_state_is_per_clipper_not_global():

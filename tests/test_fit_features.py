@@ -293,3 +293,63 @@ def test_bn_frozen_or_64_px_make_micro_batch_1_train(tiny_data, tmp_path):
     assert "micro-batch 1 with train-mode BatchNorm" not in render(
         {"classes": ["a", "b"], "arch": "test_byobnet", "input_size": 64}, frozen_cfg, frozen.metrics, None,
         {"onnx": "m.onnx", "max_abs_diff": 0.0})
+
+
+# ---- regularisers of the recipe search (issue 27): each one really set where it acts ----------------
+
+def test_drop_path_and_dropout_reach_the_timm_model():
+    from timm.layers import DropPath
+
+    from nfx.models.factory import create_model
+
+    model, _, _ = create_model("test_nfnet", 2, False, drop_path=0.2, dropout=0.3)
+    rates = [m.drop_prob for m in model.modules() if isinstance(m, DropPath)]
+    assert rates and max(rates) == pytest.approx(0.2) and min(rates) < 0.2  # timm's linear rule to the last block
+    drops = [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert drops == [pytest.approx(0.3)]  # before the classifier only
+    plain, _, _ = create_model("test_nfnet", 2, False)
+    assert not any(isinstance(m, DropPath) for m in plain.modules())
+    assert not any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in plain.modules())
+
+
+def test_label_smoothing_and_mixup_are_wired_into_the_learner():
+    import timm
+    from fastai.callback.mixup import MixUp
+    from fastai.data.core import DataLoaders
+    from fastai.data.load import DataLoader
+
+    from nfx.train.learner import build_learner
+
+    g = torch.Generator().manual_seed(0)
+    ds = [(torch.randn(3, 32, 32, generator=g), torch.tensor(i % 2)) for i in range(16)]
+    dls = DataLoaders(DataLoader(ds, bs=4, shuffle=True), DataLoader(ds, bs=4), device=torch.device("cpu"))
+    w = build_learner(dls, timm.create_model("test_nfnet", num_classes=2), num_classes=2, wd=0.0, precision="fp32",
+                      accum=2, agc=0.1, device=torch.device("cpu"), label_smoothing=0.1, mixup=0.4)
+    assert w.learn.loss_func.func.label_smoothing == pytest.approx(0.1)
+    mix = [cb for cb in w.learn.cbs if isinstance(cb, MixUp)]
+    assert len(mix) == 1 and float(mix[0].distrib.concentration1) == pytest.approx(0.4)
+    w.learn.fit(1, 1e-3)  # mixup under nfx's accumulation and AGC trains, and validation restores the loss
+    assert w.learn.loss_func.func.label_smoothing == pytest.approx(0.1)
+    plain = build_learner(dls, timm.create_model("test_nfnet", num_classes=2), num_classes=2, wd=0.0,
+                          precision="fp32", accum=1, agc=0.1, device=torch.device("cpu"))
+    assert plain.learn.loss_func.func.label_smoothing == 0
+    assert not any(isinstance(cb, MixUp) for cb in plain.learn.cbs)
+
+
+def test_regularisers_are_recorded_and_refused_clearly(tiny_data, tmp_path):
+    from nfx.errors import ConfigError
+
+    cfg = _cfg(tiny_data / "dicom", tmp_path, "reg", epochs=1, label_smoothing=0.1, mixup=0.2, wd=0.05)
+    cfg = RunConfig.from_dict({**cfg.to_dict(), "model": {**cfg.to_dict()["model"], "drop_path": 0.1, "dropout": 0.25}})
+    res = api.finetune(cfg, Printer(quiet=True))
+    saved = json.loads((res.run_dir / "config.json").read_text())
+    assert saved["model"]["drop_path"] == 0.1 and saved["model"]["dropout"] == 0.25
+    assert (saved["train"]["label_smoothing"], saved["train"]["mixup"], saved["train"]["wd"]) == (0.1, 0.2, 0.05)
+    for bad, match in [({"mixup": -1.0}, "--mixup must be"), ({"label_smoothing": 1.0}, "--label-smoothing must be"),
+                       ({"mixup": 0.4, "agc_mode": "per-sample"}, "--mixup with --agc-mode per-sample"),
+                       ({"wd": -0.1}, "--wd must be")]:
+        with pytest.raises(ConfigError, match=match):
+            api.finetune(_cfg(tiny_data / "dicom", tmp_path, "bad", **bad), Printer(quiet=True))
+    with pytest.raises(ConfigError, match="--drop-path must be in"):
+        api.finetune(RunConfig.from_dict({**cfg.to_dict(), "model": {**cfg.to_dict()["model"], "drop_path": 1.5}}),
+                     Printer(quiet=True))

@@ -78,13 +78,21 @@ def create_model(
     pretrained: bool,
     weights: str | None = None,
     notes: list[str] | None = None,
+    drop_path: float = 0.0,
+    dropout: float = 0.0,
 ) -> tuple[Any, Preprocessing, str]:
-    """Returns (model, preprocessing, weights_source). weights_source is shown in every report."""
+    """Returns (model, preprocessing, weights_source). weights_source is shown in every report.
+    `drop_path` / `dropout`: timm's drop_path_rate (stochastic depth, rising to this rate at the
+    last block) and drop_rate (dropout before the classifier); training-time only."""
     import timm
 
     notes = notes if notes is not None else []
     arch = resolve_arch(arch, pretrained, weights, notes)
     kwargs: dict[str, Any] = {"num_classes": num_classes}
+    if drop_path:
+        kwargs["drop_path_rate"] = drop_path
+    if dropout:
+        kwargs["drop_rate"] = dropout
     if weights:
         wpath = Path(weights)
         if not wpath.is_file():

@@ -9,9 +9,10 @@ clipped (nfx never passes the classifier head) and when (once per optimizer step
 fully accumulated, unscaled gradient).
 
 How `clip_` is fast (the parameter set is fixed for a fit, so the work is planned once):
-- A plan is built on the first call and cached, keyed by the identity of the parameters and of
-  their gradient tensors (fastai's zero_grad keeps `p.grad` objects alive, so the plan is reused
-  every step; `set_to_none` optimizers simply trigger a re-plan).
+- A plan is built on the first call and cached, keyed by the identity of the parameters. When
+  the gradient tensors are new objects (optimizers that zero by setting `p.grad = None`, nfx's
+  own included) the plan only rebinds its gradient lists; a changed gradient dtype or device
+  re-plans.
 - Tensors are grouped by (device, grad dtype, weight dtype). Whole-tensor norms of 0-d/1-d
   parameters are one `torch._foreach_norm` per group; per-unit norms of ≥2-d parameters are one
   `vector_norm(dim=…, dtype=float32)` each, which reads the tensor once with no fp32 temporary
@@ -78,10 +79,12 @@ def _group_clip(whole_w: list[torch.Tensor], whole_g: list[torch.Tensor], unit_w
 
 
 class _Group:
-    __slots__ = ("whole_w", "whole_g", "unit_w", "unit_g", "unit_dims", "unit_sizes", "unit_bshapes",
-                 "n_units", "fn")
+    __slots__ = ("whole_p", "unit_p", "whole_w", "whole_g", "unit_w", "unit_g", "unit_dims", "unit_sizes",
+                 "unit_bshapes", "n_units", "fn")
 
     def __init__(self) -> None:
+        self.whole_p: list[torch.Tensor] = []
+        self.unit_p: list[torch.Tensor] = []
         self.whole_w: list[torch.Tensor] = []
         self.whole_g: list[torch.Tensor] = []
         self.unit_w: list[torch.Tensor] = []
@@ -95,16 +98,22 @@ class _Group:
     def add(self, p: torch.Tensor) -> None:
         w, g = p.detach(), p.grad
         if p.ndim <= 1:
+            self.whole_p.append(p)
             self.whole_w.append(w)
             self.whole_g.append(g)
             self.n_units += 1
         else:
+            self.unit_p.append(p)
             self.unit_w.append(w)
             self.unit_g.append(g)
             self.unit_dims.append(tuple(range(1, p.ndim)))
             self.unit_sizes.append(p.shape[0])
             self.unit_bshapes.append((p.shape[0],) + (1,) * (p.ndim - 1))
             self.n_units += p.shape[0]
+
+    def rebind(self) -> None:
+        self.whole_g = [p.grad for p in self.whole_p]
+        self.unit_g = [p.grad for p in self.unit_p]
 
     def run(self, clip_factor: float, eps: float) -> torch.Tensor:
         return self.fn(self.whole_w, self.whole_g, self.unit_w, self.unit_g, self.unit_dims,
@@ -133,17 +142,28 @@ class _Plan:
             self.compiled = True
 
     def valid_for(self, params: list[torch.Tensor]) -> bool:
+        """Same parameters (by identity) and gradients of the same dtype and device; new gradient
+        objects (set-to-None zeroing) are rebound in place."""
         if len(params) != len(self.params):
             return False
+        stale = False
         for p, q, g in zip(params, self.params, self.grads):
-            if p is not q or p.grad is not g:
+            if p is not q:
                 return False
+            if p.grad is not g:
+                if p.grad.dtype != g.dtype or p.grad.device != g.device:
+                    return False
+                stale = True
+        if stale:
+            self.grads = [p.grad for p in params]
+            for grp in self.groups:
+                grp.rebind()
         return True
 
 
 class Clipper:
     """AGC for one training run: owns the cached plan of its parameter list (rebuilt when the
-    list or its gradient tensors change) and whether compiling the kernels failed. State lives
+    list or its gradients' dtype/device change, rebound when only the gradient objects do) and whether compiling the kernels failed. State lives
     here, in the object a caller keeps (the fastai callback), never in module globals, so one
     fit's parameters are not kept alive by, or leak into, the next."""
 

@@ -55,7 +55,8 @@ def fit(job: TrainingJob, printer) -> tuple[list[dict[str, Any]], dict[str, Any]
                       accum=t.accum, agc=t.agc, device=device,
                       class_weights=class_weights(train.labels, num_classes) if t.balance == "loss" else None,
                       agc_mode=t.agc_mode, persample_chunk=t.persample_chunk, compile_model=t.compile,
-                      persample_impl=t.persample_impl, note=printer.note)
+                      persample_impl=t.persample_impl, note=printer.note,
+                      label_smoothing=t.label_smoothing, mixup=t.mixup)
     learn = w.learn
     from nfx.train import distributed
 

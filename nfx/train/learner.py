@@ -53,7 +53,8 @@ def build_learner(dls, model, *, num_classes: int, wd: float, precision: str, ac
                   agc: float | None, device: torch.device, opt_func: Any = None,
                   class_weights: list[float] | None = None, agc_mode: str = "batch",
                   persample_chunk: int | None = None, compile_model: bool = False,
-                  persample_impl: str = "auto", note: Any = None) -> Wiring:
+                  persample_impl: str = "auto", note: Any = None, label_smoothing: float = 0.0,
+                  mixup: float = 0.0) -> Wiring:
     import fastai.callback.schedule  # noqa: F401  (adds Learner.fit_one_cycle)
     from fastai.callback.fp16 import MixedPrecision
     from fastai.callback.progress import ProgressCallback
@@ -76,6 +77,10 @@ def build_learner(dls, model, *, num_classes: int, wd: float, precision: str, ac
     accum_cb = MicroBatchAccumulation(accum) if accum > 1 else None
     if accum_cb:
         cbs.append(accum_cb)
+    if mixup:
+        from fastai.callback.mixup import MixUp
+
+        cbs.append(MixUp(mixup))  # mixes each micro-batch; under accumulation each one is mixed alone
     if precision in ("bf16", "fp16"):
         cbs.append(MixedPrecision(amp_mode=precision))
     _head, body = head_and_body(model)
@@ -85,7 +90,7 @@ def build_learner(dls, model, *, num_classes: int, wd: float, precision: str, ac
     if agc_cb:
         cbs.append(agc_cb)
     learn = Learner(
-        dls, model, loss_func=CrossEntropyLossFlat(weight=_weights(class_weights, device)),
+        dls, model, loss_func=CrossEntropyLossFlat(weight=_weights(class_weights, device), label_smoothing=label_smoothing),
         opt_func=opt_func or fused_adam, metrics=metrics,
         splitter=splitter_for(model), wd=wd, wd_bn_bias=False, train_bn=True, cbs=cbs,
     )

@@ -96,7 +96,7 @@ def prepare(cfg: RunConfig, num_classes: int, printer: Printer) -> Prepared:
     notes: list[str] = []
     torch.manual_seed(cfg.train.seed)  # the new head's (or a from-scratch model's) initialisation
     model, data, weights_source = create_model(cfg.model.arch, num_classes, cfg.model.pretrained,
-                                               cfg.model.weights, notes)
+                                               cfg.model.weights, notes, cfg.model.drop_path, cfg.model.dropout)
     for n in notes:
         printer.note(n)
     arch = model.pretrained_cfg.get("architecture", cfg.model.arch)

@@ -1,0 +1,153 @@
+"""Recipe search for NF vs BatchNorm (issue 27, item 2), written to docs/RECIPES.md.
+
+Each change of recipe is given to **both** networks of a pair (nf_regnet_b0 and resnet18, the
+pair of docs/COMPARE.md) and judged against each one's own base recipe on the same splits, two
+real sets, three seeds (every seed its own copy-grouped split and initialisation). A cell is an
+ordinary `nfx finetune` run from scratch (no model hub here) in a child process, 64 px, micro-batch
+32 (effective batch 32): for an NF net accumulation is exact (docs/COMPARE.md: the same numbers at
+micro-batch 1, 2 and 32), so a recipe measured here holds for NF at any micro-batch; the BatchNorm
+net at micro-batch 32 is its best case. The base cells are docs/COMPARE.md's (same work folder).
+
+Metrics: validation accuracy and ROC AUC of the last epoch; per recipe mean ± sd over seeds, and
+the paired difference to the base recipe (same seed = same split and init) with its 95 % t-interval.
+
+    python benchmarks/bench_recipes.py                       # both sets, 3 seeds (about 1 h on 2 cores)
+    python benchmarks/bench_recipes.py --report-only         # the doc from the cells finished so far
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _doc import ROOT, device_line  # noqa: E402
+from bench_compare import EXTRA, PAIR1, SETS  # noqa: E402
+from real_data import CACHE  # noqa: E402
+
+# name → (what it is, extra `nfx finetune` flags, epochs); "base" is nfx's from-scratch default
+RECIPES: dict[str, tuple[str, tuple[str, ...], int]] = {
+    "base": ("nfx's defaults (augmentation none, AdamW wd 0.01, one-cycle)", (), 8),
+    "aug-light": ("--aug light", ("--aug", "light"), 8),
+    "aug-strong": ("--aug strong", ("--aug", "strong"), 8),
+    "mixup": ("--mixup 0.4", ("--mixup", "0.4"), 8),
+    "label-smoothing": ("--label-smoothing 0.1", ("--label-smoothing", "0.1"), 8),
+    "drop": ("--drop-path 0.1 --dropout 0.25", ("--drop-path", "0.1", "--dropout", "0.25"), 8),
+    "wd": ("--wd 0.05", ("--wd", "0.05"), 8),
+    "epochs-16": ("16 epochs instead of 8", (), 16),
+}
+
+
+def _t95(xs: list[float]) -> tuple[float, float] | None:
+    if len(xs) < 2:
+        return None
+    from scipy import stats
+
+    m, se = statistics.mean(xs), statistics.stdev(xs) / len(xs) ** 0.5
+    h = stats.t.ppf(0.975, len(xs) - 1) * se
+    return (m - h, m + h)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sets", default="mri,elpv")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--recipes", default=",".join(RECIPES))
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--work", type=Path, default=CACHE / "bench_nf_vs_bn")
+    ap.add_argument("--report-only", action="store_true")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from nfx.console import Printer
+    from nfx.workflows import compare as cmp
+
+    seeds = [int(s) for s in args.seeds.split(",")]
+    sets, recipes = args.sets.split(","), args.recipes.split(",")
+    data = {k: SETS[k][1]() for k in sets}
+    printer = Printer()
+    results: dict[tuple[str, str, str], dict[int, dict]] = {}
+    order = [(s, k, r, a) for s in seeds for r in recipes for k in sets for a in PAIR1]  # seed-major: useful early
+    for seed, key, recipe, arch in order:
+        _what, flags, epochs = RECIPES[recipe]
+        name = f"{key}-{args.size}px-{epochs}ep" + ("" if recipe in ("base", "epochs-16") else f"-{recipe}")
+        cfg = cmp.CompareConfig(
+            data=str(data[key]), models=PAIR1, micro_batches=(32,), effective_batch=32, agc=(True,),
+            bn=("train",), seeds=tuple(seeds), size=args.size, epochs=epochs, out=str(args.work), name=name,
+            extra=("--workers", "0", *EXTRA.get(key, ()), *flags)).validate()
+        cell = cmp.Cell(arch, 32, 1, True, seed)
+        out_dir = Path(cfg.out) / cfg.name
+        (out_dir / cmp.CELLS).mkdir(parents=True, exist_ok=True)
+        done = (out_dir / cmp.CELLS / f"{cell.name}.json").is_file()
+        if args.report_only and not done:
+            continue
+        t0 = time.time()
+        res = cmp.run_cell(cfg, cell, out_dir)
+        for w in (out_dir / "runs" / cell.name).rglob("*.pt*"):
+            w.unlink()
+        results.setdefault((key, recipe, arch), {})[seed] = res
+        if not done:
+            printer.info(f"{key} {recipe} {cell.name}: accuracy {res['accuracy']:.3f}, ROC AUC {res['roc_auc']:.3f} "
+                         f"({time.time() - t0:.0f} s)")
+    write_doc(args, sets, recipes, results, device_line(torch.device("cpu")))
+    return 0
+
+
+def _row(vals: list[float]) -> str:
+    if not vals:
+        return "n/a"
+    sd = f" ± {statistics.stdev(vals):.3f}" if len(vals) > 1 else ""
+    return f"{statistics.mean(vals):.3f}{sd}"
+
+
+def _diff(diffs: list[float]) -> str:
+    if not diffs:
+        return "–"
+    ci = _t95(diffs)
+    return f"{statistics.mean(diffs):+.3f}" + (f" ({ci[0]:+.3f} to {ci[1]:+.3f})" if ci else "")
+
+
+def write_doc(args, sets, recipes, results, device: str) -> None:
+    lines = ["# Recipe search: NF vs BatchNorm given the same recipe (`benchmarks/bench_recipes.py`)", "",
+             __doc__.split("\n\n", 1)[1].split("\n    python")[0].strip(), "",
+             f"Device: {device}.", "",
+             f"Command: `python benchmarks/bench_recipes.py --sets {args.sets} --seeds {args.seeds} "
+             f"--recipes {args.recipes}` (one cell by hand: `nfx finetune DATA --arch nf_regnet_b0 --no-pretrained "
+             f"--bs 32 --size {args.size} --epochs 8 --seed 0 --mixup 0.4`).", ""]
+    for key in sets:
+        lines += [f"## {SETS[key][0]}", "",
+                  "| recipe | model | seeds | accuracy | Δ accuracy vs base (95 % CI) | ROC AUC | Δ ROC AUC vs base (95 % CI) |",
+                  "|---|---|---|---|---|---|---|"]
+        for recipe in recipes:
+            for arch in PAIR1:
+                got = results.get((key, recipe, arch), {})
+                base = results.get((key, "base", arch), {})
+                if not got:
+                    continue
+                both = sorted(set(got) & set(base))
+                acc = [got[s]["accuracy"] for s in sorted(got)]
+                auc = [got[s]["roc_auc"] for s in sorted(got)]
+                da = [got[s]["accuracy"] - base[s]["accuracy"] for s in both] if recipe != "base" else []
+                du = [got[s]["roc_auc"] - base[s]["roc_auc"] for s in both] if recipe != "base" else []
+                lines.append(f"| {RECIPES[recipe][0] if recipe != 'base' else 'base: ' + RECIPES['base'][0]} | {arch} | "
+                             f"{len(got)} | {_row(acc)} | {_diff(da)} | {_row(auc)} | {_diff(du)} |")
+        lines.append("")
+    out = ROOT / "docs" / "RECIPES.md"
+    old = out.read_text() if out.is_file() else ""
+    reading = old[old.index("## What it shows"):] if "## What it shows" in old else "## What it shows\n\n(to be written)\n"
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text("\n".join(lines + [reading.rstrip()]) + "\n")
+    os.replace(tmp, out)
+    print(out.read_text())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
