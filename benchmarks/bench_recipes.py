@@ -42,6 +42,10 @@ RECIPES: dict[str, tuple[str, tuple[str, ...], int]] = {
     "drop": ("--drop-path 0.1 --dropout 0.25", ("--drop-path", "0.1", "--dropout", "0.25"), 8),
     "wd": ("--wd 0.05", ("--wd", "0.05"), 8),
     "epochs-16": ("16 epochs instead of 8", (), 16),
+    "epochs-32": ("32 epochs instead of 8", (), 32),
+    "epochs-16-aug-light": ("16 epochs and --aug light", ("--aug", "light"), 16),
+    "lr-1e-3": ("--lr 1e-3 (half the default)", ("--lr", "1e-3"), 8),
+    "lr-4e-3": ("--lr 4e-3 (twice the default)", ("--lr", "4e-3"), 8),
 }
 
 
@@ -60,6 +64,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sets", default="mri,elpv")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--recipes", default=",".join(RECIPES))
+    ap.add_argument("--archs", default=",".join(PAIR1), help="networks, each given every recipe")
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--work", type=Path, default=CACHE / "bench_nf_vs_bn")
     ap.add_argument("--report-only", action="store_true")
@@ -71,16 +76,17 @@ def main(argv=None) -> int:
     from nfx.workflows import compare as cmp
 
     seeds = [int(s) for s in args.seeds.split(",")]
-    sets, recipes = args.sets.split(","), args.recipes.split(",")
+    sets, recipes, archs = args.sets.split(","), args.recipes.split(","), args.archs.split(",")
     data = {k: SETS[k][1]() for k in sets}
     printer = Printer()
     results: dict[tuple[str, str, str], dict[int, dict]] = {}
-    order = [(s, k, r, a) for s in seeds for r in recipes for k in sets for a in PAIR1]  # seed-major: useful early
+    order = [(s, k, r, a) for s in seeds for r in recipes for k in sets for a in archs]  # seed-major: useful early
     for seed, key, recipe, arch in order:
         _what, flags, epochs = RECIPES[recipe]
-        name = f"{key}-{args.size}px-{epochs}ep" + ("" if recipe in ("base", "epochs-16") else f"-{recipe}")
+        name = f"{key}-{args.size}px-{epochs}ep" + ("" if recipe == "base" or (recipe.startswith("epochs-") and not flags)
+                                                     else f"-{recipe}")
         cfg = cmp.CompareConfig(
-            data=str(data[key]), models=PAIR1, micro_batches=(32,), effective_batch=32, agc=(True,),
+            data=str(data[key]), models=tuple(archs), micro_batches=(32,), effective_batch=32, agc=(True,),
             bn=("train",), seeds=tuple(seeds), size=args.size, epochs=epochs, out=str(args.work), name=name,
             extra=("--workers", "0", *EXTRA.get(key, ()), *flags)).validate()
         cell = cmp.Cell(arch, 32, 1, True, seed)
@@ -97,7 +103,7 @@ def main(argv=None) -> int:
         if not done:
             printer.info(f"{key} {recipe} {cell.name}: accuracy {res['accuracy']:.3f}, ROC AUC {res['roc_auc']:.3f} "
                          f"({time.time() - t0:.0f} s)")
-    write_doc(args, sets, recipes, results, device_line(torch.device("cpu")))
+    write_doc(args, sets, recipes, archs, results, device_line(torch.device("cpu")))
     return 0
 
 
@@ -115,19 +121,19 @@ def _diff(diffs: list[float]) -> str:
     return f"{statistics.mean(diffs):+.3f}" + (f" ({ci[0]:+.3f} to {ci[1]:+.3f})" if ci else "")
 
 
-def write_doc(args, sets, recipes, results, device: str) -> None:
+def write_doc(args, sets, recipes, archs, results, device: str) -> None:
     lines = ["# Recipe search: NF vs BatchNorm given the same recipe (`benchmarks/bench_recipes.py`)", "",
              __doc__.split("\n\n", 1)[1].split("\n    python")[0].strip(), "",
              f"Device: {device}.", "",
              f"Command: `python benchmarks/bench_recipes.py --sets {args.sets} --seeds {args.seeds} "
-             f"--recipes {args.recipes}` (one cell by hand: `nfx finetune DATA --arch nf_regnet_b0 --no-pretrained "
+             f"--recipes {args.recipes} --archs {args.archs}` (one cell by hand: `nfx finetune DATA --arch nf_regnet_b0 --no-pretrained "
              f"--bs 32 --size {args.size} --epochs 8 --seed 0 --mixup 0.4`).", ""]
     for key in sets:
         lines += [f"## {SETS[key][0]}", "",
                   "| recipe | model | seeds | accuracy | Δ accuracy vs base (95 % CI) | ROC AUC | Δ ROC AUC vs base (95 % CI) |",
                   "|---|---|---|---|---|---|---|"]
         for recipe in recipes:
-            for arch in PAIR1:
+            for arch in archs:
                 got = results.get((key, recipe, arch), {})
                 base = results.get((key, "base", arch), {})
                 if not got:
