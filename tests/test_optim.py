@@ -1,11 +1,10 @@
 """nfx's fused Adam gives the same updates as fastai's Adam (same state keys, same numbers), through
 torch's fused kernel and through the foreach fallback used where a device has no fused kernel."""
 
+import pytest
 import timm
 import torch
 from fastai.optimizer import Adam
-
-import pytest
 
 from nfx.train import optim
 from nfx.train.optim import fused_adam

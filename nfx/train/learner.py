@@ -61,6 +61,7 @@ def build_learner(dls, model, *, num_classes: int, wd: float, precision: str, ac
     from fastai.learner import Learner
     from fastai.losses import CrossEntropyLossFlat
     from fastai.metrics import RocAuc, RocAucBinary, accuracy
+
     from nfx.train.optim import fused_adam
 
     model = model.to(device)

@@ -23,7 +23,7 @@ fastai Adam 68 ms → 11 ms, dm_nfnet_f0 244 ms → 55 ms.
 from __future__ import annotations
 
 from collections import defaultdict
-from functools import lru_cache, partial
+from functools import cache, partial
 
 import torch
 from fastai.optimizer import (
@@ -40,7 +40,7 @@ def _fused_available(device: torch.device) -> bool:
     return _fused_device_type(device.type)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _fused_device_type(kind: str) -> bool:
     from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
