@@ -11,7 +11,8 @@ net at micro-batch 32 is its best case. The base cells are docs/COMPARE.md's (sa
 Metrics: validation accuracy and ROC AUC of the last epoch; per recipe mean ± sd over seeds, and
 the paired difference to the base recipe (same seed = same split and init) with its 95 % t-interval.
 
-    python benchmarks/bench_recipes.py                       # both sets, 3 seeds (about 1 h on 2 cores)
+    python benchmarks/bench_recipes.py                       # both sets, 3 seeds, 8 recipes (about 1 h on 2 cores)
+    python benchmarks/bench_recipes.py --recipes base,epochs-16-aug-light --archs nf_resnet26,resnet26
     python benchmarks/bench_recipes.py --report-only         # the doc from the cells finished so far
 """
 

@@ -152,12 +152,12 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--gpu-suite", action="store_true", help="the issue's H100 configurations")
     ap.add_argument("--steps", type=int, default=None)
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of raw / fused raw / nfx per model")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds of raw / fused raw / nfx per model")
     ap.add_argument("--no-write", action="store_true")
     a = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     gpu = device.type == "cuda"
-    steps = a.steps or (30 if gpu else 15)
+    steps = a.steps or (30 if gpu else 20)
     workers = min(8, os.cpu_count() or 1) if gpu else 0
     if a.gpu_suite or gpu:
         loop_cfgs = [("dm_nfnet_f0", 192, 64), ("resnet50", 224, 64)]
@@ -224,7 +224,8 @@ def main():
             "the issue's dm_nfnet_f1 vs tf_efficientnet_b7.")
     body = (f"Device: {device_line(device)}. {steps} timed steps after warm-up, {a.rounds} interleaved rounds; "
             f"{'bf16 autocast, channels_last' if gpu else 'fp32'}; DataLoader workers {workers}.\n"
-            f"Command: `python benchmarks/bench_train.py{' --gpu-suite' if a.gpu_suite else ''}`\n\n" + "\n".join(lines))
+            f"Command: `python benchmarks/bench_train.py{' --gpu-suite' if a.gpu_suite else ''}"
+            f"{f' --rounds {a.rounds}' if a.rounds != 5 else ''}{f' --steps {a.steps}' if a.steps else ''}`\n\n" + "\n".join(lines))
     if not a.no_write:
         write_subsection("Training throughput", "CUDA" if gpu else "CPU", body,
                          intro="nfx's fastai loop vs the raw timm step; NF vs EfficientNet; compile vs eager "

@@ -19,12 +19,13 @@ from nfx.runs import MODEL_INFO  # the run folder's file names live in nfx.runs
 RESIZE_POLICIES = ("squish", "letterbox", "crop")
 SCRATCH = "trained from scratch"  # ModelInfo.weights_source of a run with a random-init body
 # said by finetune and MODEL.md for an NF architecture trained from scratch (docs/COMPARE.md, docs/LEARNING.md)
-NF_FROM_SCRATCH_NOTE = ("measured from scratch on two real sets of a few hundred images (docs/COMPARE.md): on brain MRI "
-                        "nf_regnet_b0 lost to a BatchNorm net of similar cost (resnet18; with --bn frozen at micro-batch "
-                        "1-2) by 0.07-0.11 accuracy and 0.07-0.12 ROC AUC at every micro-batch from 1 to 32, and "
-                        "nf_resnet26 beat resnet26 but not resnet18; on ELPV solar-cell images both NF nets led on ROC "
-                        "AUC. Every gap is within 3 seeds' spread but the first. With no pretrained weights, run "
-                        "--arch resnet18 beside it (nfx compare), or pass --weights")
+NF_FROM_SCRATCH_NOTE = ("measured from scratch on two real sets of a few hundred images (docs/COMPARE.md, "
+                        "docs/RECIPES.md): on brain MRI nf_regnet_b0 lost to a BatchNorm net of similar cost (resnet18; "
+                        "with --bn frozen at micro-batch 1-2) by 0.07-0.11 accuracy and 0.07-0.12 ROC AUC at every "
+                        "micro-batch from 1 to 32, and given the same recipe (augmentation, longer schedules, MixUp, "
+                        "label smoothing, drop-path) the BatchNorm nets gained more; on ELPV solar-cell images the NF "
+                        "nets led on ROC AUC. With no pretrained weights, run --arch resnet18 beside it (nfx compare), "
+                        "or pass --weights")
 
 
 BN_AT_BS1_DROP = "0.08-0.30"  # resnet18 from scratch, brain MRI and ELPV, docs/COMPARE.md
