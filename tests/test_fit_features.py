@@ -345,6 +345,15 @@ def test_regularisers_are_recorded_and_refused_clearly(tiny_data, tmp_path):
     saved = json.loads((res.run_dir / "config.json").read_text())
     assert saved["model"]["drop_path"] == 0.1 and saved["model"]["dropout"] == 0.25
     assert (saved["train"]["label_smoothing"], saved["train"]["mixup"], saved["train"]["wd"]) == (0.1, 0.2, 0.05)
+    from nfx.export.card import render
+
+    card = render({"classes": ["a", "b"], "arch": "test_nfnet", "input_size": 64}, saved, res.metrics, None,
+                  {"onnx": "m.onnx", "max_abs_diff": 0.0})
+    assert "weight decay 0.05, MixUp α 0.2, label smoothing 0.1, drop-path 0.1, dropout 0.25, " in card
+    plain = render({"classes": ["a", "b"], "arch": "test_nfnet", "input_size": 64},
+                   RunConfig().to_dict(),
+                   res.metrics, None, {"onnx": "m.onnx", "max_abs_diff": 0.0})
+    assert "weight decay 0.01, precision" in plain and "MixUp" not in plain
     for bad, match in [({"mixup": -1.0}, "--mixup must be"), ({"label_smoothing": 1.0}, "--label-smoothing must be"),
                        ({"mixup": 0.4, "agc_mode": "per-sample"}, "--mixup with --agc-mode per-sample"),
                        ({"wd": -0.1}, "--wd must be")]:
