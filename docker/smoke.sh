@@ -41,6 +41,9 @@ if ! "${B[@]}" inspect --type image localhost/nfx-cpu-base >/dev/null 2>&1; then
 fi
 
 log "the project's Dockerfile on that base"
+# each rebuild leaves the previous localhost/nfx:cpu untagged (7 GB with vfs): drop those first,
+# or a few rebuilds fill the disk ("no space left on device" when the build container is created)
+"${B[@]}" rmi --prune >/dev/null 2>&1 || true
 [ -n "${NFX_SMOKE_NO_BUILD:-}" ] || "${B[@]}" bud --isolation chroot "${VOLS[@]}" --build-arg BASE=localhost/nfx-cpu-base \
   -f "$ROOT/Dockerfile" -t localhost/nfx:cpu "$ROOT"
 
