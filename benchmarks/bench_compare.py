@@ -13,9 +13,10 @@ cells run in order of priority, so an interrupted study is useful and a rerun re
    (nfx's default); AGC off for nf_regnet_b0 at 1 and 32 and for resnet18 at 32; resnet18 with
    frozen BatchNorm statistics (`--bn frozen`) at micro-batch 1 and 2 (micro-batches 4 and 8:
    the 48-px grid of the previous version of docs/COMPARE.md, in git history);
-2. nf_resnet26 vs resnet26 at micro-batch 2 and 32, AGC on.
+2. nf_resnet26 vs resnet26 at micro-batch 2 and 32, AGC on;
+3. nf_regnet_b0 vs resnet18 at micro-batch 4 and 8, AGC on (completing 1, 2, 4, 8, 32).
 
-    python benchmarks/bench_compare.py                  # both sets, 3 seeds (about 1 h 45 min on 2 cores)
+    python benchmarks/bench_compare.py                  # both sets, 3 seeds (about 2 h on 2 cores)
     python benchmarks/bench_compare.py --sets mri --seeds 0
 """
 
@@ -58,7 +59,10 @@ def study_cells(seeds: list[int], sets: list[str], effective: int = 32):
     def grid2(s):
         return [c(a, b, s=s) for b in (2, 32) for a in PAIR2]
 
-    return [(k, cell) for grid in (grid1, grid2) for s in seeds for k in sets for cell in grid(s)]
+    def grid3(s):
+        return [c(a, b, s=s) for b in (4, 8) for a in PAIR1]
+
+    return [(k, cell) for grid in (grid1, grid2, grid3) for s in seeds for k in sets for cell in grid(s)]
 
 
 def main(argv=None) -> int:
@@ -83,7 +87,7 @@ def main(argv=None) -> int:
         title, make = SETS[key]
         data = make()
         cfg = cmp.CompareConfig(
-            data=str(data), models=PAIR1 + PAIR2, micro_batches=(1, 2, 32), effective_batch=32,
+            data=str(data), models=PAIR1 + PAIR2, micro_batches=(1, 2, 4, 8, 32), effective_batch=32,
             agc=(True, False), bn=("train", "frozen"), seeds=tuple(seeds), size=args.size, epochs=args.epochs,
             out=str(args.work), name=f"{key}-{args.size}px-{args.epochs}ep",
             extra=("--workers", "0", *EXTRA.get(key, ()))).validate()
