@@ -96,21 +96,31 @@ def main(argv=None) -> int:
     results: dict[str, list] = {k: [] for k in sets}
     for key, cell in study_cells(seeds, sets):
         title, data, cfg = per_set[key]
-        out_dir = Path(cfg.out) / cfg.name
-        (out_dir / cmp.CELLS).mkdir(parents=True, exist_ok=True)
-        done = (out_dir / cmp.CELLS / f"{cell.name}.json").is_file()
-        if args.report_only and not done:
-            continue
-        t0 = time.time()
-        res = cmp.run_cell(cfg, cell, out_dir)
-        for w in (out_dir / "runs" / cell.name).rglob("*.pt*"):  # weights are not needed: keep the disk
-            w.unlink()
-        results[key].append(res)
-        if not done:
-            printer.info(f"{key} {cell.name}: accuracy {res['accuracy']:.3f}, ROC AUC {res['roc_auc']:.3f} "
-                         f"({time.time() - t0:.0f} s)")
+        res = study_cell(cfg, cell, args.report_only, printer, key)
+        if res is not None:
+            results[key].append(res)
     write_doc(args, per_set, results, device_line(torch.device("cpu")))
     return 0
+
+
+def study_cell(cfg, cell, report_only: bool, printer, label: str) -> dict | None:
+    """One cell of a study: its kept result, or trained now (a line printed) unless `report_only`
+    (then None when it never finished). Weights are deleted: studies need the numbers, not the disk."""
+    from nfx.workflows import compare as cmp
+
+    out_dir = Path(cfg.out) / cfg.name
+    (out_dir / cmp.CELLS).mkdir(parents=True, exist_ok=True)
+    done = (out_dir / cmp.CELLS / f"{cell.name}.json").is_file()
+    if report_only and not done:
+        return None
+    t0 = time.time()
+    res = cmp.run_cell(cfg, cell, out_dir)
+    for w in (out_dir / "runs" / cell.name).rglob("*.pt*"):
+        w.unlink()
+    if not done:
+        printer.info(f"{label} {cell.name}: accuracy {res['accuracy']:.3f}, ROC AUC {res['roc_auc']:.3f} "
+                     f"({time.time() - t0:.0f} s)")
+    return res
 
 
 def write_doc(args, per_set, results, device: str) -> None:

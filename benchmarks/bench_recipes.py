@@ -22,7 +22,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -30,7 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _doc import ROOT, device_line  # noqa: E402
-from bench_compare import EXTRA, PAIR1, SETS  # noqa: E402
+from bench_compare import EXTRA, PAIR1, SETS, _pm, study_cell  # noqa: E402
 from real_data import CACHE  # noqa: E402
 
 # name → (what it is, extra `nfx finetune` flags, epochs); "base" is nfx's from-scratch default
@@ -48,16 +47,6 @@ RECIPES: dict[str, tuple[str, tuple[str, ...], int]] = {
     "lr-1e-3": ("--lr 1e-3 (half the default)", ("--lr", "1e-3"), 8),
     "lr-4e-3": ("--lr 4e-3 (twice the default)", ("--lr", "4e-3"), 8),
 }
-
-
-def _t95(xs: list[float]) -> tuple[float, float] | None:
-    if len(xs) < 2:
-        return None
-    from scipy import stats
-
-    m, se = statistics.mean(xs), statistics.stdev(xs) / len(xs) ** 0.5
-    h = stats.t.ppf(0.975, len(xs) - 1) * se
-    return (m - h, m + h)
 
 
 def main(argv=None) -> int:
@@ -90,29 +79,27 @@ def main(argv=None) -> int:
             data=str(data[key]), models=tuple(archs), micro_batches=(32,), effective_batch=32, agc=(True,),
             bn=("train",), seeds=tuple(seeds), size=args.size, epochs=epochs, out=str(args.work), name=name,
             extra=("--workers", "0", *EXTRA.get(key, ()), *flags)).validate()
-        cell = cmp.Cell(arch, 32, 1, True, seed)
-        out_dir = Path(cfg.out) / cfg.name
-        (out_dir / cmp.CELLS).mkdir(parents=True, exist_ok=True)
-        done = (out_dir / cmp.CELLS / f"{cell.name}.json").is_file()
-        if args.report_only and not done:
-            continue
-        t0 = time.time()
-        res = cmp.run_cell(cfg, cell, out_dir)
-        for w in (out_dir / "runs" / cell.name).rglob("*.pt*"):
-            w.unlink()
-        results.setdefault((key, recipe, arch), {})[seed] = res
-        if not done:
-            printer.info(f"{key} {recipe} {cell.name}: accuracy {res['accuracy']:.3f}, ROC AUC {res['roc_auc']:.3f} "
-                         f"({time.time() - t0:.0f} s)")
+        res = study_cell(cfg, cmp.Cell(arch, 32, 1, True, seed), args.report_only, printer, f"{key} {recipe}")
+        if res is not None:
+            results.setdefault((key, recipe, arch), {})[seed] = res
     write_doc(args, sets, recipes, archs, results, device_line(torch.device("cpu")))
     return 0
 
 
+def _t95(xs: list[float]) -> tuple[float, float] | None:
+    """Exact Student-t 95 % interval of a mean (scipy), unrounded: the paired differences are small,
+    so nfx.workflows.compare._t_interval's rounded table would move their third decimal."""
+    if len(xs) < 2:
+        return None
+    from scipy import stats
+
+    m, se = statistics.mean(xs), statistics.stdev(xs) / len(xs) ** 0.5
+    h = stats.t.ppf(0.975, len(xs) - 1) * se
+    return (m - h, m + h)
+
+
 def _row(vals: list[float]) -> str:
-    if not vals:
-        return "n/a"
-    sd = f" ± {statistics.stdev(vals):.3f}" if len(vals) > 1 else ""
-    return f"{statistics.mean(vals):.3f}{sd}"
+    return _pm(statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else None) if vals else "n/a"
 
 
 def _diff(diffs: list[float]) -> str:
