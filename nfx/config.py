@@ -291,7 +291,7 @@ def validate_train(t: TrainConfig) -> None:
         (math.isfinite(t.wd) and t.wd >= 0, f"--wd must be a finite number >= 0 (got {t.wd})"),
         (0 <= t.label_smoothing < 1, f"--label-smoothing must be in [0, 1) (got {t.label_smoothing})"),
         (math.isfinite(t.mixup) and t.mixup >= 0, f"--mixup must be an α >= 0, e.g. 0.4; 0 = off (got {t.mixup})"),
-        (t.mixup == 0 or t.agc_mode == "batch",
+        (t.mixup == 0 or not getattr(AGC_MODES.get(t.agc_mode), "per_sample", False),
          f"--mixup with --agc-mode {t.agc_mode}: a mixed sample has no gradient of its own to clip; "
          "use --agc-mode batch or drop --mixup"),
     ]

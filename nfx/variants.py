@@ -40,6 +40,7 @@ class AGCMode:
     build: Callable[[AGCContext], Any]  # the callback (None when AGC is off)
     # cross-field rule: (clip factor, torch.compile?) -> error message or None
     check: Callable[[float | None, bool], str | None] = lambda agc, compiled: None
+    per_sample: bool = False  # clips each sample's own gradient (so a MixUp-blended sample is refused)
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,7 @@ def _persample_check(agc: float | None, compiled: bool) -> str | None:
 
 register_agc_mode(AGCMode("batch", "clip the mean gradient", "units", "batch", _batch_agc))
 register_agc_mode(AGCMode("per-sample", "clip each sample's", "(sample, unit) pairs", "per-sample",
-                          _persample_agc, _persample_check))
+                          _persample_agc, _persample_check, per_sample=True))
 
 # ---------------------------------------------------------------------------------------------
 # augmentation presets (nfx.data.augment builds the Compose; flip first when asked)
