@@ -46,6 +46,12 @@ RECIPES: dict[str, tuple[str, tuple[str, ...], int]] = {
     "epochs-16-aug-light": ("16 epochs and --aug light", ("--aug", "light"), 16),
     "lr-1e-3": ("--lr 1e-3 (half the default)", ("--lr", "1e-3"), 8),
     "lr-4e-3": ("--lr 4e-3 (twice the default)", ("--lr", "4e-3"), 8),
+    "ema": ("--ema 0.99", ("--ema", "0.99"), 8),
+    "agc-0.02": ("--agc 0.02 (AGC clipping hard; auto is 0.113 at batch 32)", ("--agc", "0.02"), 8),
+    "sgd-0.02": ("--optimizer sgd --lr 0.02 (Nesterov)", ("--optimizer", "sgd", "--lr", "0.02"), 8),
+    "sgd-0.1": ("--optimizer sgd --lr 0.1 (Nesterov)", ("--optimizer", "sgd", "--lr", "0.1"), 8),
+    "sgd-0.1-agc-0.02": ("--optimizer sgd --lr 0.1 --agc 0.02 (the paper's pairing: large-lr SGD held by AGC)",
+                         ("--optimizer", "sgd", "--lr", "0.1", "--agc", "0.02"), 8),
 }
 
 

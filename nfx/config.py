@@ -21,7 +21,7 @@ from nfx.config_types import type_errors
 from nfx.errors import ConfigError
 from nfx.records import DEFAULT_VOI_FALLBACK, VOI_FALLBACKS, auto_agc_clip  # noqa: F401  (the λ rule: nfx.config.auto_agc_clip)
 from nfx.records import RESIZE_POLICIES as RESIZE  # nfx.data.resize applies them
-from nfx.variants import AGC_MODES, AUG_PRESETS, PERSAMPLE_IMPLS, choices
+from nfx.variants import AGC_MODES, AUG_PRESETS, OPTIMIZERS, PERSAMPLE_IMPLS, choices
 
 MAX_SIZE = 2048  # input side; larger ones exhaust memory decoding the cache before any error would name a file
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -100,7 +100,8 @@ class TrainConfig:
     schedule: str | None = opt(None, "fine-tune (head-only warm-up, then the whole network) or from-scratch (no "
                                      "warm-up) [default: from the weights: fine-tune from pretrained or --weights, "
                                      "from-scratch with --no-pretrained].")
-    wd: float = opt(1e-2, "Weight decay, decoupled (AdamW); gains, biases and norms exempt {default}.")
+    optimizer: str = opt("adam", "{variants:OPTIMIZERS} {default}.")
+    wd: float = opt(1e-2, "Weight decay, decoupled (p <- p*(1 - lr*wd)); gains, biases and norms exempt {default}.")
     label_smoothing: float = opt(0.0, "Label smoothing of the cross-entropy {default}.")
     mixup: float = opt(0.0, "MixUp α (fastai's MixUp callback; 0 = off, 0.2-0.4 usual) {default}.")
     agc: float | None = None  # AGC clip factor λ; None = AGC off
@@ -285,6 +286,7 @@ def validate_train(t: TrainConfig) -> None:
         (t.patience is None or t.patience >= 1, f"--patience must be >= 1 epoch (got {t.patience})"),
         (t.folds is None or t.folds >= 2, f"--folds must be >= 2 (got {t.folds})"),
         (t.persample_chunk is None or t.persample_chunk >= 1, f"--persample-chunk must be >= 1 (got {t.persample_chunk})"),
+        (t.optimizer in OPTIMIZERS, f"--optimizer must be {choices(OPTIMIZERS)} (got {t.optimizer!r})"),
         (t.persample_impl in PERSAMPLE_IMPLS, f"--persample-impl must be {choices(PERSAMPLE_IMPLS)} (got {t.persample_impl!r})"),
         (t.monitor is None or t.monitor in MONITORS, f"--monitor {t.monitor!r}: not a metric nfx records; "
                                                       f"choose one of {', '.join(MONITORS)}"),

@@ -52,6 +52,14 @@ class AugPreset:
 
 
 @dataclass(frozen=True)
+class OptimizerChoice:
+    name: str
+    help: str  # `--optimizer` wording
+    card: str  # its wording in MODEL.md
+    build: Callable[[], Any]  # -> a fastai opt_func
+
+
+@dataclass(frozen=True)
 class PerSampleImpl:
     name: str
     help: str
@@ -60,6 +68,7 @@ class PerSampleImpl:
 AGC_MODES: dict[str, AGCMode] = {}
 AUG_PRESETS: dict[str, AugPreset] = {}
 PERSAMPLE_IMPLS: dict[str, PerSampleImpl] = {}
+OPTIMIZERS: dict[str, OptimizerChoice] = {}
 
 
 def register_agc_mode(mode: AGCMode) -> AGCMode:
@@ -70,6 +79,11 @@ def register_agc_mode(mode: AGCMode) -> AGCMode:
 def register_aug_preset(preset: AugPreset) -> AugPreset:
     AUG_PRESETS[preset.name] = preset
     return preset
+
+
+def register_optimizer(choice: OptimizerChoice) -> OptimizerChoice:
+    OPTIMIZERS[choice.name] = choice
+    return choice
 
 
 def register_persample_impl(impl: PerSampleImpl) -> PerSampleImpl:
@@ -112,6 +126,25 @@ def _persample_check(agc: float | None, compiled: bool) -> str | None:
 register_agc_mode(AGCMode("batch", "clip the mean gradient", "units", "batch", _batch_agc))
 register_agc_mode(AGCMode("per-sample", "clip each sample's", "(sample, unit) pairs", "per-sample",
                           _persample_agc, _persample_check, per_sample=True))
+
+# ---------------------------------------------------------------------------------------------
+# optimisers (nfx.train.optim)
+# ---------------------------------------------------------------------------------------------
+def _adam() -> Any:
+    from nfx.train.optim import fused_adam
+
+    return fused_adam
+
+
+def _sgd() -> Any:
+    from nfx.train.optim import sgd_nesterov
+
+    return sgd_nesterov
+
+
+register_optimizer(OptimizerChoice("adam", "AdamW (fastai's Adam, fused kernel)", "AdamW", _adam))
+register_optimizer(OptimizerChoice("sgd", "SGD with Nesterov momentum (as the NFNet paper; needs a far larger --lr, "
+                                          "e.g. 0.05-0.1)", "SGD with Nesterov momentum", _sgd))
 
 # ---------------------------------------------------------------------------------------------
 # augmentation presets (nfx.data.augment builds the Compose; flip first when asked)

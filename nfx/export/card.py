@@ -117,7 +117,13 @@ def _regularisation(cfg: dict[str, Any]) -> str:
                                               ("drop-path", m.get("drop_path")), ("dropout", m.get("dropout")),
                                               ("EMA", t.get("ema"))) if v]
     wd = t.get("wd")
-    return (f"weight decay {wd}, " if wd is not None else "") + (f"{', '.join(parts)}, " if parts else "")
+    return _optimizer_card(t.get("optimizer", "adam")) + ", " + (f"weight decay {wd}, " if wd is not None else "") + (f"{', '.join(parts)}, " if parts else "")
+
+
+def _optimizer_card(name: str) -> str:
+    from nfx.variants import OPTIMIZERS
+
+    return OPTIMIZERS[name].card if name in OPTIMIZERS else name
 
 
 def _bn_at_bs1_note() -> str:

@@ -23,6 +23,7 @@ from nfx.train.checkpoint import (
 )
 from nfx.train.job import TrainingJob
 from nfx.train.learner import build_learner
+from nfx.variants import OPTIMIZERS
 
 HISTORY_FIELDS = ["epoch", "phase", "train_loss", "valid_loss", "valid_accuracy", "valid_roc_auc",
                   "lr", "agc_clip_fraction", "seconds", "train_seconds"]
@@ -56,7 +57,8 @@ def fit(job: TrainingJob, printer) -> tuple[list[dict[str, Any]], dict[str, Any]
                       class_weights=class_weights(train.labels, num_classes) if t.balance == "loss" else None,
                       agc_mode=t.agc_mode, persample_chunk=t.persample_chunk, compile_model=t.compile,
                       persample_impl=t.persample_impl, note=printer.note,
-                      label_smoothing=t.label_smoothing, mixup=t.mixup)
+                      label_smoothing=t.label_smoothing, mixup=t.mixup,
+                      opt_func=OPTIMIZERS[t.optimizer].build())
     learn = w.learn
     from nfx.train import distributed
 

@@ -1,5 +1,6 @@
-"""fastai's Adam (AdamW: decoupled weight decay, β = (0.9, 0.99), eps 1e-5), stepped with
-torch's fused Adam kernel.
+"""nfx's optimisers: fastai's Adam (AdamW: decoupled weight decay, β = (0.9, 0.99), eps 1e-5),
+stepped with torch's fused Adam kernel (the default), and SGD with Nesterov momentum (`--optimizer
+sgd`, the NFNet paper's optimiser), stepped with foreach kernels.
 
 fastai's `Optimizer.step` runs its update functions once per parameter in Python: about six
 small kernels per tensor, i.e. ~1,400 launches per step for dm_nfnet_f0's 231 tensors, each a
@@ -107,3 +108,50 @@ def fused_adam(params, lr, mom: float = 0.9, sqr_mom: float = 0.99, eps: float =
     """Drop-in for fastai.optimizer.Adam (decouple_wd=True); nfx's default `opt_func`."""
     cbs = [weight_decay, partial(average_grad, dampening=True), average_sqr_grad, step_stat, adam_step]
     return FusedAdam(params, cbs, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd)
+
+
+class ForeachSGD(FusedAdam):
+    """SGD with Nesterov momentum and decoupled weight decay in fastai's Optimizer, stepped by
+    buckets with `torch._foreach_*` kernels (same zero_grad as FusedAdam). State per parameter:
+    `grad_avg` (the momentum buffer), `do_wd`. Arithmetic, per step:
+    p ← p·(1 − lr·wd) (if do_wd); b ← mom·b + g; p ← p − lr·(g + mom·b) — torch's SGD with
+    nesterov=True, dampening 0, after fastai's decoupled decay; `mom` follows fastai's momentum
+    schedule (fit_one_cycle cycles it 0.95 → 0.85 → 0.95)."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        if closure is not None:
+            raise NotImplementedError("closures are not supported")
+        for pg, hyper in zip(self.param_lists, self.hypers):
+            lr, mom, wd = (float(hyper[k]) for k in ("lr", "mom", "wd"))
+            buckets: dict[tuple, list[torch.Tensor]] = defaultdict(list)
+            for p in pg:
+                if p.grad is None:
+                    continue
+                st = self.state[p]
+                if "grad_avg" not in st:
+                    st["grad_avg"] = torch.zeros_like(p.grad)
+                buckets[(bool(st.get("do_wd", True)), p.device, p.dtype)].append(p)
+            for (do_wd, _dev, _dt), ps in buckets.items():
+                grads = [p.grad for p in ps]
+                bufs = [self.state[p]["grad_avg"] for p in ps]
+                if do_wd and wd != 0:
+                    torch._foreach_mul_(ps, 1 - lr * wd)
+                torch._foreach_mul_(bufs, mom)
+                torch._foreach_add_(bufs, grads)
+                torch._foreach_add_(ps, grads, alpha=-lr)
+                torch._foreach_add_(ps, bufs, alpha=-lr * mom)
+
+
+def nesterov_step(p, lr, mom, grad_avg, **kwargs):
+    """fastai-style per-tensor Nesterov update (after average_grad without dampening): the
+    reference ForeachSGD is tested against."""
+    p.data.add_(p.grad.data, alpha=-lr)
+    p.data.add_(grad_avg, alpha=-lr * mom)
+
+
+def sgd_nesterov(params, lr, mom: float = 0.9, wd: float = 0.01):
+    """SGD with Nesterov momentum and decoupled weight decay (fastai hyper-parameter names:
+    lr, mom, wd), foreach-stepped; `--optimizer sgd`."""
+    cbs = [weight_decay, average_grad, nesterov_step]
+    return ForeachSGD(params, cbs, lr=lr, mom=mom, wd=wd)
