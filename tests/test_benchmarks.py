@@ -32,3 +32,23 @@ def test_gpu_suite_steps_exist_and_cover_the_gpu_tests():
     assert "tests/test_gpu.py" in text and "tests/test_distributed.py" in text
     limits = [int(n) for n in re.findall(r"^\s*step \S+ (\d+) ", text, re.M)]
     assert len(limits) == 6 and sum(limits) <= 600  # one command, at most 10 minutes
+
+
+def test_copy_benchmark_labels_pydicom_data_encodings_as_one_picture():
+    """docs/COPIES.md's precision rests on these labels: pydicom-data's encodings of one picture
+    (RG3_J2KR / RG3_UNCR, OBXXXX1A / _rle_2frame, JPEG-LL / JPEG2000) are one family (counted as
+    re-encodings, never as distinct images), while other test files stay apart."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import copies as bench
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    fam = lambda name: bench._family(Path(name))  # noqa: E731
+    for same in [("RG3_J2KR.dcm", "RG3_UNCR.dcm", "RG3_J2KI.dcm"), ("OBXXXX1A.dcm", "OBXXXX1A_rle_2frame.dcm"),
+                 ("JPEG-LL.dcm", "JPEG2000.dcm", "JPGExtended.dcm"), ("MR_small.dcm", "MR_small_RLE.dcm"),
+                 ("693_J2KI.dcm", "693_UNCR.dcm")]:
+        assert len({fam(n) for n in same}) == 1, same
+    distinct = ["RG1_UNCR.dcm", "RG3_UNCR.dcm", "MR2_UNCR.dcm", "MR_small.dcm", "CT_small.dcm", "693_UNCR.dcm"]
+    assert len({fam(n) for n in distinct}) == len(distinct)
+    names = [n for g in bench.MRI_SAME_PICTURE for n in g]
+    assert len(names) == len(set(names))  # a file in two reviewed groups would merge them silently

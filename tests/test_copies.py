@@ -14,6 +14,7 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from nfx.data import copies
+from nfx.data.cache import input_and_signature
 from nfx.data.images import decode_file
 
 
@@ -95,27 +96,65 @@ def _bases() -> dict[str, np.ndarray]:
         }
 
 
+# how a signature is made: from the decoded image (inspect, the fastai splitter without a cache) or
+# at ingest from the model input the cache makes (size, resize policy), as nfx finetune does
+SIG_PATHS = {
+    "decoded": copies.signature,
+    "ingest 224 squish": lambda img: input_and_signature(img, 224, "squish")[1],
+    "ingest 96 letterbox": lambda img: input_and_signature(img, 96, "letterbox")[1],
+    "ingest 64 squish": lambda img: input_and_signature(img, 64, "squish")[1],
+    "ingest 96 crop": lambda img: input_and_signature(img, 96, "crop")[1],  # falls back to the decoded image
+}
+
+
+@pytest.mark.parametrize("how", sorted(SIG_PATHS))
 @pytest.mark.parametrize("name", sorted(TRANSFORMS))
-def test_every_transformation_of_a_real_image_is_a_copy(name, tmp_path):
+def test_every_transformation_of_a_real_image_is_a_copy(name, how, tmp_path):
+    sig = SIG_PATHS[how]
     for base, img in _bases().items():
         d = tmp_path / base
         d.mkdir()
         copy = decode_file(TRANSFORMS[name](img, d), voi="minmax")
-        c = copies.correlation(copies.signature(img), copies.signature(copy))
-        assert c >= copies.THRESHOLD, f"{base} / {name}: correlation {c:.3f}"
+        c = copies.correlation(sig(img), sig(copy))
+        assert c >= copies.THRESHOLD, f"{base} / {name} ({how}): correlation {c:.3f}"
 
 
-def test_distinct_images_and_neighbouring_slices_stay_apart():
+def test_ingest_signature_is_the_decoded_images_measure():
+    """At ingest the signature comes from the model input (one area reduction, no pass over the
+    full-size image); it is the same measure as the decoded image's, so signatures made either way
+    may be compared. Where the input lacks the whole picture (crop policy) or is under 64 px, the
+    decoded image is used."""
+    for base, img in _bases().items():
+        ref = copies.signature(img)
+        for size, policy in [(224, "squish"), (96, "letterbox"), (64, "squish"), (224, "letterbox")]:
+            x, sig = input_and_signature(img, size, policy)
+            assert x.shape == (size, size, 3)
+            (a, b), ok = copies.unit_vectors(np.stack([ref, sig]))
+            assert ok.all() and float((a * b).sum()) >= 0.99, (base, size, policy)
+        for size, policy in [(96, "crop"), (48, "squish")]:
+            x, _ = input_and_signature(img, size, policy)
+            assert copies.signature_of_input(x, policy, img.shape[:2]) is None
+            np.testing.assert_array_equal(input_and_signature(img, size, policy)[1], ref)
+    wide = np.zeros((60, 200, 3), np.float32)
+    wide[:, :100] = 1.0  # letterbox: the signature sees the picture's box, not the padding
+    x = input_and_signature(wide, 224, "letterbox")[0]  # the picture's box: 224 x 67 px
+    squished = input_and_signature(wide, 224, "squish")[1]
+    assert copies.correlation(copies.signature_of_input(x, "letterbox", wide.shape[:2]), squished) > 0.99
+
+
+@pytest.mark.parametrize("how", ["decoded", "ingest 224 squish"])
+def test_distinct_images_and_neighbouring_slices_stay_apart(how):
+    sig = SIG_PATHS[how]
     bases = _bases()
     root = Path(__file__).resolve().parents[1] / "sample_data" / "png"
     photos = [decode_file(p) for p in sorted((root / "normal").glob("*.png"))[:40]]  # the base photo is a glaucoma one
-    sigs = [copies.signature(b) for b in bases.values()] + [copies.signature(p) for p in photos]
+    sigs = [sig(b) for b in bases.values()] + [sig(p) for p in photos]
     g = copies.group_copies(np.stack(sigs))
     assert not g.pairs, g.pairs[:3]  # 43 distinct pictures (CT, MR, 41 fundus photos, both eyes of 20 patients)
     mr = Path(get_testdata_file("emri_small.dcm"))  # 10 neighbouring MR slices of one patient
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        frames = [copies.signature(decode_file(mr, frame=k, voi="minmax")) for k in range(10)]
+        frames = [sig(decode_file(mr, frame=k, voi="minmax")) for k in range(10)]
     assert not copies.group_copies(np.stack(frames)).pairs
 
 

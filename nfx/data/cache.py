@@ -4,8 +4,9 @@ Key = file identity (absolute path, size, mtime) + preprocessing settings (input
 policy, DICOM frame) + PREPROC_VERSION, so a changed file or setting is a cache miss (the old entry is simply
 never read again). Entries are float16 size×size×3 .npy files in [0, 1], written atomically
 (temp file + rename), so concurrent runs sharing a cache never see half-written entries.
-Beside each entry, `<key>.sig.npy` holds the image's copy signature (nfx.data.copies), computed
-from the same decoded array before resizing (no second decode); an entry counts as a hit only
+Beside each entry, `<key>.sig<version>.npy` holds the image's copy signature (nfx.data.copies),
+computed from the model input just made (the decoded array for the crop policy; no second
+decode); an entry counts as a hit only
 with its signature, so a cache made before signatures existed is decoded once more.
 
 `fill` checks hits in the calling process (a stat, a hash and the entry's .npy header per file: no
@@ -63,11 +64,19 @@ def preprocess(path: str | Path, size: int, frame: int | None, resize: str, voi:
 def preprocess_with_signature(path: str | Path, size: int, frame: int | None, resize: str, voi: str = "stored",
                               notes: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(the model input as `preprocess` makes it, the copy signature of the decoded image)."""
-    from nfx.data.copies import signature
+    return input_and_signature(decode_file(Path(path), frame=frame, voi=voi, notes=notes), size, resize)
+
+
+def input_and_signature(img: np.ndarray, size: int, resize: str) -> tuple[np.ndarray, np.ndarray]:
+    """A decoded image's model input (resize policy `resize`) and its copy signature, made from
+    that input where it holds the whole picture (nfx.data.copies.signature_of_input: no second
+    pass over the full-size image), else from the decoded image."""
+    from nfx.data import copies
     from nfx.data.resize import resize as resize_to
 
-    img = decode_file(Path(path), frame=frame, voi=voi, notes=notes)
-    return resize_to(intensity.to_channels(img, 3), size, resize), signature(img)
+    x = resize_to(intensity.to_channels(img, 3), size, resize)
+    sig = copies.signature_of_input(x, resize, img.shape[:2])
+    return x, (sig if sig is not None else copies.signature(img))
 
 
 def _reason(e: BaseException) -> str:

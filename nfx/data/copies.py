@@ -5,7 +5,9 @@ Public medical sets hold re-saved copies of one image; a split that puts two cop
 sides validates on a training image. This module owns:
 
 - the **signature** of a decoded image (float32 H×W×C in [0, 1], after VOI): the grey image
-  squished to a 32×32 thumbnail (Gaussian pyramid, bilinear to 128, 4×4 block means), its
+  squished to a 32×32 thumbnail (at ingest: one area reduction of the model input the cache makes
+  anyway; elsewhere: Gaussian pyramid, bilinear to 128, 4×4 block means — the two correlate
+  ≥ 0.996), its
   2-D DCT-II (orthonormal) and the 16×16
   lowest frequencies kept (256 numbers, stored as float16 beside the decode-cache entry). Because
   the DCT is orthonormal, the dot product of two signatures with the DC term removed and scaled to
@@ -52,6 +54,7 @@ from nfx.data.copy_signature import (  # noqa: F401  (nfx.data.copies is where c
     orient,
     orientations,
     signature,
+    signature_of_input,
     thumbnail,
     unit_vectors,
 )

@@ -14,7 +14,9 @@ import numpy as np
 THUMB = 32  # thumbnail side (px)
 MID = 128  # the thumbnail is made from a MID×MID (bilinear) reduction: see thumbnail()
 LOW = 16  # DCT block kept as the signature: LOW×LOW coefficients
-SIG_VERSION = 2  # 1: area resize straight to 32×32; 2: thumbnail() via a 128 px bilinear reduction
+# 1: area resize straight to 32×32; 2: thumbnail() via a 128 px bilinear reduction; 3: at ingest, from the
+# model input the cache makes anyway (signature_of_input), thumbnail() elsewhere
+SIG_VERSION = 3
 FLAT_STD = 0.004  # low-passed thumbnail std below this: no contrast, no signature
 
 
@@ -50,8 +52,37 @@ def thumbnail(img: np.ndarray) -> np.ndarray:
 
 def signature(img: np.ndarray) -> np.ndarray:
     """The LOW×LOW low-frequency DCT block of the image's thumbnail, float16."""
-    t = thumbnail(img).astype(np.float64)
+    return _low_block(thumbnail(img))
+
+
+def _low_block(t: np.ndarray) -> np.ndarray:
+    t = t.astype(np.float64)
     return (_D @ t @ _D.T).astype(np.float16)
+
+
+def signature_of_input(x: np.ndarray, policy: str, shape: tuple[int, int]) -> np.ndarray | None:
+    """The signature from the model input the decode cache makes anyway (size×size×C, made from a
+    decoded image of `shape` by resize policy `policy`), or None where that input does not hold the
+    whole picture at ≥ 2×THUMB px (crop policy, small sizes): then `signature(decoded image)`.
+
+    squish: the input *is* the picture scaled by area averaging, so one more area reduction to
+    THUMB×THUMB is the thumbnail (an integer factor at the usual sizes 64/96/224: exact block means);
+    letterbox: the same from the picture's box inside the padding. Measured against thumbnail() on
+    366 real images (brain MRI, pydicom-data) at sizes 64, 96 and 224: signatures correlate
+    ≥ 0.996 (median 0.9998) — the same measure, at ~1/3 of its cost (docs/COPIES.md)."""
+    import cv2
+
+    from nfx.data.resize import letterbox_box
+
+    if policy == "letterbox":
+        top, left, h, w = letterbox_box(shape[0], shape[1], x.shape[0])
+        x = x[top : top + h, left : left + w]
+    elif policy != "squish":
+        return None
+    if min(x.shape[:2]) < 2 * THUMB:
+        return None
+    t = cv2.resize(np.ascontiguousarray(x, dtype=np.float32), (THUMB, THUMB), interpolation=cv2.INTER_AREA)
+    return _low_block(t.mean(axis=2) if t.ndim == 3 else t)
 
 
 def unit_vectors(sigs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -36,12 +36,16 @@ def _scaled(img: np.ndarray, h: int, w: int) -> np.ndarray:
     return intensity.as_hwc(out)
 
 
-def letterbox(img: np.ndarray, size: int) -> np.ndarray:
-    h, w = img.shape[:2]
+def letterbox_box(h: int, w: int, size: int) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of an h×w picture inside its size×size letterbox."""
     scale = size / max(h, w)
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    return (size - nh) // 2, (size - nw) // 2, nh, nw
+
+
+def letterbox(img: np.ndarray, size: int) -> np.ndarray:
+    top, left, nh, nw = letterbox_box(img.shape[0], img.shape[1], size)
     out = np.zeros((size, size, img.shape[2]), dtype=np.float32)
-    top, left = (size - nh) // 2, (size - nw) // 2
     out[top : top + nh, left : left + nw] = _scaled(img, nh, nw)
     return out
 
