@@ -6,7 +6,11 @@ real sets, three seeds (every seed its own copy-grouped split and initialisation
 ordinary `nfx finetune` run from scratch (no model hub here) in a child process, 64 px, micro-batch
 32 (effective batch 32): for an NF net accumulation is exact (docs/COMPARE.md: the same numbers at
 micro-batch 1, 2 and 32), so a recipe measured here holds for NF at any micro-batch; the BatchNorm
-net at micro-batch 32 is its best case. The base cells are docs/COMPARE.md's (same work folder).
+net at micro-batch 32 is its best case. Round 1 (docs/RECIPES.md) shares its base cells with
+docs/COMPARE.md (same work folder); round 2 (docs/RECIPES2.md: optimiser, AGC λ, EMA) ran its own
+base cells in its own work folder, because the copy signature changed between the rounds
+(SIG_VERSION 3) and with it some copy groups and so the seeds' splits: every difference in a
+table is paired within one round, on identical splits.
 
 Metrics: validation accuracy and ROC AUC of the last epoch; per recipe mean ± sd over seeds, and
 the paired difference to the base recipe (same seed = same split and init) with its 95 % t-interval.
@@ -14,6 +18,8 @@ the paired difference to the base recipe (same seed = same split and init) with 
     python benchmarks/bench_recipes.py                       # both sets, 3 seeds, 8 recipes (about 1 h on 2 cores)
     python benchmarks/bench_recipes.py --recipes base,epochs-16-aug-light --archs nf_resnet26,resnet26
     python benchmarks/bench_recipes.py --report-only         # the doc from the cells finished so far
+    python benchmarks/bench_recipes.py --work ~/.cache/nfx-bench/bench_recipes2 --doc RECIPES2.md \
+        --recipes base,sgd-0.1,sgd-0.02,agc-0.02,sgd-0.1-agc-0.02,ema   # round 2
 """
 
 from __future__ import annotations
@@ -64,6 +70,7 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--work", type=Path, default=CACHE / "bench_nf_vs_bn")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--doc", default="RECIPES.md", help="file under docs/ to write (round 1: RECIPES.md, round 2: RECIPES2.md)")
     args = ap.parse_args(argv)
 
     import torch
@@ -120,7 +127,8 @@ def write_doc(args, sets, recipes, archs, results, device: str) -> None:
              __doc__.split("\n\n", 1)[1].split("\n    python")[0].strip(), "",
              f"Device: {device}.", "",
              f"Command: `python benchmarks/bench_recipes.py --sets {args.sets} --seeds {args.seeds} "
-             f"--recipes {args.recipes} --archs {args.archs}` (one cell by hand: `nfx finetune DATA --arch nf_regnet_b0 --no-pretrained "
+             f"--recipes {args.recipes} --archs {args.archs}"
+             + (f" --work WORK --doc {args.doc}" if args.doc != "RECIPES.md" else "") + "` (one cell by hand: `nfx finetune DATA --arch nf_regnet_b0 --no-pretrained "
              f"--bs 32 --size {args.size} --epochs 8 --seed 0 --mixup 0.4`).", ""]
     for key in sets:
         lines += [f"## {SETS[key][0]}", "",
@@ -140,7 +148,7 @@ def write_doc(args, sets, recipes, archs, results, device: str) -> None:
                 lines.append(f"| {RECIPES[recipe][0] if recipe != 'base' else 'base: ' + RECIPES['base'][0]} | {arch} | "
                              f"{len(got)} | {_row(acc)} | {_diff(da)} | {_row(auc)} | {_diff(du)} |")
         lines.append("")
-    out = ROOT / "docs" / "RECIPES.md"
+    out = ROOT / "docs" / args.doc
     old = out.read_text() if out.is_file() else ""
     reading = old[old.index("## What it shows"):] if "## What it shows" in old else "## What it shows\n\n(to be written)\n"
     tmp = out.with_name(f".{out.name}.tmp")
