@@ -42,11 +42,12 @@ from nfx.train.callbacks import (
     nan_if_none,
     resolve_clip,
 )
-from nfx.train.optim import fused_adam
+from nfx.train.optim import fused_adam, sgd_nesterov
 from nfx.train.persample_cb import PerSampleAGCCallback
 
 __all__ = ["AGC", "PerSampleAGC", "NoDecay", "nf_learner", "nf_splitter", "head_params", "effective_batch",
-           "DecodeImage", "MedicalImageBlock", "GroupedSplitter", "dicom_patient", "fused_adam"]
+           "DecodeImage", "MedicalImageBlock", "GroupedSplitter", "dicom_patient", "fused_adam",
+           "sgd_nesterov"]
 
 
 class AGC(AGCCallback):

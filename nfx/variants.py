@@ -142,9 +142,9 @@ def _sgd() -> Any:
     return sgd_nesterov
 
 
-register_optimizer(OptimizerChoice("adam", "AdamW (fastai's Adam, fused kernel)", "AdamW", _adam))
-register_optimizer(OptimizerChoice("sgd", "SGD with Nesterov momentum (as the NFNet paper; needs a far larger --lr, "
-                                          "e.g. 0.05-0.1)", "SGD with Nesterov momentum", _sgd))
+register_optimizer(OptimizerChoice("adam", "AdamW: fastai's Adam on torch's fused kernel", "AdamW", _adam))
+register_optimizer(OptimizerChoice("sgd", "SGD with Nesterov momentum, the NFNet paper's optimiser: give it a far "
+                                          "larger --lr, e.g. 0.05-0.1", "SGD with Nesterov momentum", _sgd))
 
 # ---------------------------------------------------------------------------------------------
 # augmentation presets (nfx.data.augment builds the Compose; flip first when asked)

@@ -266,6 +266,23 @@ def test_nf_learner_keeps_timm_head_exempts_gains_from_decay_and_normalises():
     assert not any(isinstance(cb, AGC) for cb in bn.cbs)  # BatchNorm baselines: no AGC by default
 
 
+def test_nf_learner_with_sgd_nesterov_fine_tunes_and_keeps_the_decay_exemptions():
+    """`opt_func=sgd_nesterov` (`--optimizer sgd`): fastai's fine_tune drives it (mom scheduled),
+    the gains stay exempt from decay, and the momentum buffers fill."""
+    from nfx.fastai import nf_learner, sgd_nesterov
+    from nfx.train.optim import ForeachSGD
+
+    learn = nf_learner(_png_dls(bs=8), "test_nfnet", pretrained=False, opt_func=sgd_nesterov)
+    before = [p.detach().clone() for p in learn.model.parameters()]
+    learn.fine_tune(1, 0.05, freeze_epochs=1)
+    assert isinstance(learn.opt, ForeachSGD)
+    gains = [p for n, p in learn.model.named_parameters() if n.endswith(".gain")]
+    assert gains and all(learn.opt.state[p].get("do_wd") is False for p in gains)
+    assert all("sqr_avg" not in learn.opt.state[p] for p in gains)
+    assert any((p.detach() - b).abs().max() > 0 for p, b in zip(learn.model.parameters(), before, strict=True))
+    assert any(learn.opt.state[p]["grad_avg"].abs().sum() > 0 for p in gains)
+
+
 def test_medical_image_block_decodes_like_nfx_and_uses_the_cache(tmp_path):
     from nfx.data.cache import preprocess
     from nfx.fastai import DecodeImage
