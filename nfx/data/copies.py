@@ -9,8 +9,10 @@ sides validates on a training image. This module owns:
   anyway; elsewhere: Gaussian pyramid, bilinear to 128, 4×4 block means — the two correlate
   ≥ 0.996), its
   2-D DCT-II (orthonormal) and the 16×16
-  lowest frequencies kept (256 numbers, stored as float16 beside the decode-cache entry). Because
-  the DCT is orthonormal, the dot product of two signatures with the DC term removed and scaled to
+  lowest frequencies kept (256 numbers, stored as float16 beside the decode-cache entry), of which
+  the 10×10 lowest (`USED`) are compared: a shift of a few pixels scrambles the highest ones, and
+  dropping them also separates distinct images better (docs/COPIES.md). Because
+  the DCT is orthonormal, the dot product of two compared blocks with the DC term removed and scaled to
   unit length is the Pearson correlation of the two *low-passed* thumbnails: invariant to any
   linear change of brightness/contrast (window, bit depth), and blind to the pixel-level noise of
   JPEG re-encoding and resampling. A mirror multiplies coefficient k of the flipped axis by
@@ -49,6 +51,7 @@ from nfx.data.copy_signature import (  # noqa: F401  (nfx.data.copies is where c
     MID,
     SIG_VERSION,
     THUMB,
+    USED,
     correlation,
     mask,
     orient,
@@ -60,7 +63,7 @@ from nfx.data.copy_signature import (  # noqa: F401  (nfx.data.copies is where c
 )
 
 EXACT_MAX = 5_000  # up to this many images every pair is compared (blocked matrix products)
-THRESHOLD = 0.95  # correlation of the low-passed thumbnails (docs/COPIES.md)
+THRESHOLD = 0.98  # correlation of the low-passed thumbnails, over the USED×USED block (docs/COPIES.md)
 
 
 @dataclass
