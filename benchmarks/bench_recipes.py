@@ -10,7 +10,9 @@ net at micro-batch 32 is its best case. Round 1 (docs/RECIPES.md) shares its bas
 docs/COMPARE.md (same work folder); round 2 (docs/RECIPES2.md: optimiser, AGC λ, EMA) ran its own
 base cells in its own work folder, because the copy signature changed between the rounds
 (SIG_VERSION 3) and with it some copy groups and so the seeds' splits: every difference in a
-table is paired within one round, on identical splits.
+table is paired within one round, on identical splits. (The copy rule changed once more after
+round 2 — 10×10 coefficients at 0.98 — so cells run afresh now would split some seeds differently
+from both rounds' cached cells: a new round needs its own base cells again.)
 
 Metrics: validation accuracy and ROC AUC of the last epoch; per recipe mean ± sd over seeds, and
 the paired difference to the base recipe (same seed = same split and init) with its 95 % t-interval.
