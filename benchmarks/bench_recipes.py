@@ -22,6 +22,8 @@ the paired difference to the base recipe (same seed = same split and init) with 
     python benchmarks/bench_recipes.py --report-only         # the doc from the cells finished so far
     python benchmarks/bench_recipes.py --work ~/.cache/nfx-bench/bench_recipes2 --doc RECIPES2.md \
         --recipes base,sgd-0.1,sgd-0.02,agc-0.02,sgd-0.1-agc-0.02,ema   # round 2
+    python benchmarks/bench_recipes.py --work ~/.cache/nfx-bench/bench_recipes3 --doc RECIPES3.md \
+        --recipes base,epochs-16-aug-light --archs nf_regnet_b0,nf_regnet_b1,resnet18   # round 3: NF width
 """
 
 from __future__ import annotations
