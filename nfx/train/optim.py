@@ -48,8 +48,12 @@ def _fused_device_type(kind: str) -> bool:
     return kind in _get_fused_kernels_supported_devices() and hasattr(torch, "_fused_adamw_")
 
 
-class FusedAdam(Optimizer):
-    """fastai's Optimizer holding fastai Adam's state, stepped by whole buckets of tensors."""
+class _Bucketed(Optimizer):
+    """fastai's Optimizer stepped by whole buckets of tensors: the gradients of a param group are
+    grouped by `_key` (tensors a kernel can update together), their state created by `_init`, and
+    `_step_bucket` updates one bucket. Subclasses name their state and arithmetic only."""
+
+    STATE: tuple[str, ...] = ()  # per-parameter buffers, zeros like the gradient on first use
 
     def zero_grad(self):
         """Gradients set to None (torch's default since 2.0) instead of fastai's detach + zero_ per
@@ -58,37 +62,56 @@ class FusedAdam(Optimizer):
         for p, *_ in self.all_params(with_grad=True):
             p.grad = None
 
+    def _key(self, st: dict, p: torch.Tensor) -> tuple:
+        return (bool(st.get("do_wd", True)), p.device, p.dtype)
+
+    def _step_bucket(self, key: tuple, ps: list[torch.Tensor], hyper: dict) -> None:
+        raise NotImplementedError
+
     @torch.no_grad()
     def step(self, closure=None):
         if closure is not None:
             raise NotImplementedError("closures are not supported")
         for pg, hyper in zip(self.param_lists, self.hypers):
-            lr, mom, sqr_mom, eps, wd = (float(hyper[k]) for k in ("lr", "mom", "sqr_mom", "eps", "wd"))
             buckets: dict[tuple, list[torch.Tensor]] = defaultdict(list)
             for p in pg:
                 if p.grad is None:
                     continue
                 st = self.state[p]
-                if "grad_avg" not in st:
-                    st["grad_avg"] = torch.zeros_like(p.grad)
-                    st["sqr_avg"] = torch.zeros_like(p.grad)
-                key = (int(st.get("step", 0)), bool(st.get("do_wd", True)), p.device, p.dtype)
-                buckets[key].append(p)
-            for (step, do_wd, dev, _dt), ps in buckets.items():
-                states = [self.state[p] for p in ps]
-                grads = [p.grad for p in ps]
-                avgs = [s["grad_avg"] for s in states]
-                sqrs = [s["sqr_avg"] for s in states]
-                step += 1
-                decay = wd if do_wd else 0.0
-                if _fused_available(dev):
-                    t = torch.full((), float(step), dtype=torch.float32, device=dev)
-                    torch._fused_adamw_(ps, grads, avgs, sqrs, [], [t] * len(ps), amsgrad=False, lr=lr,
-                                        beta1=mom, beta2=sqr_mom, weight_decay=decay, eps=eps, maximize=False)
-                else:
-                    _foreach_adamw(ps, grads, avgs, sqrs, step, lr, mom, sqr_mom, eps, decay)
-                for s in states:
-                    s["step"] = step
+                for name in self.STATE:
+                    if name not in st:
+                        st[name] = torch.zeros_like(p.grad)
+                buckets[self._key(st, p)].append(p)
+            for key, ps in buckets.items():
+                self._step_bucket(key, ps, hyper)
+
+
+class FusedAdam(_Bucketed):
+    """fastai's Optimizer holding fastai Adam's state, stepped by whole buckets of tensors (same
+    group, step count, do_wd, device, dtype)."""
+
+    STATE = ("grad_avg", "sqr_avg")
+
+    def _key(self, st: dict, p: torch.Tensor) -> tuple:
+        return (int(st.get("step", 0)), *super()._key(st, p))
+
+    def _step_bucket(self, key: tuple, ps: list[torch.Tensor], hyper: dict) -> None:
+        step, do_wd, dev, _dt = key
+        lr, mom, sqr_mom, eps, wd = (float(hyper[k]) for k in ("lr", "mom", "sqr_mom", "eps", "wd"))
+        states = [self.state[p] for p in ps]
+        grads = [p.grad for p in ps]
+        avgs = [s["grad_avg"] for s in states]
+        sqrs = [s["sqr_avg"] for s in states]
+        step += 1
+        decay = wd if do_wd else 0.0
+        if _fused_available(dev):
+            t = torch.full((), float(step), dtype=torch.float32, device=dev)
+            torch._fused_adamw_(ps, grads, avgs, sqrs, [], [t] * len(ps), amsgrad=False, lr=lr,
+                                beta1=mom, beta2=sqr_mom, weight_decay=decay, eps=eps, maximize=False)
+        else:
+            _foreach_adamw(ps, grads, avgs, sqrs, step, lr, mom, sqr_mom, eps, decay)
+        for s in states:
+            s["step"] = step
 
 
 def _foreach_adamw(ps, grads, avgs, sqrs, step, lr, mom, sqr_mom, eps, decay):
@@ -110,7 +133,7 @@ def fused_adam(params, lr, mom: float = 0.9, sqr_mom: float = 0.99, eps: float =
     return FusedAdam(params, cbs, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd)
 
 
-class ForeachSGD(FusedAdam):
+class ForeachSGD(_Bucketed):
     """SGD with Nesterov momentum and decoupled weight decay in fastai's Optimizer, stepped by
     buckets with `torch._foreach_*` kernels (same zero_grad as FusedAdam). State per parameter:
     `grad_avg` (the momentum buffer), `do_wd`. Arithmetic, per step:
@@ -118,29 +141,19 @@ class ForeachSGD(FusedAdam):
     nesterov=True, dampening 0, after fastai's decoupled decay; `mom` follows fastai's momentum
     schedule (fit_one_cycle cycles it 0.95 → 0.85 → 0.95)."""
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        if closure is not None:
-            raise NotImplementedError("closures are not supported")
-        for pg, hyper in zip(self.param_lists, self.hypers):
-            lr, mom, wd = (float(hyper[k]) for k in ("lr", "mom", "wd"))
-            buckets: dict[tuple, list[torch.Tensor]] = defaultdict(list)
-            for p in pg:
-                if p.grad is None:
-                    continue
-                st = self.state[p]
-                if "grad_avg" not in st:
-                    st["grad_avg"] = torch.zeros_like(p.grad)
-                buckets[(bool(st.get("do_wd", True)), p.device, p.dtype)].append(p)
-            for (do_wd, _dev, _dt), ps in buckets.items():
-                grads = [p.grad for p in ps]
-                bufs = [self.state[p]["grad_avg"] for p in ps]
-                if do_wd and wd != 0:
-                    torch._foreach_mul_(ps, 1 - lr * wd)
-                torch._foreach_mul_(bufs, mom)
-                torch._foreach_add_(bufs, grads)
-                torch._foreach_add_(ps, grads, alpha=-lr)
-                torch._foreach_add_(ps, bufs, alpha=-lr * mom)
+    STATE = ("grad_avg",)
+
+    def _step_bucket(self, key: tuple, ps: list[torch.Tensor], hyper: dict) -> None:
+        do_wd = key[0]
+        lr, mom, wd = (float(hyper[k]) for k in ("lr", "mom", "wd"))
+        grads = [p.grad for p in ps]
+        bufs = [self.state[p]["grad_avg"] for p in ps]
+        if do_wd and wd != 0:
+            torch._foreach_mul_(ps, 1 - lr * wd)
+        torch._foreach_mul_(bufs, mom)
+        torch._foreach_add_(bufs, grads)
+        torch._foreach_add_(ps, grads, alpha=-lr)
+        torch._foreach_add_(ps, bufs, alpha=-lr * mom)
 
 
 def nesterov_step(p, lr, mom, grad_avg, **kwargs):
