@@ -51,3 +51,14 @@ def write_subsection(section: str, key: str, body: str, intro: str = "") -> None
     tmp = DOC.with_name(f".{DOC.name}.tmp")
     tmp.write_text(text.rstrip() + "\n")
     os.replace(tmp, DOC)
+
+
+def write_keeping_reading(out: Path, lines: list[str]) -> None:
+    """Write a generated doc (`lines`: its tables) atomically, keeping the "## What it shows" section
+    of the existing file: the reading of the tables is written by a person, and a rerun keeps it
+    (it may need updating)."""
+    old = out.read_text() if out.is_file() else ""
+    reading = old[old.index("## What it shows"):] if "## What it shows" in old else "## What it shows\n\n(to be written)\n"
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text("\n".join([*lines, reading.rstrip()]) + "\n")
+    os.replace(tmp, out)

@@ -32,7 +32,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _doc import ROOT, device_line  # noqa: E402
+from _doc import ROOT, device_line, write_keeping_reading  # noqa: E402
 from real_data import CACHE, brain_mri, elpv  # noqa: E402
 
 SETS = {"mri": ("brain MRI", brain_mri), "elpv": ("ELPV solar cells", lambda: elpv(n_per_class=120))}
@@ -165,12 +165,7 @@ def write_doc(args, per_set, results, device: str) -> None:
         first_png = first_png or png
         lines += ["", f"![{title}: accuracy and ROC AUC against micro-batch, nf_regnet_b0 vs resnet18]({png.name})", ""]
     out = docs / "COMPARE.md"
-    old = out.read_text() if out.is_file() else ""
-    # the reading of the table is written by a person; a rerun keeps it (and it may need updating)
-    reading = old[old.index("## What it shows"):] if "## What it shows" in old else "## What it shows\n\n(to be written)\n"
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text("\n".join(lines + [reading.rstrip()]) + "\n")
-    os.replace(tmp, out)
+    write_keeping_reading(out, lines)
     stale = docs / "compare.png"
     if stale.exists():
         stale.unlink()

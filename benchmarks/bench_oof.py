@@ -29,7 +29,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _doc import ROOT, device_line  # noqa: E402
+from _doc import ROOT, device_line, write_keeping_reading  # noqa: E402
 from bench_compare import EXTRA, SETS  # noqa: E402
 from real_data import CACHE  # noqa: E402
 
@@ -162,11 +162,7 @@ def main(argv=None) -> int:
                              f"| {standardised_auc(r):.3f} |")
         lines.append("")
     out = ROOT / "docs" / "OOF.md"
-    old = out.read_text() if out.is_file() else ""
-    reading = old[old.index("## What it shows"):] if "## What it shows" in old else "## What it shows\n\n(to be written)\n"
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text("\n".join(lines + [reading.rstrip()]) + "\n")
-    os.replace(tmp, out)
+    write_keeping_reading(out, lines)
     print(out.read_text())
     return 0
 

@@ -38,7 +38,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _doc import ROOT, device_line  # noqa: E402
+from _doc import ROOT, device_line, write_keeping_reading  # noqa: E402
 from bench_compare import EXTRA, PAIR1, SETS, _pm, study_cell  # noqa: E402
 from real_data import CACHE  # noqa: E402
 
@@ -153,11 +153,7 @@ def write_doc(args, sets, recipes, archs, results, device: str) -> None:
                              f"{len(got)} | {_row(acc)} | {_diff(da)} | {_row(auc)} | {_diff(du)} |")
         lines.append("")
     out = ROOT / "docs" / args.doc
-    old = out.read_text() if out.is_file() else ""
-    reading = old[old.index("## What it shows"):] if "## What it shows" in old else "## What it shows\n\n(to be written)\n"
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text("\n".join(lines + [reading.rstrip()]) + "\n")
-    os.replace(tmp, out)
+    write_keeping_reading(out, lines)
     print(out.read_text())
 
 
