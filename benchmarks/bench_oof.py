@@ -7,10 +7,16 @@ interval). Both networks of a set share the same folds (same seed), so their out
 predictions are paired image by image: the difference of ROC AUC and accuracy gets a paired
 bootstrap interval over images (2000 resamples). The per-fold columns are the mean ± sd of the 5
 fold models, each on its own validation fold: pooled out-of-fold ROC AUC also asks that the fold
-models' scores share one scale, per-fold AUC does not. From scratch (no model hub here), 64 px,
-batch 32, nfx's from-scratch schedule; the recipes of docs/RECIPES.md's base and its best.
+models' scores share one scale, per-fold AUC does not. 64 px, batch 32; the recipes of
+docs/RECIPES.md's base and its best, each from scratch (no model hub here; nfx's from-scratch
+schedule) and from local weights (`local*`: each network pretrained by nfx on the 2384 ELPV cells
+outside the ELPV set, 8 classes of cell type × defect probability, 16 epochs, --aug light; then
+nfx's fine-tune schedule — cross-domain transfer for the brain MRI set, in-domain transfer from
+disjoint cells whose labels include the defect task for the ELPV set). `*-keepbest`: the same
+training keeping the best epoch by validation ROC AUC (`--keep best`, nfx's default before
+2026-12-06) instead of the last.
 
-    python benchmarks/bench_oof.py [--sets mri,elpv --archs nf_regnet_b0,resnet18 --recipes base,long-aug]
+    python benchmarks/bench_oof.py [--sets mri,elpv --archs nf_regnet_b0,resnet18 --recipes base,local]
     python benchmarks/bench_oof.py --report-only
 """
 
@@ -31,11 +37,45 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _doc import ROOT, device_line, write_keeping_reading  # noqa: E402
 from bench_compare import EXTRA, SETS  # noqa: E402
-from real_data import CACHE  # noqa: E402
+from real_data import CACHE, elpv_pretrain  # noqa: E402
 
 # name -> (what it is, extra flags, epochs)
 RECIPES = {"base": ("nfx's defaults, 8 epochs", (), 8),
-           "long-aug": ("16 epochs and --aug light (round 1's best for both)", ("--aug", "light"), 16)}
+           "long-aug": ("16 epochs and --aug light (round 1's best for both)", ("--aug", "light"), 16),
+           # from local weights: each network pretrained by nfx on the ELPV cells outside the ELPV set
+           "local": ("local weights, nfx's defaults (fine-tune schedule), 8 epochs", (), 8),
+           "local-long-aug": ("local weights, 16 epochs and --aug light", ("--aug", "light"), 16),
+           # the regime NF nets are built for: micro-batch 4 under accumulation to the same effective batch
+           "mb4": ("nfx's defaults at micro-batch 4 × --accum 8", ("--bs", "4", "--accum", "8"), 8),
+           # nfx before --keep: model.safetensors was the best epoch by validation ROC AUC, chosen on
+           # the very fold it is then scored on
+           "base-keepbest": ("nfx's defaults with --keep best (the default before 2026-12-06)", ("--keep", "best"), 8),
+           "long-aug-keepbest": ("16 epochs, --aug light, --keep best", ("--aug", "light", "--keep", "best"), 16)}
+PRETRAIN_EPOCHS = 16
+
+
+def pretrain(arch: str, args, work: Path) -> Path:
+    """The local weights: `arch` trained from scratch by nfx on the 2384 ELPV cells outside the ELPV
+    set (8 classes, real_data.elpv_pretrain, its fixed 10 % validation split), 64 px, 16 epochs, --aug light."""
+    name = f"pretrain-elpv8-{arch}-{args.size}-{PRETRAIN_EPOCHS}ep"
+    run = work / "pretrain" / name
+    weights = run / "model.safetensors"
+    if weights.is_file() and (run / "metrics.json").is_file():
+        return weights
+    if args.report_only:
+        raise FileNotFoundError(weights)
+    data = elpv_pretrain()
+    cmd = [sys.executable, "-m", "nfx", "finetune", str(data), "--labels", str(data / "labels.csv"), "--arch", arch,
+           "--no-pretrained",
+           "--size", str(args.size), "--bs", "32", "--epochs", str(PRETRAIN_EPOCHS), "--aug", "light", "--seed", "0",
+           "--workers", "0", "--allow-duplicate-leak", "--out", str(run.parent), "--name", name]
+    t0 = time.perf_counter()
+    run.parent.mkdir(parents=True, exist_ok=True)
+    with open(run.parent / f"{name}.log", "w") as fh:
+        subprocess.run(cmd, check=True, stdout=fh, stderr=subprocess.STDOUT)
+    m = json.loads((run / "metrics.json").read_text())
+    print(f"pretrained {arch}: valid accuracy {m.get('valid_accuracy')} in {time.perf_counter() - t0:.0f} s", flush=True)
+    return weights
 
 
 def run_arm(key: str, data: Path, arch: str, recipe: str, args, work: Path) -> dict | None:
@@ -47,7 +87,8 @@ def run_arm(key: str, data: Path, arch: str, recipe: str, args, work: Path) -> d
         if args.report_only:
             return None
         nfx = [sys.executable, "-m", "nfx"]
-        cmd = nfx + ["finetune", str(data), "--arch", arch, "--no-pretrained", "--size", str(args.size), "--bs", "32",
+        start = ["--weights", str(pretrain(arch, args, work))] if recipe.startswith("local") else ["--no-pretrained"]
+        cmd = nfx + ["finetune", str(data), "--arch", arch, *start, "--size", str(args.size), "--bs", "32",
                      "--epochs", str(epochs), "--seed", str(args.seed), "--folds", str(args.folds), "--workers", "0",
                      "--out", str(work / "runs"), "--name", name, *EXTRA.get(key, ()), *flags]
         t0 = time.perf_counter()
@@ -64,7 +105,9 @@ def run_arm(key: str, data: Path, arch: str, recipe: str, args, work: Path) -> d
     return {"accuracy": ev["accuracy"], "roc_auc": ev["roc_auc"], "roc_auc_ci": ev.get("roc_auc_ci"),
             "fold_acc": (folds.get("accuracy_mean"), folds.get("accuracy_sd")),
             "fold_auc": (folds.get("roc_auc_mean"), folds.get("roc_auc_sd")),
-            "n": ev["n_images"], "positive": ev["positive_class"], "rows": rows}
+            "n": ev["n_images"], "positive": ev["positive_class"], "rows": rows,
+            "chosen": [json.loads((parent / f"fold-{f}" / "metrics.json").read_text()).get("selected_epoch")
+                       for f in range(1, args.folds + 1)]}
 
 
 def standardised_auc(r: dict) -> float:
@@ -114,7 +157,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sets", default="mri,elpv")
     ap.add_argument("--archs", default="nf_regnet_b0,resnet18", help="the first is compared with each other one")
-    ap.add_argument("--recipes", default="base,long-aug")
+    ap.add_argument("--recipes", default="base,base-keepbest,long-aug,long-aug-keepbest,local,local-long-aug")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--size", type=int, default=64)
@@ -160,6 +203,23 @@ def main(argv=None) -> int:
                       else "– | –")
                 lines.append(f"| {RECIPES[recipe][0]} | {arch} | {r['n']} | {r['accuracy']:.3f} | {auc} | {da} | {du} | {pf} "
                              f"| {standardised_auc(r):.3f} |")
+        lines.append("")
+    kept = [(key, r) for key in sets for r in recipes if f"{r}-keepbest" in recipes]
+    if kept:
+        lines += ["## Which epoch to keep: the last (default) vs the best by validation ROC AUC (`--keep best`)", "",
+                  "The same training (same seed, folds and schedule); only the epoch each fold model keeps differs. "
+                  "Δ = last − best on the same images, paired bootstrap interval.", "",
+                  "| set | recipe | model | Δ accuracy (95 % CI) | Δ ROC AUC (95 % CI) | epochs chosen by `--keep best` |",
+                  "|---|---|---|---|---|---|"]
+        for key, recipe in kept:
+            for arch in archs:
+                a, b = res.get((key, recipe, arch)), res.get((key, f"{recipe}-keepbest", arch))
+                if not (a and b):
+                    continue
+                d = paired(a, b)
+                lines.append(f"| {SETS[key][0]} | {RECIPES[recipe][0]} | {arch} | {d['d_acc']:+.3f} ({d['acc_ci'][0]:+.3f} to "
+                             f"{d['acc_ci'][1]:+.3f}) | {d['d_auc']:+.3f} ({d['auc_ci'][0]:+.3f} to {d['auc_ci'][1]:+.3f}) | "
+                             f"{', '.join(str(e) for e in b['chosen'])} of {RECIPES[recipe][2]} |")
         lines.append("")
     out = ROOT / "docs" / "OOF.md"
     write_keeping_reading(out, lines)

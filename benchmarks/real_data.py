@@ -15,6 +15,14 @@ into a local cache; nothing here is committed to the repository.
   ``defective`` (2/3 or 1); the uncertain 1/3 cells are left out. A fixed, seeded sample of
   ``n_per_class`` images per class keeps CPU runs short. No module ids: every image is its own group
   in the split (nfx's copy grouping still applies).
+- ``elpv_pretrain()``: a larger real set for pretraining "local weights" with labels: every ELPV
+  cell *not* in ``elpv(n_per_class=120)`` (2384 cells), eight classes = cell type (mono/poly) ×
+  expert defect probability (0, 1/3, 2/3, 1). Fine-tuning on the brain MRI set from these weights
+  is cross-domain transfer (solar cells to MRI); fine-tuning on ``elpv(120)`` is in-domain transfer
+  from disjoint cells whose labels include the defect task itself (supervised pretraining on ten
+  times more cells of the same kind) — say which one a number is. Its ``labels.csv`` fixes a
+  seeded, stratified 10 % validation split: nfx's copy grouping chains these fixed-layout cells
+  into one group of ~500 (docs/COPIES.md), which would otherwise take a third of the set.
 - ``pretrain_set()``: a different real set for pretraining the "local weights" yourself: every
   image in pydicom's and pydicom-data's test files that nfx can decode (CT, MR, CR/DX, US, XA,
   NM, RT, secondary capture; pydicom-data is a dev dependency), turned into a self-supervised
@@ -93,6 +101,38 @@ def elpv(root: Path = CACHE, n_per_class: int = 200) -> Path:
             (part / label).mkdir(parents=True)
             for name in sorted(rng.sample(sorted(names), n_per_class)):
                 (part / label / Path(name).name).write_bytes(wheel.read(f"elpv_dataset/data/{name}"))
+        shutil.rmtree(dest, ignore_errors=True)
+        part.rename(dest)
+    return dest
+
+
+def elpv_pretrain(root: Path = CACHE, exclude_n_per_class: int = 120) -> Path:
+    """ELPV cells outside ``elpv(exclude_n_per_class)`` in eight folders ``{type}_p{000,033,067,100}``."""
+    import random
+    import zipfile
+
+    dest = root / f"elpv_pretrain_without_{exclude_n_per_class}"
+    if (dest / "labels.csv").is_file():
+        return dest
+    held = {f.name for f in elpv(root, exclude_n_per_class).rglob("*.png")}
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp, ELPV_PKG], check=True)
+        wheel = zipfile.ZipFile(next(Path(tmp).glob("*.whl")))
+        part = dest.with_name(dest.name + ".part")
+        shutil.rmtree(part, ignore_errors=True)
+        for line in wheel.read("elpv_dataset/data/labels.csv").decode().split("\n"):
+            parts = line.split()
+            if len(parts) < 3 or Path(parts[0]).name in held:
+                continue
+            label = f"{parts[2]}_p{round(float(parts[1]) * 100):03d}"
+            (part / label).mkdir(parents=True, exist_ok=True)
+            (part / label / Path(parts[0]).name).write_bytes(wheel.read(f"elpv_dataset/data/{parts[0]}"))
+        rows, rng = ["path,label,split"], random.Random(0)
+        for d in sorted(part.iterdir()):
+            files = sorted(f.name for f in d.glob("*.png"))
+            valid = set(rng.sample(files, max(1, len(files) // 10)))
+            rows += [f"{d.name}/{f},{d.name},{'valid' if f in valid else 'train'}" for f in files]
+        (part / "labels.csv").write_text("\n".join(rows) + "\n")
         shutil.rmtree(dest, ignore_errors=True)
         part.rename(dest)
     return dest

@@ -116,6 +116,9 @@ class TrainConfig:
     bn: str = opt("train", "BatchNorm models: train (batch statistics) or frozen (eval mode: running statistics, never "
                            "updated; for micro-batches of 1-2) {default}.")
     patience: int | None = opt(None, "Stop after this many epochs without improvement of the monitor.")
+    keep: str | None = opt(None, "Weights model.safetensors holds: last (the end of the schedule) or best (the epoch "
+                                 "with the best --monitor on the validation split, whose metrics are then optimistic: "
+                                 "chosen on the images they score) [default: last; best with --patience].")
     monitor: str | None = opt(None, "Metric for best checkpoint / early stop [default: valid_roc_auc (binary) else "
                                     "valid_loss].")
     compile: bool = opt(False, "torch.compile the model for training.", "--compile/--no-compile", "compile_")
@@ -123,6 +126,13 @@ class TrainConfig:
                                   "folds grouped by patient and copy group; evaluate/export/predict the parent for "
                                   "out-of-fold metrics and the fold ensemble.")  # nfx.workflows.folds
     world_size: int = 1  # training processes (DDP); from the launcher (torchrun / accelerate), never a flag
+
+    @property
+    def kept(self) -> str:
+        """The epoch model.safetensors holds: --keep, else best under early stopping (--patience), else
+        last. Last by default: on a few hundred images the best epoch by a validation metric is often an
+        early one that won by chance, and its metrics are chosen on the data they score (docs/OOF.md)."""
+        return self.keep or ("best" if self.patience else "last")
 
     @property
     def effective_batch_size(self) -> int:
@@ -284,6 +294,7 @@ def validate_train(t: TrainConfig) -> None:
         (t.bn in BN_MODES, f"--bn must be one of {BN_MODES} (got {t.bn!r})"),
         (t.ema is None or 0 < t.ema < 1, f"--ema must be a decay between 0 and 1, e.g. 0.999 (got {t.ema})"),
         (t.patience is None or t.patience >= 1, f"--patience must be >= 1 epoch (got {t.patience})"),
+        (t.keep is None or t.keep in KEEP, f"--keep must be one of {KEEP} (got {t.keep!r})"),
         (t.folds is None or t.folds >= 2, f"--folds must be >= 2 (got {t.folds})"),
         (t.persample_chunk is None or t.persample_chunk >= 1, f"--persample-chunk must be >= 1 (got {t.persample_chunk})"),
         (t.optimizer in OPTIMIZERS, f"--optimizer must be {choices(OPTIMIZERS)} (got {t.optimizer!r})"),
@@ -350,6 +361,7 @@ class EvaluateConfig:
         return self
 
 
+KEEP = ("last", "best")  # what model.safetensors holds (TrainConfig.kept)
 MONITORS = ("valid_roc_auc", "valid_loss", "valid_accuracy", "train_loss")  # columns of history.csv
 
 

@@ -275,6 +275,12 @@ def show_inspect(p: Printer, r: dict[str, Any]) -> None:
         p.warn(w)
 
 
+def _kept(m: dict[str, Any]) -> str:
+    """Which epoch a run's model.safetensors is, in words (metrics.json's `kept`)."""
+    return (f"best by {m.get('monitor')} on validation: optimistic" if (m.get("kept") or "best") == "best"
+            and m.get("selected_epoch") != m.get("epochs_run") else "the last")
+
+
 def show_finetune(p: Printer, res: Any) -> None:
     m = res.metrics
     p.table(
@@ -282,7 +288,7 @@ def show_finetune(p: Printer, res: Any) -> None:
         [
             ("run folder", res.run_dir),
             ("model", f"{m['arch']} ({m['weights_source']})"),
-            (f"valid accuracy (epoch {m.get('selected_epoch')})", fmt(m.get("valid_accuracy"))),
+            (f"valid accuracy (epoch {m.get('selected_epoch')}, {_kept(m)})", fmt(m.get("valid_accuracy"))),
             ("valid ROC AUC", fmt(m.get("valid_roc_auc"))),
             ("time", f"{m['seconds']} s on {m['device']} ({m['precision']})"),
             ("next", f"nfx evaluate {res.run_dir}"),
@@ -294,7 +300,7 @@ def show_folds(p: Printer, res: Any) -> None:
     m = res.metrics
     rows = [("run folder", res.run_dir), ("model", m.get("arch", "?"))]
     for i, f in enumerate(m.get("per_fold", []), 1):
-        rows.append((f"fold {i} (epoch {f.get('selected_epoch')})",
+        rows.append((f"fold {i} (epoch {f.get('selected_epoch')}{', best on validation' if f.get('kept') == 'best' else ''})",
                      f"valid accuracy {fmt(f.get('valid_accuracy'))}, ROC AUC {fmt(f.get('valid_roc_auc'))}"))
     rows += [("mean ± sd over folds", f"accuracy {_pm(m.get('valid_accuracy'), m.get('valid_accuracy_sd'))}, "
                                       f"ROC AUC {_pm(m.get('valid_roc_auc'), m.get('valid_roc_auc_sd'))}"),

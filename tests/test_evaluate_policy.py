@@ -85,3 +85,18 @@ def test_evaluate_options_are_checked_before_the_run_is_read(tmp_path):
             EvaluateConfig(**kw).validate()
         with pytest.raises(ConfigError, match=msg):
             api.evaluate(missing, None, Printer(quiet=True), **kw)
+
+
+def test_selection_warning_only_for_weights_chosen_on_validation():
+    from nfx.evaluate.cautions import selection_warning
+
+    last = {"kept": "last", "selected_epoch": 8, "epochs_run": 8, "monitor": "valid_roc_auc"}
+    best = {"kept": "best", "selected_epoch": 1, "epochs_run": 8, "monitor": "valid_roc_auc"}
+    assert selection_warning([last]) is None
+    assert selection_warning([{**best, "selected_epoch": 8}]) is None  # the best was the last epoch
+    w = selection_warning([best])
+    assert "epoch 1 of 8" in w and "valid_roc_auc" in w and "optimistic" in w
+    w = selection_warning([last, best, best])
+    assert "2 of 3 fold models" in w
+    # runs written before --keep existed kept the best epoch: warned too
+    assert selection_warning([{k: v for k, v in best.items() if k != "kept"}]) is not None

@@ -3,6 +3,7 @@ or a real Learner, on tiny data."""
 
 from __future__ import annotations
 
+import csv
 import json
 from collections import Counter
 
@@ -55,6 +56,38 @@ def test_early_stopping_and_best_epoch(tiny_data, tmp_path):
     assert all(torch.equal(best[k], saved[k]) for k in best)
     on_disk = json.loads((res.run_dir / "metrics.json").read_text())
     assert on_disk["early_stopped_at"] == 2
+
+
+def test_keep_last_epoch_by_default_best_on_request(tiny_data, tmp_path):
+    """model.safetensors is the schedule's last epoch unless --keep best (or --patience) asks for the
+    epoch the validation split chose; evaluate then says that its metrics are optimistic."""
+    kw = dict(epochs=3, lr=0.3, agc=None, monitor="valid_loss")  # unstable on purpose: best epoch 2 of 3
+    last = api.finetune(_cfg(tiny_data / "dicom", tmp_path, "last", **kw), Printer(quiet=True))
+    m = last.metrics
+    assert m["kept"] == "last" and m["selected_epoch"] == m["epochs_run"] == 3
+    # precondition (seeded, deterministic): the validation split prefers an earlier epoch here
+    assert m["best_epoch"] != 3, "pick a setting whose best epoch by valid_loss is not the last"
+    saved = load_file(str(last.run_dir / "model.safetensors"))
+    final = torch.load(last.run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
+    best = load_file(str(last.run_dir / "checkpoints" / "best.safetensors"))  # still written, for --keep best
+    assert all(torch.equal(saved[k], final[k]) for k in saved)
+    assert not all(torch.equal(saved[k], best[k]) for k in saved)
+    hist = list(csv.DictReader(open(last.run_dir / "history.csv")))
+    assert m["valid_loss"] == pytest.approx(float(hist[-1]["valid_loss"]), rel=1e-5)
+
+    chosen = api.finetune(_cfg(tiny_data / "dicom", tmp_path, "best", keep="best", **kw), Printer(quiet=True))
+    c = chosen.metrics
+    assert c["kept"] == "best" and c["selected_epoch"] == c["best_epoch"] == m["best_epoch"]
+    saved = load_file(str(chosen.run_dir / "model.safetensors"))
+    best = load_file(str(chosen.run_dir / "checkpoints" / "best.safetensors"))
+    assert all(torch.equal(saved[k], best[k]) for k in saved)
+
+    p = Printer(quiet=True)
+    api.evaluate(chosen.run_dir, printer=p, n_bootstrap=20, plots=False)
+    assert any("best epoch by valid_loss on this validation data" in w for w in p.warnings)
+    p = Printer(quiet=True)
+    api.evaluate(last.run_dir, printer=p, n_bootstrap=20, plots=False)
+    assert not any("best epoch" in w for w in p.warnings)
 
 
 def test_class_weights():

@@ -54,6 +54,22 @@ def evaluation_warnings(result: dict[str, Any], items: Sequence[tuple[str, str, 
     return out
 
 
+def selection_warning(metrics: Sequence[dict[str, Any]]) -> str | None:
+    """The warning owed when the evaluated weights were chosen on the images being scored: a run's
+    (or each fold's) metrics.json with `kept` = best (runs written before `--keep` existed kept the
+    best epoch whenever one was recorded). None when every model is its schedule's last epoch."""
+    chosen = [m for m in metrics if (m.get("kept") or "best") == "best" and m.get("selected_epoch") is not None
+              and m.get("selected_epoch") != m.get("epochs_run")]
+    if not chosen:
+        return None
+    m = chosen[0]
+    which = (f"epoch {m['selected_epoch']} of {m.get('epochs_run')}" if len(metrics) == 1
+             else f"{len(chosen)} of {len(metrics)} fold models (e.g. epoch {m['selected_epoch']} of {m.get('epochs_run')})")
+    return (f"the weights are the best epoch by {m.get('monitor') or 'the monitor'} on this validation data ({which}; "
+            "--keep best or --patience): metrics on the images that chose them are optimistic — retrain with "
+            "--keep last, or evaluate on a test split")
+
+
 def provenance(cfg: Any, info: Any, env: dict[str, Any], split_rows: Sequence[dict[str, str]]) -> dict[str, Any]:
     """Where the evaluated model came from. `cfg`: the run's RunConfig; `info`: its ModelInfo;
     `env`: its env.json (may be empty)."""

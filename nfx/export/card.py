@@ -80,8 +80,8 @@ def render(info: dict[str, Any], cfg: dict[str, Any], metrics: dict[str, Any], e
     lines += ["## Metrics", ""]
     if evaluation is None:
         lines += ["Not evaluated yet: run `nfx evaluate` on this run folder, then `nfx export` again to fill in "
-                  "metrics with confidence intervals. Training's own validation figures (selected epoch "
-                  f"{metrics.get('selected_epoch')}): accuracy {fmt(metrics.get('valid_accuracy'))}, "
+                  "metrics with confidence intervals. Training's own validation figures (epoch "
+                  f"{metrics.get('selected_epoch')}, kept: {metrics.get('kept') or 'best'}): accuracy {fmt(metrics.get('valid_accuracy'))}, "
                   f"ROC AUC {fmt(metrics.get('valid_roc_auc'))}.", ""]
     else:
         ev = evaluation

@@ -1,7 +1,8 @@
 """The fine-tuning sequence: head-only warm-up (body frozen), then the whole network with
 discriminative learning rates, each phase a one-cycle schedule; optional EMA, early stopping,
 best/last checkpoints, resume. Writes history.csv after every epoch and model.safetensors at the
-end (the best epoch by the monitored metric; reloaded once to verify).
+end (the last epoch, or the best by the monitored metric with --keep best / --patience; reloaded
+once to verify).
 """
 
 from __future__ import annotations
@@ -137,7 +138,7 @@ def fit(job: TrainingJob, printer) -> tuple[list[dict[str, Any]], dict[str, Any]
     best = run_dir / CKPT_DIR / BEST
     final_weights = ema_cb.weights() if ema_cb else learn.model.state_dict()
     selected = history[-1]["epoch"] if history else None
-    if best.is_file() and state.get("best_epoch") is not None:
+    if t.kept == "best" and best.is_file() and state.get("best_epoch") is not None:
         from safetensors.torch import load_file
 
         final_weights = load_file(str(best))
@@ -150,6 +151,8 @@ def fit(job: TrainingJob, printer) -> tuple[list[dict[str, Any]], dict[str, Any]
     final.update(
         epochs_run=len(history),
         selected_epoch=selected,
+        kept=t.kept,
+        best_epoch=state.get("best_epoch"),
         monitor=monitor,
         early_stopped_at=state.get("early_stopped_at"),
         ema=t.ema,

@@ -12,7 +12,7 @@ from nfx import runs
 from nfx.config import EvaluateConfig
 from nfx.console import Printer, Scoped
 from nfx.errors import DataError
-from nfx.evaluate.cautions import evaluation_warnings
+from nfx.evaluate.cautions import evaluation_warnings, selection_warning
 from nfx.evaluate.result import Evaluation
 from nfx.workflows.loading import LoadedRun, load_run
 from nfx.workflows.scoring import (
@@ -126,6 +126,8 @@ def evaluate(run_dir: str | Path, data: str | None = None, printer: Printer | No
     for w in evaluation_warnings(result, items, split_rows, data, clip_fractions(run), run.cfg.train.agc,
                                  run.info.from_scratch):
         printer.warn(w)
+    if in_sample and (chosen := selection_warning([runs.read_json(run.run_dir / runs.METRICS, {})])):
+        printer.warn(chosen)
     result["warnings"] = printer.warnings
     result["provenance"] = run_provenance(run.run_dir, run.cfg, run.info, split_rows)
 

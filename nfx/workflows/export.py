@@ -3,7 +3,6 @@ card MODEL.md (nfx.export.card) from the run folder's own files."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -22,19 +21,14 @@ def export(run_dir: str | Path, printer: Printer | None = None, tolerance: float
     runs.remove_stale_temps(run.run_dir)  # left by an export that was killed (its files are whole)
     report = export_onnx(run.model, run.info, out, tolerance=tolerance)
     result = {"onnx": str(out), "tolerance": tolerance, **report}
-    evaluation = _read_json(run.run_dir / runs.EVALUATION)
+    evaluation = runs.read_json(run.run_dir / runs.EVALUATION)
     if evaluation is None:
         printer.note("not evaluated yet: MODEL.md carries training's validation figures only; "
                      f"run `nfx evaluate {run.run_dir}` and export again for metrics with intervals")
-    card = render(run.info.to_json(), run.cfg.to_dict(), _read_json(run.run_dir / runs.METRICS) or {},
+    card = render(run.info.to_json(), run.cfg.to_dict(), runs.read_json(run.run_dir / runs.METRICS) or {},
                   evaluation, result)
     runs.atomic_write_text(run.run_dir / runs.MODEL_CARD, card)
     result["model_card"] = str(run.run_dir / runs.MODEL_CARD)
     return result
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None

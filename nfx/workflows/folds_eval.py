@@ -17,9 +17,10 @@ from nfx import runs
 from nfx.config import EvaluateConfig, RunConfig
 from nfx.console import Printer, Scoped
 from nfx.errors import DataError
+from nfx.evaluate.cautions import selection_warning
 from nfx.evaluate.result import Evaluation
 from nfx.records import ModelInfo
-from nfx.workflows.folds import FOLDS
+from nfx.workflows.folds import FOLDS, fold_dir
 from nfx.workflows.scoring import eval_probs
 
 
@@ -96,6 +97,9 @@ def evaluate_folds(parent: str | Path, data: str | None = None, printer: Printer
                   arch=info.arch, folds=_per_fold(y_oof, oof, fold_of, k, classes) if oof_mode else None)
     if data is not None:
         result["copies_of_training"] = found
+    if oof_mode and (chosen := selection_warning([runs.read_json(fold_dir(parent, f) / runs.METRICS, {})
+                                                   for f in range(1, k + 1)])):
+        printer.warn(chosen)
     result["warnings"] = printer.warnings
     result["provenance"] = _provenance(parent, cfg, info, rows)
     images: dict[str, bytes] = {}
