@@ -46,7 +46,8 @@ RECIPES = {"base": ("nfx's defaults, 8 epochs", (), 8),
            "local": ("local weights, nfx's defaults (fine-tune schedule), 8 epochs", (), 8),
            "local-long-aug": ("local weights, 16 epochs and --aug light", ("--aug", "light"), 16),
            # the regime NF nets are built for: micro-batch 4 under accumulation to the same effective batch
-           "mb4": ("nfx's defaults at micro-batch 4 × --accum 8", ("--bs", "4", "--accum", "8"), 8),
+           # (an NF net computes the same at any micro-batch: docs/COMPARE.md; BatchNorm does not)
+           "local-mb4": ("local weights at micro-batch 4 × --accum 8", ("--bs", "4", "--accum", "8"), 8),
            # nfx before --keep: model.safetensors was the best epoch by validation ROC AUC, chosen on
            # the very fold it is then scored on
            "base-keepbest": ("nfx's defaults with --keep best (the default before 2026-12-06)", ("--keep", "best"), 8),
@@ -78,18 +79,18 @@ def pretrain(arch: str, args, work: Path) -> Path:
     return weights
 
 
-def run_arm(key: str, data: Path, arch: str, recipe: str, args, work: Path) -> dict | None:
+def run_arm(key: str, data: Path, arch: str, recipe: str, seed: int, args, work: Path, run: bool) -> dict | None:
     _what, flags, epochs = RECIPES[recipe]
-    name = f"{key}-{arch}-{recipe}-k{args.folds}-s{args.seed}"
+    name = f"{key}-{arch}-{recipe}-k{args.folds}-s{seed}"
     parent = work / "runs" / name
     done = parent / "evaluation.json"
     if not done.is_file():
-        if args.report_only:
+        if not run:
             return None
         nfx = [sys.executable, "-m", "nfx"]
         start = ["--weights", str(pretrain(arch, args, work))] if recipe.startswith("local") else ["--no-pretrained"]
         cmd = nfx + ["finetune", str(data), "--arch", arch, *start, "--size", str(args.size), "--bs", "32",
-                     "--epochs", str(epochs), "--seed", str(args.seed), "--folds", str(args.folds), "--workers", "0",
+                     "--epochs", str(epochs), "--seed", str(seed), "--folds", str(args.folds), "--workers", "0",
                      "--out", str(work / "runs"), "--name", name, *EXTRA.get(key, ()), *flags]
         t0 = time.perf_counter()
         log = work / f"{name}.log"
@@ -97,7 +98,7 @@ def run_arm(key: str, data: Path, arch: str, recipe: str, args, work: Path) -> d
         with open(log, "w") as fh:
             subprocess.run(cmd, check=True, stdout=fh, stderr=subprocess.STDOUT)
             subprocess.run(nfx + ["evaluate", str(parent)], check=True, stdout=fh, stderr=subprocess.STDOUT)
-        print(f"{key} {arch} {recipe}: {time.perf_counter() - t0:.0f} s", flush=True)
+        print(f"{key} {arch} {recipe} seed {seed}: {time.perf_counter() - t0:.0f} s", flush=True)
     ev = json.loads(done.read_text())
     with open(parent / "predictions.csv") as fh:
         rows = list(csv.DictReader(fh))
@@ -125,6 +126,17 @@ def standardised_auc(r: dict) -> float:
         m = fold == f
         z[m] = (logit[m] - logit[m].mean()) / (logit[m].std() + 1e-12)
     return float(roc_auc_score([x["label"] == pos for x in r["rows"]], z))
+
+
+def mean_ci(xs: list[float], signed: bool = False) -> str:
+    """Mean with a 95 % t-interval over seeds."""
+    import statistics
+
+    from scipy import stats
+
+    m = statistics.mean(xs)
+    h = stats.t.ppf(0.975, len(xs) - 1) * statistics.stdev(xs) / len(xs) ** 0.5
+    return f"{m:+.3f} ({m - h:+.3f} to {m + h:+.3f})" if signed else f"{m:.3f} ({m - h:.3f}–{m + h:.3f})"
 
 
 def paired(a: dict, b: dict, reps: int = 2000, seed: int = 0) -> dict:
@@ -157,9 +169,11 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sets", default="mri,elpv")
     ap.add_argument("--archs", default="nf_regnet_b0,resnet18", help="the first is compared with each other one")
-    ap.add_argument("--recipes", default="base,base-keepbest,long-aug,long-aug-keepbest,local,local-long-aug")
+    ap.add_argument("--recipes", default="base,base-keepbest,long-aug,long-aug-keepbest,local,local-mb4,local-long-aug")
     ap.add_argument("--folds", type=int, default=5)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", default="0", help="seeds to run (each seed: other folds and initialisation); "
+                    "the doc also reports the cells of --report-seeds already on disk")
+    ap.add_argument("--report-seeds", default="0,1,2")
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--work", type=Path, default=CACHE / "bench_oof")
     ap.add_argument("--report-only", action="store_true")
@@ -167,59 +181,73 @@ def main(argv=None) -> int:
     import torch
 
     sets, archs, recipes = args.sets.split(","), args.archs.split(","), args.recipes.split(",")
-    res: dict[tuple[str, str, str], dict] = {}
+    seeds = [int(x) for x in args.seeds.split(",")]
+    shown = sorted(set(seeds) | {int(x) for x in args.report_seeds.split(",")})
+    res: dict[tuple[str, str, str, int], dict] = {}
     for key in sets:
         data = SETS[key][1]()
         for recipe in recipes:
-            for arch in archs:
-                got = run_arm(key, data, arch, recipe, args, args.work)
-                if got:
-                    res[(key, recipe, arch)] = got
+            for seed in shown:
+                for arch in archs:
+                    got = run_arm(key, data, arch, recipe, seed, args, args.work, seed in seeds and not args.report_only)
+                    if got:
+                        res[(key, recipe, arch, seed)] = got
     lines = ["# NF vs BatchNorm on out-of-fold metrics (`benchmarks/bench_oof.py`)", "",
              __doc__.split("\n\n", 1)[1].split("\n    python")[0].strip(), "",
              f"Device: {device_line(torch.device('cpu'))}.", "",
              f"Command: `python benchmarks/bench_oof.py --sets {args.sets} --archs {args.archs} --recipes {args.recipes} "
-             f"--folds {args.folds} --seed {args.seed}` (one arm by hand: `nfx finetune DATA --arch nf_regnet_b0 "
-             f"--no-pretrained --size {args.size} --bs 32 --epochs 8 --folds {args.folds}`, then `nfx evaluate RUN`).", ""]
+             f"--folds {args.folds} --seeds 0`, then `--recipes local --seeds 1,2` (more seeds of one recipe), then "
+             f"`--report-only` (one arm by hand: `nfx finetune DATA --arch nf_regnet_b0 --no-pretrained --size {args.size} "
+             f"--bs 32 --epochs 8 --folds {args.folds}`, then `nfx evaluate RUN`).", ""]
     for key in sets:
         lines += [f"## {SETS[key][0]}", "",
-                  "| recipe | model | images | out-of-fold accuracy | out-of-fold ROC AUC (95 % CI) | "
+                  "| recipe | seed | model | images | out-of-fold accuracy | out-of-fold ROC AUC (95 % CI) | "
                   f"Δ accuracy vs {archs[0]} (95 % CI) | Δ ROC AUC vs {archs[0]} (95 % CI) | "
                   "per fold: accuracy | per fold: ROC AUC | pooled ROC AUC, each fold's logits z-scored |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for recipe in recipes:
-            ref = res.get((key, recipe, archs[0]))
-            for arch in archs:
-                r = res.get((key, recipe, arch))
-                if not r:
-                    continue
-                ci = r["roc_auc_ci"]
-                auc = f"{r['roc_auc']:.3f}" + (f" ({ci[0]:.3f}–{ci[1]:.3f})" if ci else "")
-                d = paired(r, ref) if ref and arch != archs[0] else None
-                da = f"{d['d_acc']:+.3f} ({d['acc_ci'][0]:+.3f} to {d['acc_ci'][1]:+.3f})" if d else "–"
-                du = f"{d['d_auc']:+.3f} ({d['auc_ci'][0]:+.3f} to {d['auc_ci'][1]:+.3f})" if d else "–"
-                fa, fu = r["fold_acc"], r["fold_auc"]
-                pf = (f"{fa[0]:.3f} ± {fa[1]:.3f} | {fu[0]:.3f} ± {fu[1]:.3f}" if fa[0] is not None and fu[0] is not None
-                      else "– | –")
-                lines.append(f"| {RECIPES[recipe][0]} | {arch} | {r['n']} | {r['accuracy']:.3f} | {auc} | {da} | {du} | {pf} "
-                             f"| {standardised_auc(r):.3f} |")
+            have = [sd for sd in shown if all((key, recipe, a, sd) in res for a in archs)]
+            for seed in have:
+                ref = res[(key, recipe, archs[0], seed)]
+                for arch in archs:
+                    r = res[(key, recipe, arch, seed)]
+                    ci = r["roc_auc_ci"]
+                    auc = f"{r['roc_auc']:.3f}" + (f" ({ci[0]:.3f}–{ci[1]:.3f})" if ci else "")
+                    d = paired(r, ref) if arch != archs[0] else None
+                    da = f"{d['d_acc']:+.3f} ({d['acc_ci'][0]:+.3f} to {d['acc_ci'][1]:+.3f})" if d else "–"
+                    du = f"{d['d_auc']:+.3f} ({d['auc_ci'][0]:+.3f} to {d['auc_ci'][1]:+.3f})" if d else "–"
+                    fa, fu = r["fold_acc"], r["fold_auc"]
+                    pf = (f"{fa[0]:.3f} ± {fa[1]:.3f} | {fu[0]:.3f} ± {fu[1]:.3f}" if fa[0] is not None and fu[0] is not None
+                          else "– | –")
+                    lines.append(f"| {RECIPES[recipe][0]} | {seed} | {arch} | {r['n']} | {r['accuracy']:.3f} | {auc} | {da} | "
+                                 f"{du} | {pf} | {standardised_auc(r):.3f} |")
+            if len(have) > 1:
+                for arch in archs:
+                    rs = [res[(key, recipe, arch, sd)] for sd in have]
+                    ds = [paired(r, res[(key, recipe, archs[0], sd)]) for r, sd in zip(rs, have)] if arch != archs[0] else []
+                    da = f"{mean_ci([d['d_acc'] for d in ds], True)}" if ds else "–"
+                    du = f"{mean_ci([d['d_auc'] for d in ds], True)}" if ds else "–"
+                    lines.append(f"| **{RECIPES[recipe][0]}: mean over seeds** (t-interval) | {','.join(map(str, have))} | "
+                                 f"{arch} | {rs[0]['n']} | {mean_ci([r['accuracy'] for r in rs])} | "
+                                 f"{mean_ci([r['roc_auc'] for r in rs])} | {da} | {du} | – | – | – |")
         lines.append("")
     kept = [(key, r) for key in sets for r in recipes if f"{r}-keepbest" in recipes]
     if kept:
         lines += ["## Which epoch to keep: the last (default) vs the best by validation ROC AUC (`--keep best`)", "",
                   "The same training (same seed, folds and schedule); only the epoch each fold model keeps differs. "
                   "Δ = last − best on the same images, paired bootstrap interval.", "",
-                  "| set | recipe | model | Δ accuracy (95 % CI) | Δ ROC AUC (95 % CI) | epochs chosen by `--keep best` |",
-                  "|---|---|---|---|---|---|"]
+                  "| set | recipe | seed | model | Δ accuracy (95 % CI) | Δ ROC AUC (95 % CI) | epochs chosen by `--keep best` |",
+                  "|---|---|---|---|---|---|---|"]
         for key, recipe in kept:
-            for arch in archs:
-                a, b = res.get((key, recipe, arch)), res.get((key, f"{recipe}-keepbest", arch))
-                if not (a and b):
-                    continue
-                d = paired(a, b)
-                lines.append(f"| {SETS[key][0]} | {RECIPES[recipe][0]} | {arch} | {d['d_acc']:+.3f} ({d['acc_ci'][0]:+.3f} to "
-                             f"{d['acc_ci'][1]:+.3f}) | {d['d_auc']:+.3f} ({d['auc_ci'][0]:+.3f} to {d['auc_ci'][1]:+.3f}) | "
-                             f"{', '.join(str(e) for e in b['chosen'])} of {RECIPES[recipe][2]} |")
+            for seed in shown:
+                for arch in archs:
+                    a, b = res.get((key, recipe, arch, seed)), res.get((key, f"{recipe}-keepbest", arch, seed))
+                    if not (a and b):
+                        continue
+                    d = paired(a, b)
+                    lines.append(f"| {SETS[key][0]} | {RECIPES[recipe][0]} | {seed} | {arch} | {d['d_acc']:+.3f} "
+                                 f"({d['acc_ci'][0]:+.3f} to {d['acc_ci'][1]:+.3f}) | {d['d_auc']:+.3f} ({d['auc_ci'][0]:+.3f} "
+                                 f"to {d['auc_ci'][1]:+.3f}) | {', '.join(str(e) for e in b['chosen'])} of {RECIPES[recipe][2]} |")
         lines.append("")
     out = ROOT / "docs" / "OOF.md"
     write_keeping_reading(out, lines)

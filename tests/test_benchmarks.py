@@ -52,3 +52,38 @@ def test_copy_benchmark_labels_pydicom_data_encodings_as_one_picture():
     assert len({fam(n) for n in distinct}) == len(distinct)
     names = [n for g in bench.MRI_SAME_PICTURE for n in g]
     assert len(names) == len(set(names))  # a file in two reviewed groups would merge them silently
+
+
+def test_out_of_fold_benchmark_pairs_images_and_standardises_per_fold():
+    """docs/OOF.md's differences are paired by image; its diagnostic column z-scores each fold."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import bench_oof as bench
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200)
+    score = np.clip(0.5 + 0.3 * (y - 0.5) + rng.normal(0, 0.2, 200), 0.01, 0.99)
+
+    def arm(p, fold=None):
+        return {"positive": "yes", "rows": [
+            {"file": f"f{i}", "label": "yes" if y[i] else "no", "p_yes": str(p[i]), "fold": str(fold[i] if fold is not None else 1),
+             "prediction": "yes" if p[i] >= 0.5 else "no"} for i in range(200)]}
+
+    a = arm(score)
+    same = bench.paired(a, arm(score), reps=200)
+    assert same["d_auc"] == 0 and same["d_acc"] == 0 and same["auc_ci"] == (0, 0)
+    worse = bench.paired(a, arm(np.full(200, 0.5) + rng.normal(0, 0.01, 200)), reps=200)
+    assert worse["d_auc"] > 0.2 and worse["auc_ci"][0] > 0
+    # a fold whose scores are squeezed towards 0.5: pooled AUC drops, the z-scored one does not
+    fold = np.arange(200) % 2
+    squeezed = np.where(fold == 1, 0.5 + (score - 0.5) * 0.05, score)
+    pooled = arm(squeezed, fold)
+    from sklearn.metrics import roc_auc_score
+
+    per_fold = np.mean([roc_auc_score(y[fold == f], squeezed[fold == f]) for f in (0, 1)])
+    assert roc_auc_score(y, squeezed) < per_fold - 0.03
+    assert bench.standardised_auc(pooled) == pytest.approx(per_fold, abs=0.03)
+    assert bench.mean_ci([0.1, 0.2, 0.3], signed=True).startswith("+0.200 (")
