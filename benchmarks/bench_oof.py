@@ -169,7 +169,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sets", default="mri,elpv")
     ap.add_argument("--archs", default="nf_regnet_b0,resnet18", help="the first is compared with each other one")
-    ap.add_argument("--recipes", default="base,base-keepbest,long-aug,long-aug-keepbest,local,local-mb4,local-long-aug")
+    ap.add_argument("--recipes", default="base,base-keepbest,long-aug,long-aug-keepbest,local,local-mb4")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seeds", default="0", help="seeds to run (each seed: other folds and initialisation); "
                     "the doc also reports the cells of --report-seeds already on disk")
