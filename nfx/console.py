@@ -277,8 +277,9 @@ def show_inspect(p: Printer, r: dict[str, Any]) -> None:
 
 def _kept(m: dict[str, Any]) -> str:
     """Which epoch a run's model.safetensors is, in words (metrics.json's `kept`)."""
-    return (f"best by {m.get('monitor')} on validation: optimistic" if (m.get("kept") or "best") == "best"
-            and m.get("selected_epoch") != m.get("epochs_run") else "the last")
+    from nfx.evaluate.cautions import chosen_on_validation
+
+    return f"best by {m.get('monitor')} on validation: optimistic" if chosen_on_validation(m) else "the last"
 
 
 def show_finetune(p: Printer, res: Any) -> None:

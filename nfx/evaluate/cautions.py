@@ -54,12 +54,19 @@ def evaluation_warnings(result: dict[str, Any], items: Sequence[tuple[str, str, 
     return out
 
 
+def chosen_on_validation(m: dict[str, Any]) -> bool:
+    """Whether a run's metrics.json says its weights are an epoch other than the last, picked by the
+    monitor on the validation split (`kept` = best; runs written before `--keep` existed kept the
+    best epoch whenever one was recorded)."""
+    return ((m.get("kept") or "best") == "best" and m.get("selected_epoch") is not None
+            and m.get("selected_epoch") != m.get("epochs_run"))
+
+
 def selection_warning(metrics: Sequence[dict[str, Any]]) -> str | None:
     """The warning owed when the evaluated weights were chosen on the images being scored: a run's
     (or each fold's) metrics.json with `kept` = best (runs written before `--keep` existed kept the
     best epoch whenever one was recorded). None when every model is its schedule's last epoch."""
-    chosen = [m for m in metrics if (m.get("kept") or "best") == "best" and m.get("selected_epoch") is not None
-              and m.get("selected_epoch") != m.get("epochs_run")]
+    chosen = [m for m in metrics if chosen_on_validation(m)]
     if not chosen:
         return None
     m = chosen[0]
