@@ -21,10 +21,11 @@ SCRATCH = "trained from scratch"  # ModelInfo.weights_source of a run with a ran
 # said by finetune and MODEL.md for an NF architecture trained from scratch (docs/COMPARE.md, docs/LEARNING.md)
 NF_FROM_SCRATCH_NOTE = ("measured from scratch on two real sets of a few hundred images (docs/COMPARE.md, "
                         "docs/RECIPES.md, docs/OOF.md): on brain MRI nf_regnet_b0 lost to a BatchNorm net of similar "
-                        "cost (resnet18; with --bn frozen at micro-batch 1-2) by 0.06-0.13 accuracy and 0.07-0.13 ROC "
+                        "cost (resnet18; with --bn frozen at micro-batch 1-2) by 0.05-0.13 accuracy and 0.07-0.13 ROC "
                         "AUC at every micro-batch from 1 to 32 and out of fold, and given the same recipe "
                         "(augmentation, longer schedules, MixUp, label smoothing, drop-path, SGD, EMA) the BatchNorm "
-                        "nets gained more; on ELPV solar-cell images the two were level out of fold. Started from "
+                        "nets gained more; on ELPV solar-cell images NF led out of fold on ROC AUC (+0.04) at level "
+                        "accuracy. Started from "
                         "weights pretrained on another real set, the two were level on both sets. With no pretrained "
                         "weights, run --arch resnet18 beside it (nfx compare), or pass --weights")
 
