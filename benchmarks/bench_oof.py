@@ -139,6 +139,12 @@ def mean_ci(xs: list[float], signed: bool = False) -> str:
     return f"{m:+.3f} ({m - h:+.3f} to {m + h:+.3f})" if signed else f"{m:.3f} ({m - h:.3f}–{m + h:.3f})"
 
 
+def delta(d: dict, which: str) -> str:
+    """One paired difference with its interval: which = "acc" or "auc"."""
+    lo, hi = d[f"{which}_ci"]
+    return f"{d[f'd_{which}']:+.3f} ({lo:+.3f} to {hi:+.3f})"
+
+
 def paired(a: dict, b: dict, reps: int = 2000, seed: int = 0) -> dict:
     """a − b on the same images: ROC AUC and accuracy, with a bootstrap interval over images."""
     import numpy as np
@@ -207,15 +213,16 @@ def main(argv=None) -> int:
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         for recipe in recipes:
             have = [sd for sd in shown if all((key, recipe, a, sd) in res for a in archs)]
+            # each network against the first on the same images, once per seed (2000 resamples each)
+            vs = {(arch, sd): paired(res[(key, recipe, arch, sd)], res[(key, recipe, archs[0], sd)])
+                  for arch in archs[1:] for sd in have}
             for seed in have:
-                ref = res[(key, recipe, archs[0], seed)]
                 for arch in archs:
                     r = res[(key, recipe, arch, seed)]
                     ci = r["roc_auc_ci"]
                     auc = f"{r['roc_auc']:.3f}" + (f" ({ci[0]:.3f}–{ci[1]:.3f})" if ci else "")
-                    d = paired(r, ref) if arch != archs[0] else None
-                    da = f"{d['d_acc']:+.3f} ({d['acc_ci'][0]:+.3f} to {d['acc_ci'][1]:+.3f})" if d else "–"
-                    du = f"{d['d_auc']:+.3f} ({d['auc_ci'][0]:+.3f} to {d['auc_ci'][1]:+.3f})" if d else "–"
+                    d = vs.get((arch, seed))
+                    da, du = (delta(d, "acc"), delta(d, "auc")) if d else ("–", "–")
                     fa, fu = r["fold_acc"], r["fold_auc"]
                     pf = (f"{fa[0]:.3f} ± {fa[1]:.3f} | {fu[0]:.3f} ± {fu[1]:.3f}" if fa[0] is not None and fu[0] is not None
                           else "– | –")
@@ -224,7 +231,7 @@ def main(argv=None) -> int:
             if len(have) > 1:
                 for arch in archs:
                     rs = [res[(key, recipe, arch, sd)] for sd in have]
-                    ds = [paired(r, res[(key, recipe, archs[0], sd)]) for r, sd in zip(rs, have)] if arch != archs[0] else []
+                    ds = [vs[(arch, sd)] for sd in have] if arch != archs[0] else []
                     da = f"{mean_ci([d['d_acc'] for d in ds], True)}" if ds else "–"
                     du = f"{mean_ci([d['d_auc'] for d in ds], True)}" if ds else "–"
                     lines.append(f"| **{RECIPES[recipe][0]}: mean over seeds** (t-interval) | {','.join(map(str, have))} | "
@@ -245,9 +252,8 @@ def main(argv=None) -> int:
                     if not (a and b):
                         continue
                     d = paired(a, b)
-                    lines.append(f"| {SETS[key][0]} | {RECIPES[recipe][0]} | {seed} | {arch} | {d['d_acc']:+.3f} "
-                                 f"({d['acc_ci'][0]:+.3f} to {d['acc_ci'][1]:+.3f}) | {d['d_auc']:+.3f} ({d['auc_ci'][0]:+.3f} "
-                                 f"to {d['auc_ci'][1]:+.3f}) | {', '.join(str(e) for e in b['chosen'])} of {RECIPES[recipe][2]} |")
+                    lines.append(f"| {SETS[key][0]} | {RECIPES[recipe][0]} | {seed} | {arch} | {delta(d, 'acc')} | "
+                                 f"{delta(d, 'auc')} | {', '.join(str(e) for e in b['chosen'])} of {RECIPES[recipe][2]} |")
         lines.append("")
     out = ROOT / "docs" / "OOF.md"
     write_keeping_reading(out, lines)

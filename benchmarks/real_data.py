@@ -31,6 +31,7 @@ into a local cache; nothing here is committed to the repository.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import shutil
 import subprocess
@@ -74,26 +75,31 @@ def brain_mri(root: Path = CACHE) -> Path:
 ELPV_PKG = "elpv-dataset==1.0.0.post1"
 
 
+@contextlib.contextmanager
+def _elpv_wheel():
+    """The ELPV wheel from PyPI (in a temporary folder) and its cells: (member path under
+    elpv_dataset/data/, expert defect probability, cell type mono/poly)."""
+    import zipfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp, ELPV_PKG], check=True)
+        wheel = zipfile.ZipFile(next(Path(tmp).glob("*.whl")))
+        rows = [line.split() for line in wheel.read("elpv_dataset/data/labels.csv").decode().split("\n")]
+        yield wheel, [(r[0], float(r[1]), r[2]) for r in rows if len(r) >= 3]
+
+
 def elpv(root: Path = CACHE, n_per_class: int = 200) -> Path:
     """ELPV solar-cell folder (``functional/``, ``defective/``), ``n_per_class`` each, from PyPI on first use."""
     import random
-    import zipfile
 
     dest = root / f"elpv_{n_per_class}"
     if (dest / "functional").is_dir() and (dest / "defective").is_dir():
         return dest
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp, ELPV_PKG], check=True)
-        wheel = zipfile.ZipFile(next(Path(tmp).glob("*.whl")))
-        labels = wheel.read("elpv_dataset/data/labels.csv").decode().split("\n")
+    with _elpv_wheel() as (wheel, cells):
         by_class: dict[str, list[str]] = {"functional": [], "defective": []}
-        for line in labels:
-            parts = line.split()
-            if len(parts) < 2:
-                continue
-            p = float(parts[1])
+        for name, p, _kind in cells:
             if p == 0 or p > 0.5:
-                by_class["functional" if p == 0 else "defective"].append(parts[0])
+                by_class["functional" if p == 0 else "defective"].append(name)
         part = dest.with_name(dest.name + ".part")
         shutil.rmtree(part, ignore_errors=True)
         rng = random.Random(0)
@@ -109,24 +115,20 @@ def elpv(root: Path = CACHE, n_per_class: int = 200) -> Path:
 def elpv_pretrain(root: Path = CACHE, exclude_n_per_class: int = 120) -> Path:
     """ELPV cells outside ``elpv(exclude_n_per_class)`` in eight folders ``{type}_p{000,033,067,100}``."""
     import random
-    import zipfile
 
     dest = root / f"elpv_pretrain_without_{exclude_n_per_class}"
     if (dest / "labels.csv").is_file():
         return dest
     held = {f.name for f in elpv(root, exclude_n_per_class).rglob("*.png")}
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp, ELPV_PKG], check=True)
-        wheel = zipfile.ZipFile(next(Path(tmp).glob("*.whl")))
+    with _elpv_wheel() as (wheel, cells):
         part = dest.with_name(dest.name + ".part")
         shutil.rmtree(part, ignore_errors=True)
-        for line in wheel.read("elpv_dataset/data/labels.csv").decode().split("\n"):
-            parts = line.split()
-            if len(parts) < 3 or Path(parts[0]).name in held:
+        for name, p, kind in cells:
+            if Path(name).name in held:
                 continue
-            label = f"{parts[2]}_p{round(float(parts[1]) * 100):03d}"
+            label = f"{kind}_p{round(p * 100):03d}"
             (part / label).mkdir(parents=True, exist_ok=True)
-            (part / label / Path(parts[0]).name).write_bytes(wheel.read(f"elpv_dataset/data/{parts[0]}"))
+            (part / label / Path(name).name).write_bytes(wheel.read(f"elpv_dataset/data/{name}"))
         rows, rng = ["path,label,split"], random.Random(0)
         for d in sorted(part.iterdir()):
             files = sorted(f.name for f in d.glob("*.png"))
