@@ -97,6 +97,10 @@ class TrainConfig:
     lr: float | None = opt(None, "Peak learning rate (fine-tuning: of the head-only warm-up, halved when the body is "
                                  "unfrozen) {by_schedule}.")  # the body gets lr / body_lr_div
     body_lr_div: float | None = opt(None, "Body lr = lr / this {by_schedule}.")
+    # nfx.train.lr_find: fastai's lr range test on the run's own Learner; fit() writes the found lr into lr
+    lr_find: bool = opt(False, "Choose the peak lr by an lr range test before training (fastai's lr_find on this "
+                               "run's Learner, valley suggestion; curve in lr_find.csv/png); replaces --lr.",
+                        "--lr-find/--no-lr-find")
     schedule: str | None = opt(None, "fine-tune (head-only warm-up, then the whole network) or from-scratch (no "
                                      "warm-up) [default: from the weights: fine-tune from pretrained or --weights, "
                                      "from-scratch with --no-pretrained].")
@@ -104,6 +108,8 @@ class TrainConfig:
     wd: float = opt(1e-2, "Weight decay, decoupled (p <- p*(1 - lr*wd)); gains, biases and norms exempt {default}.")
     label_smoothing: float = opt(0.0, "Label smoothing of the cross-entropy {default}.")
     mixup: float = opt(0.0, "MixUp α (fastai's MixUp callback; 0 = off, 0.2-0.4 usual) {default}.")
+    cutmix: float = opt(0.0, "CutMix α (fastai's CutMix callback: a box of another image pasted in, labels mixed by "
+                             "area; 0 = off, 1.0 usual) {default}.")
     agc: float | None = None  # AGC clip factor λ; None = AGC off
     agc_auto: bool = True  # λ was chosen by nfx from the effective batch size
     precision: str = opt("auto", "{one_of:PRECISIONS} {default}.")
@@ -159,9 +165,13 @@ def resolve_schedule(train: TrainConfig, from_scratch: bool) -> tuple[TrainConfi
     validate_train(out)
     why = ("given" if train.schedule else
            "the body starts from random init" if from_scratch else "the body is pretrained")
-    given = [k for k in defaults if getattr(train, k) is not None]
+    given = [k for k in defaults if getattr(train, k) is not None and not (k == "lr" and train.lr_find)]
     div = out.body_lr_div
-    if out.freeze_epochs:  # fit: the head lr is halved when the body is unfrozen
+    if out.lr_find:  # fit() runs the range test and writes the lr it found into config.json
+        parts = (["head-only warm-up at that lr, then half of it"] if out.freeze_epochs else []) + (
+            [f"body lr/{div:g}"] if div != 1 else [])
+        rates = "lr from an lr range test before training" + (f" ({', '.join(parts)})" if parts else "")
+    elif out.freeze_epochs:  # fit: the head lr is halved when the body is unfrozen
         rates = f"head-only warm-up at lr {out.lr:g}, then lr {out.lr / 2:g} " + (
             "for all layers" if div == 1 else f"for the head, body lr/{div:g}")
     else:
@@ -307,6 +317,14 @@ def validate_train(t: TrainConfig) -> None:
         (t.mixup == 0 or not getattr(AGC_MODES.get(t.agc_mode), "per_sample", False),
          f"--mixup with --agc-mode {t.agc_mode}: a mixed sample has no gradient of its own to clip; "
          "use --agc-mode batch or drop --mixup"),
+        (math.isfinite(t.cutmix) and t.cutmix >= 0, f"--cutmix must be an α >= 0, e.g. 1.0; 0 = off (got {t.cutmix})"),
+        (t.cutmix == 0 or t.mixup == 0, "--cutmix and --mixup both mix the batch (fastai's two callbacks would mix "
+                                         "it twice); choose one"),
+        (t.cutmix == 0 or not getattr(AGC_MODES.get(t.agc_mode), "per_sample", False),
+         f"--cutmix with --agc-mode {t.agc_mode}: a mixed sample has no gradient of its own to clip; "
+         "use --agc-mode batch or drop --cutmix"),
+        (not t.lr_find or t.world_size == 1, f"--lr-find on {t.world_size} processes: each would find its own lr; "
+                                             "run the range test on one process and pass the lr it found as --lr"),
     ]
     for ok, msg in checks:
         if not ok:

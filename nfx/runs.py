@@ -1,8 +1,8 @@
 """One run folder and atomic writes: every file name of a run folder is defined here.
 
 A run folder holds: config.json, env.json, splits.csv, split_summary.json, bad_files.csv (if
-any), model.json, model.safetensors, history.csv, metrics.json, checkpoints/{last.pt,
-best.safetensors}; after evaluate: evaluation.json, predictions.csv, valid_scores.json,
+any), model.json, model.safetensors, history.csv, lr_find.{csv,png} (--lr-find), metrics.json,
+checkpoints/{last.pt, best.safetensors}; after evaluate: evaluation.json, predictions.csv, valid_scores.json,
 report.md, report.html, plots/*.png; after export: model.onnx, MODEL.md (model card).
 Everything is written through a temp file and renamed, so a killed run never leaves a
 half-written artifact.
@@ -32,6 +32,8 @@ SPLITS = "splits.csv"
 BAD_FILES = "bad_files.csv"
 WEIGHTS = "model.safetensors"
 HISTORY = "history.csv"
+LR_FIND_CSV = "lr_find.csv"  # --lr-find: the range test's curve (nfx.train.lr_find)
+LR_FIND_PNG = "lr_find.png"
 METRICS = "metrics.json"
 EVALUATION = "evaluation.json"
 PREDICTIONS = "predictions.csv"

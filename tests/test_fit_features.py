@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from collections import Counter
 
 import numpy as np
@@ -389,7 +390,9 @@ def test_regularisers_are_recorded_and_refused_clearly(tiny_data, tmp_path):
     assert "AdamW, weight decay 0.01, precision" in plain and "MixUp" not in plain
     for bad, match in [({"mixup": -1.0}, "--mixup must be"), ({"label_smoothing": 1.0}, "--label-smoothing must be"),
                        ({"mixup": 0.4, "agc_mode": "per-sample"}, "--mixup with --agc-mode per-sample"),
-                       ({"wd": -0.1}, "--wd must be"), ({"optimizer": "lamb"}, "--optimizer must be adam or sgd")]:
+                       ({"wd": -0.1}, "--wd must be"), ({"cutmix": -1.0}, "--cutmix must be"),
+                       ({"cutmix": 1.0, "mixup": 0.2}, "--cutmix and --mixup both"),
+                       ({"cutmix": 1.0, "agc_mode": "per-sample"}, "--cutmix with --agc-mode per-sample"), ({"optimizer": "lamb"}, "--optimizer must be adam or sgd")]:
         with pytest.raises(ConfigError, match=match):
             api.finetune(_cfg(tiny_data / "dicom", tmp_path, "bad", **bad), Printer(quiet=True))
     with pytest.raises(ConfigError, match="--drop-path must be in"):
@@ -420,3 +423,97 @@ def test_optimizer_sgd_trains_with_nesterov_and_is_recorded(tiny_data, tmp_path)
                   {"onnx": "m.onnx", "max_abs_diff": 0.0})
     assert "SGD with Nesterov momentum, weight decay 0.01, " in card
     assert isinstance(OPTIMIZERS["sgd"].build()([[torch.nn.Parameter(torch.zeros(2))]], lr=0.1), ForeachSGD)
+
+
+def test_lr_find_trains_with_the_lr_it_found_and_leaves_no_other_trace(tiny_data, tmp_path):
+    """`--lr-find`: fastai's range test runs on the run's own Learner (under accumulation: 100 optimizer
+    steps), its valley suggestion is the lr the run trains with — the run equals, weight for weight,
+    a run given that lr explicitly (so the test restores model and optimiser and shifts no counter)
+    — and config.json, metrics.json, lr_find.csv/png and MODEL.md record it."""
+    from fastai.callback.schedule import valley
+
+    from nfx.export.card import render
+    from nfx.train.lr_find import LR_FIND_CSV, LR_FIND_PNG
+
+    data = tiny_data / "dicom"
+    found = api.finetune(_cfg(data, tmp_path, "find", epochs=2, accum=2, lr=None, lr_find=True), Printer(quiet=True))
+    run = found.run_dir
+    lf = found.metrics["lr_find"]
+    saved = json.loads((run / "config.json").read_text())["train"]
+    assert saved["lr_find"] is True and saved["lr"] == lf["lr"]
+    assert lf["planned_iterations"] == 200 and 6 <= lf["iterations"] <= 200  # 100 steps of 2 micro-batches
+    rows = list(csv.DictReader(open(run / LR_FIND_CSV)))
+    lrs, losses = [float(r["lr"]) for r in rows], [float(r["smoothed_loss"]) for r in rows]
+    assert len(rows) == lf["iterations"] and lrs == sorted(lrs) and lrs[0] < 1e-6
+    n = lf["planned_iterations"]  # fastai's own rule: drop the first tenth and the last 5 points
+    assert lf["lr"] == pytest.approx(valley(torch.tensor(lrs[n // 10:-5]), torch.tensor(losses[n // 10:-5]), n)[0])
+    assert (run / LR_FIND_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not any(p.suffix == ".pth" for p in run.rglob("*"))  # LRFinder's temporary model removed
+
+    given = api.finetune(_cfg(data, tmp_path, "given", epochs=2, accum=2, lr=lf["lr"]), Printer(quiet=True))
+    a, b = load_file(str(run / "model.safetensors")), load_file(str(given.run_dir / "model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+    assert found.metrics["optimizer_steps"] == given.metrics["optimizer_steps"]
+    assert found.metrics["agc_calls"] == given.metrics["agc_calls"]
+    card = render({"classes": ["a", "b"], "arch": "test_nfnet", "input_size": 64},
+                  json.loads((run / "config.json").read_text()), found.metrics, None, {"onnx": "m.onnx", "max_abs_diff": 0.0})
+    assert f"lr {lf['lr']} (found by an lr range test, `--lr-find`)" in card
+    # killed after its last checkpoint, before metrics.json: the resume reports the test it ran, without a new one
+    curve = (run / LR_FIND_CSV).stat().st_mtime_ns
+    (run / "metrics.json").unlink()
+    again = api.resume(run, Printer(quiet=True))
+    assert again.metrics["lr_find"] == lf and (run / LR_FIND_CSV).stat().st_mtime_ns == curve
+    assert json.loads((run / "config.json").read_text())["train"]["lr"] == lf["lr"]
+
+
+def test_lr_find_is_refused_where_it_cannot_work(tiny_data, tmp_path):
+    import subprocess
+    import sys
+
+    from nfx.config import validate_train
+    from nfx.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--lr-find on 2 processes"):
+        validate_train(TrainConfig(lr_find=True, world_size=2))
+    out = subprocess.run([sys.executable, "-m", "nfx", "finetune", str(tiny_data / "dicom"), "--lr", "0.01",
+                          "--lr-find", "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "--lr and --lr-find both given" in out.stderr and "Traceback" not in out.stderr
+    assert not any(tmp_path.iterdir())  # refused before a run folder exists
+
+
+def test_cutmix_pastes_a_box_of_another_image_and_is_recorded():
+    """--cutmix reaches the Learner as fastai's CutMix: under nfx's accumulation and AGC an image the model
+    sees holds a rectangle of another image of its micro-batch (each image here is one distinct constant),
+    which MixUp could not produce; training goes on with finite losses."""
+    import timm
+    from fastai.callback.core import Callback
+    from fastai.callback.mixup import CutMix
+    from fastai.data.core import DataLoaders
+    from fastai.data.load import DataLoader
+
+    from nfx.export.card import _regularisation
+    from nfx.train.learner import build_learner
+
+    ds = [(torch.full((3, 32, 32), float(i)), torch.tensor(i % 2)) for i in range(16)]
+    dls = DataLoaders(DataLoader(ds, bs=4, shuffle=True), DataLoader(ds, bs=4), device=torch.device("cpu"))
+    w = build_learner(dls, timm.create_model("test_nfnet", num_classes=2), num_classes=2, wd=0.0, precision="fp32",
+                      accum=2, agc=0.1, device=torch.device("cpu"), cutmix=1.0)
+    cut = [cb for cb in w.learn.cbs if isinstance(cb, CutMix)]
+    assert len(cut) == 1 and float(cut[0].distrib.concentration1) == pytest.approx(1.0)
+    seen = []
+
+    class Seen(Callback):
+        order = CutMix.order + 1
+
+        def before_batch(self):
+            if self.training:
+                seen.extend(x.clone() for x in self.learn.xb[0])
+
+    w.learn.fit(2, 1e-3, cbs=Seen())
+    values = [torch.unique(x) for x in seen]
+    pasted = [v for v in values if len(v) == 2]
+    assert pasted, "no image held a box of another"
+    assert all(len(v) <= 2 and set(v.tolist()) <= set(range(16)) for v in values)  # boxes, never blends
+    assert all(math.isfinite(v) for v in w.learn.recorder.losses)
+    assert "CutMix α 1.0" in _regularisation({"train": {"cutmix": 1.0}})

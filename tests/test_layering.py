@@ -10,7 +10,7 @@ PKG = Path(__file__).resolve().parents[1] / "nfx"
 # module (relative path prefix) → third-party roots it may import
 FASTAI_OK = ("api.py", "fastai.py", "train/learner.py", "train/callbacks.py", "train/fit.py", "train/checkpoint.py",
              "train/accumulation.py", "train/distributed.py", "train/persample_cb.py",
-             "train/optim.py",
+             "train/optim.py", "train/lr_find.py",
              "data/dataloaders.py")
 UI_OK = ("cli/", "console.py")
 ONNX_OK = ("export/",)

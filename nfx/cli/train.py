@@ -113,6 +113,10 @@ def _finetune(data: Path | None = None, config: Path | None = None, agc: str | N
             return
         show_finetune(p, api.resume(resume, p))
         return
+    if opts.get("lr") is not None and opts.get("lr_find"):
+        from nfx.errors import ConfigError
+
+        raise ConfigError("--lr and --lr-find both given: --lr-find chooses the lr; drop one of them")
     base = RunConfig.load(config) if config else RunConfig()
     if data is None and not base.data.path:
         from nfx.errors import ConfigError

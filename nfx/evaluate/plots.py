@@ -153,3 +153,18 @@ def training_png(history: list[dict[str, str]]) -> bytes:
         ax.set_xlabel("epoch (grey: body frozen)")
     fig.tight_layout()
     return _png(fig)
+
+
+def lr_find_png(lrs: Sequence[float], losses: Sequence[float], lr: float) -> bytes:
+    """The lr range test (nfx.train.lr_find): smoothed training loss against lr, log scale, the
+    chosen lr marked."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.6, 3.8))
+    ax.plot(lrs, losses)
+    ax.axvline(lr, color="tab:red", ls="--", label=f"valley: lr {lr:.3g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("smoothed training loss")
+    ax.set_title("lr range test (--lr-find)")
+    ax.legend()
+    return _png(fig)

@@ -61,7 +61,8 @@ def render(info: dict[str, Any], cfg: dict[str, Any], metrics: dict[str, Any], e
               + f", grey DICOMs without VOI: `{info.get('voi_fallback', 'stored')}` (docs/VOI_FALLBACK.md)",
               f"- Training: {t.get('schedule') or 'fine-tune'} schedule, {t.get('freeze_epochs')} head-only + "
               f"{t.get('epochs')} full epochs, effective batch {metrics.get('effective_batch_size', '?')}, "
-              f"lr {t.get('lr')}, AGC {t.get('agc') if t.get('agc') else 'off'} ({_agc_card(metrics.get('agc_mode', 'batch'))}), "
+              f"lr {t.get('lr')}" + (" (found by an lr range test, `--lr-find`)" if t.get("lr_find") else "")
+              + f", AGC {t.get('agc') if t.get('agc') else 'off'} ({_agc_card(metrics.get('agc_mode', 'batch'))}), "
               + _regularisation(cfg)
               + ("BatchNorm statistics frozen (eval mode, `--bn frozen`), " if t.get("bn") == "frozen" else "")
               + (f"micro-batch 1 with train-mode BatchNorm — {_bn_at_bs1_note()}, "
@@ -113,7 +114,8 @@ def render(info: dict[str, Any], cfg: dict[str, Any], metrics: dict[str, Any], e
 def _regularisation(cfg: dict[str, Any]) -> str:
     """The regularisers a run used (none by default), as the card's training line lists them."""
     t, m = cfg.get("train", {}), cfg.get("model", {})
-    parts = [f"{label} {v}" for label, v in (("MixUp α", t.get("mixup")), ("label smoothing", t.get("label_smoothing")),
+    parts = [f"{label} {v}" for label, v in (("MixUp α", t.get("mixup")), ("CutMix α", t.get("cutmix")),
+                                              ("label smoothing", t.get("label_smoothing")),
                                               ("drop-path", m.get("drop_path")), ("dropout", m.get("dropout")),
                                               ("EMA", t.get("ema"))) if v]
     wd = t.get("wd")

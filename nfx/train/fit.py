@@ -58,7 +58,7 @@ def fit(job: TrainingJob, printer) -> tuple[list[dict[str, Any]], dict[str, Any]
                       class_weights=class_weights(train.labels, num_classes) if t.balance == "loss" else None,
                       agc_mode=t.agc_mode, persample_chunk=t.persample_chunk, compile_model=t.compile,
                       persample_impl=t.persample_impl, note=printer.note,
-                      label_smoothing=t.label_smoothing, mixup=t.mixup,
+                      label_smoothing=t.label_smoothing, mixup=t.mixup, cutmix=t.cutmix,
                       opt_func=OPTIMIZERS[t.optimizer].build())
     learn = w.learn
     from nfx.train import distributed
@@ -69,12 +69,25 @@ def fit(job: TrainingJob, printer) -> tuple[list[dict[str, Any]], dict[str, Any]
         from nfx.train.callbacks import FrozenBatchNorm
 
         learn.add_cb(FrozenBatchNorm())
+    monitor = t.monitor or default_monitor(num_classes)
+    history: list[dict[str, Any]] = []
+    state: dict[str, Any] = {"monitor": monitor}  # the checkpoints carry it: a resume continues it
+    if t.lr_find and resume is None:  # a resumed run goes on with the lr its config.json recorded
+        from dataclasses import replace
+
+        from nfx.train.lr_find import find_lr
+
+        state["lr_find"] = find_lr(learn, t, run_dir, printer)  # before EMA: its steps must not reach the average
+        t = replace(t, lr=state["lr_find"]["lr"])
+        job.cfg = cfg = replace(cfg, train=t)
+        cfg.save(run_dir / runs.CONFIG)  # resume, --config and MODEL.md see the lr the run trained with
+        set_seed(t.seed, reproducible=True)
+        for cb, counter in ((w.accum_cb, "n_steps"), (w.agc_cb, "n_calls")):  # metrics count training steps only
+            if cb is not None:
+                setattr(cb, counter, 0)
     ema_cb = EMACallback(learn.model, t.ema) if t.ema else None
     if ema_cb:
         learn.add_cb(ema_cb)
-    monitor = t.monitor or default_monitor(num_classes)
-    history: list[dict[str, Any]] = []
-    state: dict[str, Any] = {"monitor": monitor}
     done = 0
     if resume:
         learn.model.load_state_dict(resume["model"])
@@ -160,6 +173,8 @@ def fit(job: TrainingJob, printer) -> tuple[list[dict[str, Any]], dict[str, Any]
         agc_calls=w.agc_cb.n_calls if w.agc_cb else 0,
         persample_impl=getattr(w.agc_cb, "impl", None),
     )
+    if state.get("lr_find"):  # kept in the checkpoints' state: a resumed run reports it too
+        final["lr_find"] = state["lr_find"]
     return history, final
 
 

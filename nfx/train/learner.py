@@ -54,7 +54,7 @@ def build_learner(dls, model, *, num_classes: int, wd: float, precision: str, ac
                   class_weights: list[float] | None = None, agc_mode: str = "batch",
                   persample_chunk: int | None = None, compile_model: bool = False,
                   persample_impl: str = "auto", note: Any = None, label_smoothing: float = 0.0,
-                  mixup: float = 0.0) -> Wiring:
+                  mixup: float = 0.0, cutmix: float = 0.0) -> Wiring:
     import fastai.callback.schedule  # noqa: F401  (adds Learner.fit_one_cycle)
     from fastai.callback.fp16 import MixedPrecision
     from fastai.callback.progress import ProgressCallback
@@ -82,6 +82,10 @@ def build_learner(dls, model, *, num_classes: int, wd: float, precision: str, ac
         from fastai.callback.mixup import MixUp
 
         cbs.append(MixUp(mixup))  # mixes each micro-batch; under accumulation each one is mixed alone
+    if cutmix:
+        from fastai.callback.mixup import CutMix
+
+        cbs.append(CutMix(cutmix))  # as MixUp: within each micro-batch
     if precision in ("bf16", "fp16"):
         cbs.append(MixedPrecision(amp_mode=precision))
     _head, body = head_and_body(model)
