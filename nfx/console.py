@@ -300,8 +300,11 @@ def show_finetune(p: Printer, res: Any) -> None:
 def show_folds(p: Printer, res: Any) -> None:
     m = res.metrics
     rows = [("run folder", res.run_dir), ("model", m.get("arch", "?"))]
-    for i, f in enumerate(m.get("per_fold", []), 1):
-        rows.append((f"fold {i} (epoch {f.get('selected_epoch')}{', best on validation' if f.get('kept') == 'best' else ''})",
+    from nfx.evaluate.cautions import chosen_on_validation
+
+    for i, f in enumerate(m.get("per_fold", []), 1):  # the rule of the finetune table and evaluate's warning
+        best = ", best on validation" if chosen_on_validation(f) else ""
+        rows.append((f"fold {i} (epoch {f.get('selected_epoch')}{best})",
                      f"valid accuracy {fmt(f.get('valid_accuracy'))}, ROC AUC {fmt(f.get('valid_roc_auc'))}"))
     rows += [("mean ± sd over folds", f"accuracy {_pm(m.get('valid_accuracy'), m.get('valid_accuracy_sd'))}, "
                                       f"ROC AUC {_pm(m.get('valid_roc_auc'), m.get('valid_roc_auc_sd'))}"),

@@ -100,3 +100,22 @@ def test_selection_warning_only_for_weights_chosen_on_validation():
     assert "2 of 3 fold models" in w
     # runs written before --keep existed kept the best epoch: warned too
     assert selection_warning([{k: v for k, v in best.items() if k != "kept"}]) is not None
+
+
+def test_fold_table_and_model_card_follow_the_per_fold_record(capsys):
+    """`nfx finetune --folds` labels a fold "best on validation" by the rule of evaluate's warning (an
+    epoch other than the last), and MODEL.md of a --lr-find parent lists each fold model's found lr."""
+    from types import SimpleNamespace
+
+    from nfx.console import Printer, show_folds
+    from nfx.export.card import _lr_card
+
+    per_fold = [{"selected_epoch": 3, "epochs_run": 3, "kept": "best", "valid_accuracy": 0.8, "lr_found": 1.2e-3},
+                {"selected_epoch": 1, "epochs_run": 3, "kept": "best", "valid_accuracy": 0.7, "lr_found": 8e-4},
+                {"selected_epoch": 3, "epochs_run": 3, "kept": "last", "valid_accuracy": 0.9, "lr_found": 2e-3}]
+    show_folds(Printer(), SimpleNamespace(run_dir="cv", metrics={"per_fold": per_fold, "folds": 3}))
+    err = capsys.readouterr().err
+    assert "fold 1 (epoch 3):" in err and "fold 2 (epoch 1, best on validation):" in err and "fold 3 (epoch 3):" in err
+    assert _lr_card({"lr_find": True, "lr": 2e-3}, {"per_fold": per_fold}) == (
+        "lr found by an lr range test for each fold model (`--lr-find`): 0.0012, 0.0008, 0.002")
+    assert _lr_card({"lr_find": False, "lr": 2e-3}, {"per_fold": per_fold}) == "lr 0.002"

@@ -218,7 +218,9 @@ FOLD_METRICS = ("valid_accuracy", "valid_roc_auc", "valid_loss")
 
 def fold_summary(results: list[dict[str, Any]]) -> dict[str, Any]:
     """Per-fold validation metrics (the selected epoch of each) and their mean ± sd."""
-    out: dict[str, Any] = {"per_fold": [{k: m.get(k) for k in ("selected_epoch", "kept", *FOLD_METRICS)} for m in results]}
+    out: dict[str, Any] = {"per_fold": [{**{k: m.get(k) for k in ("selected_epoch", "epochs_run", "kept", *FOLD_METRICS)},
+                                         **({"lr_found": m["lr_find"]["lr"]} if m.get("lr_find") else {})}
+                                        for m in results]}
     for key in FOLD_METRICS:
         vals = [m[key] for m in results if isinstance(m.get(key), (int, float))]
         out[key] = round(statistics.fmean(vals), 6) if vals else None
