@@ -51,7 +51,16 @@ RECIPES = {"base": ("nfx's defaults, 8 epochs", (), 8),
            # nfx before --keep: model.safetensors was the best epoch by validation ROC AUC, chosen on
            # the very fold it is then scored on
            "base-keepbest": ("nfx's defaults with --keep best (the default before 2026-12-06)", ("--keep", "best"), 8),
-           "long-aug-keepbest": ("16 epochs, --aug light, --keep best", ("--aug", "light", "--keep", "best"), 16)}
+           "long-aug-keepbest": ("16 epochs, --aug light, --keep best", ("--aug", "light", "--keep", "best"), 16),
+           # the search's last items (issue 27): the lr range test, CutMix, the search from local weights
+           "lr-find": ("nfx's defaults with --lr-find (lr range test per fold model), 8 epochs", ("--lr-find",), 8),
+           "cutmix": ("16 epochs, --aug light and --cutmix 1.0", ("--aug", "light", "--cutmix", "1.0"), 16),
+           "local-lr-find": ("local weights, --lr-find, 8 epochs", ("--lr-find",), 8),
+           "local-cutmix": ("local weights, 16 epochs, --aug light and --cutmix 1.0",
+                            ("--aug", "light", "--cutmix", "1.0"), 16)}
+# a change and the recipe it is judged against: same seed, same folds, each network against itself
+REFERENCE = {"lr-find": "base", "cutmix": "long-aug", "long-aug": "base", "local-lr-find": "local",
+             "local-long-aug": "local", "local-cutmix": "local-long-aug", "local-mb4": "local"}
 PRETRAIN_EPOCHS = 16
 
 
@@ -108,7 +117,9 @@ def run_arm(key: str, data: Path, arch: str, recipe: str, seed: int, args, work:
             "fold_auc": (folds.get("roc_auc_mean"), folds.get("roc_auc_sd")),
             "n": ev["n_images"], "positive": ev["positive_class"], "rows": rows,
             "chosen": [json.loads((parent / f"fold-{f}" / "metrics.json").read_text()).get("selected_epoch")
-                       for f in range(1, args.folds + 1)]}
+                       for f in range(1, args.folds + 1)],
+            "lrs": [(json.loads((parent / f"fold-{f}" / "metrics.json").read_text()).get("lr_find") or {}).get("lr")
+                    for f in range(1, args.folds + 1)]}
 
 
 def standardised_auc(r: dict) -> float:
@@ -175,7 +186,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sets", default="mri,elpv")
     ap.add_argument("--archs", default="nf_regnet_b0,resnet18", help="the first is compared with each other one")
-    ap.add_argument("--recipes", default="base,base-keepbest,long-aug,long-aug-keepbest,local,local-mb4")
+    ap.add_argument("--recipes", default="base,base-keepbest,long-aug,long-aug-keepbest,lr-find,cutmix,local,local-mb4,"
+                                         "local-lr-find,local-long-aug,local-cutmix")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seeds", default="0", help="seeds to run (each seed: other folds and initialisation); "
                     "the doc also reports the cells of --report-seeds already on disk")
@@ -254,6 +266,29 @@ def main(argv=None) -> int:
                     d = paired(a, b)
                     lines.append(f"| {SETS[key][0]} | {RECIPES[recipe][0]} | {seed} | {arch} | {delta(d, 'acc')} | "
                                  f"{delta(d, 'auc')} | {', '.join(str(e) for e in b['chosen'])} of {RECIPES[recipe][2]} |")
+        lines.append("")
+    changes = [(key, r) for key in sets for r in recipes if REFERENCE.get(r) in recipes]
+    if changes:
+        lines += ["## Each change against its reference recipe", "",
+                  "The same seed and folds; each network against itself (Δ = change − reference on the same images, "
+                  "paired bootstrap interval per seed; over several seeds the mean with a t-interval). A change earns "
+                  "a place in the NF default only if it moves the NF net more than the BatchNorm net.", "",
+                  "| set | change | reference | seed | model | Δ accuracy (95 % CI) | Δ ROC AUC (95 % CI) | lr found per fold |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for key, recipe in changes:
+            ref = REFERENCE[recipe]
+            for arch in archs:
+                have = [sd for sd in shown if (key, recipe, arch, sd) in res and (key, ref, arch, sd) in res]
+                ds = {sd: paired(res[(key, recipe, arch, sd)], res[(key, ref, arch, sd)]) for sd in have}
+                for sd in have:
+                    lrs = [x for x in res[(key, recipe, arch, sd)]["lrs"] if x]
+                    lines.append(f"| {SETS[key][0]} | {RECIPES[recipe][0]} | {RECIPES[ref][0]} | {sd} | {arch} | "
+                                 f"{delta(ds[sd], 'acc')} | {delta(ds[sd], 'auc')} | "
+                                 f"{', '.join(f'{x:.2g}' for x in lrs) if lrs else '–'} |")
+                if len(have) > 1:
+                    lines.append(f"| {SETS[key][0]} | **{RECIPES[recipe][0]}: mean over seeds** | {RECIPES[ref][0]} | "
+                                 f"{','.join(map(str, have))} | {arch} | {mean_ci([d['d_acc'] for d in ds.values()], True)} | "
+                                 f"{mean_ci([d['d_auc'] for d in ds.values()], True)} | – |")
         lines.append("")
     out = ROOT / "docs" / "OOF.md"
     write_keeping_reading(out, lines)

@@ -87,3 +87,6 @@ def test_out_of_fold_benchmark_pairs_images_and_standardises_per_fold():
     assert roc_auc_score(y, squeezed) < per_fold - 0.03
     assert bench.standardised_auc(pooled) == pytest.approx(per_fold, abs=0.03)
     assert bench.mean_ci([0.1, 0.2, 0.3], signed=True).startswith("+0.200 (")
+    # each change of the search is judged against a recipe that exists, never against itself
+    assert set(bench.REFERENCE) <= set(bench.RECIPES) and set(bench.REFERENCE.values()) <= set(bench.RECIPES)
+    assert all(k != v for k, v in bench.REFERENCE.items())
