@@ -214,7 +214,8 @@ def main(argv=None) -> int:
              __doc__.split("\n\n", 1)[1].split("\n    python")[0].strip(), "",
              f"Device: {device_line(torch.device('cpu'))}.", "",
              f"Command: `python benchmarks/bench_oof.py --sets {args.sets} --archs {args.archs} --recipes {args.recipes} "
-             f"--folds {args.folds} --seeds 0`, then `--recipes base,local --seeds 1,2` (more seeds of two recipes; `--sets elpv --recipes local-mb4` was added later), then "
+             f"--folds {args.folds} --seeds 0`, then `--recipes base,local,local-mb4 --seeds 1,2` (more seeds of three "
+             "recipes), then "
              f"`--report-only` (one arm by hand: `nfx finetune DATA --arch nf_regnet_b0 --no-pretrained --size {args.size} "
              f"--bs 32 --epochs 8 --folds {args.folds}`, then `nfx evaluate RUN`).", ""]
     for key in sets:

@@ -22,12 +22,12 @@ SCRATCH = "trained from scratch"  # ModelInfo.weights_source of a run with a ran
 NF_FROM_SCRATCH_NOTE = ("measured from scratch on two real sets of a few hundred images (docs/COMPARE.md, "
                         "docs/RECIPES.md, docs/OOF.md): on brain MRI nf_regnet_b0 lost to a BatchNorm net of similar "
                         "cost (resnet18; with --bn frozen at micro-batch 1-2) by 0.05-0.13 accuracy and 0.07-0.13 ROC "
-                        "AUC at every micro-batch from 1 to 32 and out of fold, and given the same recipe "
-                        "(augmentation, longer schedules, MixUp, label smoothing, drop-path, SGD, EMA) the BatchNorm "
-                        "nets gained more; on ELPV solar-cell images NF led out of fold on ROC AUC (+0.04) at level "
-                        "accuracy. Started from "
-                        "weights pretrained on another real set, the two were level on both sets. With no pretrained "
-                        "weights, run --arch resnet18 beside it (nfx compare), or pass --weights")
+                        "AUC at every micro-batch from 1 to 32 and out of fold, and of the changes given to both "
+                        "(augmentation, longer schedules, MixUp, CutMix, label smoothing, drop-path, SGD, EMA, an lr "
+                        "range test) none lifted NF above it; on ELPV solar-cell images NF led out of fold on ROC AUC "
+                        "(+0.04) at level accuracy. Started from weights pretrained on another real set, the two were "
+                        "level on both sets. With no pretrained weights, run --arch resnet18 beside it (nfx compare), "
+                        "or pass --weights")
 
 
 BN_AT_BS1_DROP = "0.08-0.30"  # resnet18 from scratch, brain MRI and ELPV, docs/COMPARE.md

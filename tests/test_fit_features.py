@@ -436,7 +436,7 @@ def test_lr_find_trains_with_the_lr_it_found_and_leaves_no_other_trace(tiny_data
     from nfx.train.lr_find import LR_FIND_CSV, LR_FIND_PNG
 
     data = tiny_data / "dicom"
-    found = api.finetune(_cfg(data, tmp_path, "find", epochs=2, accum=2, lr=None, lr_find=True), Printer(quiet=True))
+    found = api.finetune(_cfg(data, tmp_path, "find", epochs=1, accum=2, lr=None, lr_find=True), Printer(quiet=True))
     run = found.run_dir
     lf = found.metrics["lr_find"]
     saved = json.loads((run / "config.json").read_text())["train"]
@@ -450,7 +450,7 @@ def test_lr_find_trains_with_the_lr_it_found_and_leaves_no_other_trace(tiny_data
     assert (run / LR_FIND_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not any(p.suffix == ".pth" for p in run.rglob("*"))  # LRFinder's temporary model removed
 
-    given = api.finetune(_cfg(data, tmp_path, "given", epochs=2, accum=2, lr=lf["lr"]), Printer(quiet=True))
+    given = api.finetune(_cfg(data, tmp_path, "given", epochs=1, accum=2, lr=lf["lr"]), Printer(quiet=True))
     a, b = load_file(str(run / "model.safetensors")), load_file(str(given.run_dir / "model.safetensors"))
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
