@@ -99,7 +99,7 @@ class TrainConfig:
     body_lr_div: float | None = opt(None, "Body lr = lr / this {by_schedule}.")
     # nfx.train.lr_find: fastai's lr range test on the run's own Learner; fit() writes the found lr into lr
     lr_find: bool = opt(False, "Choose the peak lr by an lr range test before training (fastai's lr_find on this "
-                               "run's Learner, valley suggestion; curve in lr_find.csv/png); replaces --lr.",
+                               "run's Learner, valley suggestion; curve in lr_find.csv/png); not with --lr.",
                         "--lr-find/--no-lr-find")
     schedule: str | None = opt(None, "fine-tune (head-only warm-up, then the whole network) or from-scratch (no "
                                      "warm-up) [default: from the weights: fine-tune from pretrained or --weights, "
