@@ -112,14 +112,13 @@ def run_arm(key: str, data: Path, arch: str, recipe: str, seed: int, args, work:
     with open(parent / "predictions.csv") as fh:
         rows = list(csv.DictReader(fh))
     folds = (ev.get("folds") or {})
+    per_fold = [json.loads((parent / f"fold-{f}" / "metrics.json").read_text()) for f in range(1, args.folds + 1)]
     return {"accuracy": ev["accuracy"], "roc_auc": ev["roc_auc"], "roc_auc_ci": ev.get("roc_auc_ci"),
             "fold_acc": (folds.get("accuracy_mean"), folds.get("accuracy_sd")),
             "fold_auc": (folds.get("roc_auc_mean"), folds.get("roc_auc_sd")),
             "n": ev["n_images"], "positive": ev["positive_class"], "rows": rows,
-            "chosen": [json.loads((parent / f"fold-{f}" / "metrics.json").read_text()).get("selected_epoch")
-                       for f in range(1, args.folds + 1)],
-            "lrs": [(json.loads((parent / f"fold-{f}" / "metrics.json").read_text()).get("lr_find") or {}).get("lr")
-                    for f in range(1, args.folds + 1)]}
+            "chosen": [m.get("selected_epoch") for m in per_fold],
+            "lrs": [(m.get("lr_find") or {}).get("lr") for m in per_fold]}
 
 
 def standardised_auc(r: dict) -> float:

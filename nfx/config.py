@@ -285,6 +285,7 @@ def _section(cls: type, value: Any, source: str) -> Any:
 
 
 def validate_train(t: TrainConfig) -> None:
+    mixing = "--mixup" if t.mixup else "--cutmix" if t.cutmix else None  # batch mixing (fastai's MixUp / CutMix)
     checks = [
         (t.epochs >= 0, f"--epochs must be >= 0 (got {t.epochs})"),
         (t.freeze_epochs is None or t.freeze_epochs >= 0, f"--freeze-epochs must be >= 0 (got {t.freeze_epochs})"),
@@ -314,15 +315,12 @@ def validate_train(t: TrainConfig) -> None:
         (math.isfinite(t.wd) and t.wd >= 0, f"--wd must be a finite number >= 0 (got {t.wd})"),
         (0 <= t.label_smoothing < 1, f"--label-smoothing must be in [0, 1) (got {t.label_smoothing})"),
         (math.isfinite(t.mixup) and t.mixup >= 0, f"--mixup must be an α >= 0, e.g. 0.4; 0 = off (got {t.mixup})"),
-        (t.mixup == 0 or not getattr(AGC_MODES.get(t.agc_mode), "per_sample", False),
-         f"--mixup with --agc-mode {t.agc_mode}: a mixed sample has no gradient of its own to clip; "
-         "use --agc-mode batch or drop --mixup"),
         (math.isfinite(t.cutmix) and t.cutmix >= 0, f"--cutmix must be an α >= 0, e.g. 1.0; 0 = off (got {t.cutmix})"),
         (t.cutmix == 0 or t.mixup == 0, "--cutmix and --mixup both mix the batch (fastai's two callbacks would mix "
                                          "it twice); choose one"),
-        (t.cutmix == 0 or not getattr(AGC_MODES.get(t.agc_mode), "per_sample", False),
-         f"--cutmix with --agc-mode {t.agc_mode}: a mixed sample has no gradient of its own to clip; "
-         "use --agc-mode batch or drop --cutmix"),
+        (not mixing or not getattr(AGC_MODES.get(t.agc_mode), "per_sample", False),
+         f"{mixing} with --agc-mode {t.agc_mode}: a mixed sample has no gradient of its own to clip; "
+         f"use --agc-mode batch or drop {mixing}"),
         (not t.lr_find or t.world_size == 1, f"--lr-find on {t.world_size} processes: each would find its own lr; "
                                              "run the range test on one process and pass the lr it found as --lr"),
     ]

@@ -433,7 +433,7 @@ def test_lr_find_trains_with_the_lr_it_found_and_leaves_no_other_trace(tiny_data
     from fastai.callback.schedule import valley
 
     from nfx.export.card import render
-    from nfx.train.lr_find import LR_FIND_CSV, LR_FIND_PNG
+    from nfx.runs import LR_FIND_CSV, LR_FIND_PNG
 
     data = tiny_data / "dicom"
     found = api.finetune(_cfg(data, tmp_path, "find", epochs=1, accum=2, lr=None, lr_find=True), Printer(quiet=True))

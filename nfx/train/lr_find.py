@@ -21,7 +21,6 @@ from typing import Any
 from nfx import runs
 from nfx.errors import TrainingError
 
-LR_FIND_CSV, LR_FIND_PNG = runs.LR_FIND_CSV, runs.LR_FIND_PNG
 START_LR, END_LR, STEPS = 1e-7, 10.0, 100
 
 
@@ -43,15 +42,15 @@ def find_lr(learn, t, run_dir: Path, printer) -> dict[str, Any]:
                               show_plot=False)
     lrs = [float(x) for x in learn.recorder.lrs]
     losses = [float(x) for x in learn.recorder.losses]
-    runs.atomic_write_csv(run_dir / LR_FIND_CSV, [{"lr": a, "smoothed_loss": b} for a, b in zip(lrs, losses)],
+    runs.atomic_write_csv(run_dir / runs.LR_FIND_CSV, [{"lr": a, "smoothed_loss": b} for a, b in zip(lrs, losses)],
                           ["lr", "smoothed_loss"])
     lr = float(suggested.valley)
     if not (math.isfinite(lr) and lr > 0):
-        raise TrainingError(f"{run_dir / LR_FIND_CSV}: the lr range test gave no usable lr ({lr}); "
+        raise TrainingError(f"{run_dir / runs.LR_FIND_CSV}: the lr range test gave no usable lr ({lr}); "
                             "pass --lr instead of --lr-find")
     from nfx.evaluate.plots import lr_find_png
 
-    runs.atomic_write_bytes(run_dir / LR_FIND_PNG, lr_find_png(lrs, losses, lr))
+    runs.atomic_write_bytes(run_dir / runs.LR_FIND_PNG, lr_find_png(lrs, losses, lr))
     printer.info(f"lr range test: {len(lrs)} micro-batches, valley suggestion lr {lr:.3g}")
     return {"lr": lr, "suggestion": "valley", "iterations": len(lrs), "planned_iterations": num_it,
             "start_lr": START_LR, "end_lr": END_LR}
