@@ -59,6 +59,32 @@ def write_keeping_reading(out: Path, lines: list[str]) -> None:
     (it may need updating)."""
     old = out.read_text() if out.is_file() else ""
     reading = old[old.index("## What it shows"):] if "## What it shows" in old else "## What it shows\n\n(to be written)\n"
+    lost = dropped_rows(old[:old.index("## What it shows")] if "## What it shows" in old else old, "\n".join(lines))
+    if lost:
+        raise SystemExit(f"{out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}: this run would drop table rows "
+                         f"({'; '.join(lost)}) — their runs are neither in the cache nor in benchmarks/results/; "
+                         "rerun those arms, or write elsewhere with --doc OTHER.md")
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text("\n".join([*lines, reading.rstrip()]) + "\n")
     os.replace(tmp, out)
+
+
+def table_rows(text: str) -> dict[str, int]:
+    """Table body rows per `## ` section of a markdown doc (header and separator rows not counted)."""
+    counts: dict[str, int] = {}
+    section, prev_table = "", False
+    for line in text.splitlines():
+        if line.startswith("## "):
+            section = line[3:].strip()
+        is_table = line.startswith("|")
+        if is_table and prev_table and not set(line) <= set("|-: "):
+            counts[section] = counts.get(section, 0) + 1
+        prev_table = is_table  # a table's first row is its header: body rows follow another table row
+    return counts
+
+
+def dropped_rows(old: str, new: str) -> list[str]:
+    """Sections whose tables would lose rows if `new` replaced `old` (a generated doc regenerated from
+    fewer runs than it showed): 'section: old → new rows'."""
+    a, b = table_rows(old), table_rows(new)
+    return [f"{sec or 'top'}: {n} → {b.get(sec, 0)} rows" for sec, n in a.items() if b.get(sec, 0) < n]

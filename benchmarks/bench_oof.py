@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gzip
 import json
 import os
 import subprocess
@@ -88,12 +89,66 @@ def pretrain(arch: str, args, work: Path) -> Path:
     return weights
 
 
+RESULTS = ROOT / "benchmarks" / "results" / "oof"  # committed: each arm's out-of-fold record, so docs/OOF.md
+# regenerates without the cache of runs (~/.cache/nfx-bench, gigabytes of checkpoints, lost with the machine)
+
+
+def _record(parent: Path, folds: int) -> dict:
+    """What the report needs of one finished arm: metrics and its out-of-fold predictions, one row per image."""
+    ev = json.loads((parent / "evaluation.json").read_text())
+    pos = ev["positive_class"]
+    with open(parent / "predictions.csv") as fh:
+        rows = [{"file": r["file"], "label": r["label"], "prediction": r["prediction"], f"p_{pos}": r[f"p_{pos}"],
+                 "fold": r["fold"]} for r in csv.DictReader(fh)]
+    f = ev.get("folds") or {}
+    per_fold = [json.loads((parent / f"fold-{i}" / "metrics.json").read_text()) for i in range(1, folds + 1)]
+    return {"accuracy": ev["accuracy"], "roc_auc": ev["roc_auc"], "roc_auc_ci": ev.get("roc_auc_ci"),
+            "fold_acc": (f.get("accuracy_mean"), f.get("accuracy_sd")),
+            "fold_auc": (f.get("roc_auc_mean"), f.get("roc_auc_sd")),
+            "n": ev["n_images"], "positive": pos, "rows": rows,
+            "chosen": [m.get("selected_epoch") for m in per_fold],
+            "lrs": [(m.get("lr_find") or {}).get("lr") for m in per_fold]}
+
+
+def save_record(name: str, size: int, rec: dict, results: Path = RESULTS) -> Path:
+    """Write one arm's record to benchmarks/results/oof/NAME.json.gz (atomic; stable bytes for git)."""
+    results.mkdir(parents=True, exist_ok=True)
+    out = results / f"{name}.json.gz"
+    tmp = out.with_name(f".{out.name}.tmp")
+    with gzip.GzipFile(tmp, "wb", mtime=0) as fh:
+        fh.write(json.dumps({"size": size, **rec}, sort_keys=True).encode())
+    os.replace(tmp, out)
+    return out
+
+
+def load_record(name: str, size: int, results: Path = RESULTS) -> dict | None:
+    path = results / f"{name}.json.gz"
+    if not path.is_file():
+        return None
+    with gzip.open(path, "rb") as fh:
+        rec = json.loads(fh.read())
+    if rec.pop("size") != size:
+        return None  # the same arm at another image size is another experiment
+    rec["fold_acc"], rec["fold_auc"] = tuple(rec["fold_acc"]), tuple(rec["fold_auc"])
+    return rec
+
+
+def _shown_path(p: Path) -> str:
+    p = p.resolve()
+    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p)
+
+
 def run_arm(key: str, data: Path, arch: str, recipe: str, seed: int, args, work: Path, run: bool) -> dict | None:
+    """One arm's record: from its finished run in the cache (and then kept in benchmarks/results/), else from
+    benchmarks/results/, else trained now when `run`."""
     _what, flags, epochs = RECIPES[recipe]
     name = f"{key}-{arch}-{recipe}-k{args.folds}-s{seed}"
     parent = work / "runs" / name
     done = parent / "evaluation.json"
     if not done.is_file():
+        kept = load_record(name, args.size)
+        if kept is not None:
+            return kept
         if not run:
             return None
         nfx = [sys.executable, "-m", "nfx"]
@@ -108,17 +163,9 @@ def run_arm(key: str, data: Path, arch: str, recipe: str, seed: int, args, work:
             subprocess.run(cmd, check=True, stdout=fh, stderr=subprocess.STDOUT)
             subprocess.run(nfx + ["evaluate", str(parent)], check=True, stdout=fh, stderr=subprocess.STDOUT)
         print(f"{key} {arch} {recipe} seed {seed}: {time.perf_counter() - t0:.0f} s", flush=True)
-    ev = json.loads(done.read_text())
-    with open(parent / "predictions.csv") as fh:
-        rows = list(csv.DictReader(fh))
-    folds = (ev.get("folds") or {})
-    per_fold = [json.loads((parent / f"fold-{f}" / "metrics.json").read_text()) for f in range(1, args.folds + 1)]
-    return {"accuracy": ev["accuracy"], "roc_auc": ev["roc_auc"], "roc_auc_ci": ev.get("roc_auc_ci"),
-            "fold_acc": (folds.get("accuracy_mean"), folds.get("accuracy_sd")),
-            "fold_auc": (folds.get("roc_auc_mean"), folds.get("roc_auc_sd")),
-            "n": ev["n_images"], "positive": ev["positive_class"], "rows": rows,
-            "chosen": [m.get("selected_epoch") for m in per_fold],
-            "lrs": [(m.get("lr_find") or {}).get("lr") for m in per_fold]}
+    rec = _record(parent, args.folds)
+    save_record(name, args.size, rec)
+    return rec
 
 
 def standardised_auc(r: dict) -> float:
@@ -194,6 +241,8 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--work", type=Path, default=CACHE / "bench_oof")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "OOF.md",
+                    help="where the report goes; bench_oof refuses to overwrite it with fewer rows than it shows")
     args = ap.parse_args(argv)
     import torch
 
@@ -209,14 +258,21 @@ def main(argv=None) -> int:
                     got = run_arm(key, data, arch, recipe, seed, args, args.work, seed in seeds and not args.report_only)
                     if got:
                         res[(key, recipe, arch, seed)] = got
-    lines = ["# NF vs BatchNorm on out-of-fold metrics (`benchmarks/bench_oof.py`)", "",
+    title = "# NF vs BatchNorm on out-of-fold metrics (`benchmarks/bench_oof.py`)"
+    if args.doc != ROOT / "docs" / "OOF.md":
+        title += f": {', '.join(recipes)}, seeds {', '.join(map(str, shown))}"
+    lines = [title, "",
              __doc__.split("\n\n", 1)[1].split("\n    python")[0].strip(), "",
              f"Device: {device_line(torch.device('cpu'))}.", "",
-             f"Command: `python benchmarks/bench_oof.py --sets {args.sets} --archs {args.archs} --recipes {args.recipes} "
-             f"--folds {args.folds} --seeds 0`, then `--recipes base,local,local-mb4 --seeds 1,2` (more seeds of three "
-             "recipes), then "
-             f"`--report-only` (one arm by hand: `nfx finetune DATA --arch nf_regnet_b0 --no-pretrained --size {args.size} "
-             f"--bs 32 --epochs 8 --folds {args.folds}`, then `nfx evaluate RUN`).", ""]
+             (f"Command: `python benchmarks/bench_oof.py --sets {args.sets} --archs {args.archs} --recipes {args.recipes} "
+              f"--folds {args.folds} --seeds 0`, then `--recipes base,local,local-mb4 --seeds 1,2` (more seeds of three "
+              "recipes), then `--report-only`" if args.doc == ROOT / "docs" / "OOF.md" else
+              f"Command: `python benchmarks/bench_oof.py --sets {args.sets} --archs {args.archs} --recipes {args.recipes} "
+              f"--folds {args.folds} --seeds {','.join(map(str, shown))} --doc {_shown_path(args.doc)}`")
+             + f" (one arm by hand: `nfx finetune DATA --arch nf_regnet_b0 --no-pretrained --size {args.size} "
+             f"--bs 32 --epochs 8 --folds {args.folds}`, then `nfx evaluate RUN`). Each arm's record (metrics and "
+             "out-of-fold predictions) is kept in `benchmarks/results/oof/`, so a report regenerates without the runs.",
+             ""]
     for key in sets:
         lines += [f"## {SETS[key][0]}", "",
                   "| recipe | seed | model | images | out-of-fold accuracy | out-of-fold ROC AUC (95 % CI) | "
@@ -290,7 +346,7 @@ def main(argv=None) -> int:
                                  f"{','.join(map(str, have))} | {arch} | {mean_ci([d['d_acc'] for d in ds.values()], True)} | "
                                  f"{mean_ci([d['d_auc'] for d in ds.values()], True)} | – |")
         lines.append("")
-    out = ROOT / "docs" / "OOF.md"
+    out = args.doc
     write_keeping_reading(out, lines)
     print(out.read_text())
     return 0

@@ -90,3 +90,45 @@ def test_out_of_fold_benchmark_pairs_images_and_standardises_per_fold():
     # each change of the search is judged against a recipe that exists, never against itself
     assert set(bench.REFERENCE) <= set(bench.RECIPES) and set(bench.REFERENCE.values()) <= set(bench.RECIPES)
     assert all(k != v for k, v in bench.REFERENCE.items())
+
+
+def _bench(name):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+
+def test_a_regenerated_doc_never_drops_rows_it_showed(tmp_path):
+    """The runs behind a generated doc live in a cache that a new machine lacks: regenerating from fewer
+    runs must refuse (naming the section), not silently shrink the tables; the person-written reading stays."""
+    doc = _bench("_doc")
+    out = tmp_path / "X.md"
+    table = ["## set A", "", "| arm | acc |", "|---|---|", "| a | 0.7 |", "| b | 0.8 |"]
+    out.write_text("\n".join(table) + "\n## What it shows\n\nmy reading\n")
+    with pytest.raises(SystemExit, match=r"set A: 2 → 1 rows"):
+        doc.write_keeping_reading(out, table[:-1])
+    assert "| b | 0.8 |" in out.read_text()  # untouched
+    doc.write_keeping_reading(out, [*table, "| c | 0.9 |"])  # more rows (a new arm) is fine
+    text = out.read_text()
+    assert "| c | 0.9 |" in text and text.endswith("my reading\n")
+    assert doc.table_rows(text) == {"set A": 3}
+
+
+def test_out_of_fold_arm_records_round_trip_with_stable_bytes(tmp_path):
+    """benchmarks/results/oof keeps what the report needs of each arm (committed, so docs/OOF.md regenerates
+    without the runs); the same record writes the same bytes, and a record of another image size is not used."""
+    bench = _bench("bench_oof")
+    rec = {"accuracy": 0.75, "roc_auc": 0.8, "roc_auc_ci": [0.7, 0.9], "fold_acc": (0.7, 0.05), "fold_auc": (0.8, 0.04),
+           "n": 2, "positive": "yes", "chosen": [8, 8], "lrs": [None, None],
+           "rows": [{"file": "yes/a.png", "label": "yes", "prediction": "yes", "p_yes": "0.9", "fold": "1"},
+                    {"file": "no/b.png", "label": "no", "prediction": "yes", "p_yes": "0.6", "fold": "2"}]}
+    path = bench.save_record("mri-x-local-k5-s0", 64, rec, tmp_path)
+    first = path.read_bytes()
+    assert bench.save_record("mri-x-local-k5-s0", 64, rec, tmp_path).read_bytes() == first
+    assert bench.load_record("mri-x-local-k5-s0", 64, tmp_path) == rec
+    assert bench.load_record("mri-x-local-k5-s0", 96, tmp_path) is None
+    assert bench.load_record("mri-x-other-k5-s0", 64, tmp_path) is None
+    same = bench.paired(bench.load_record("mri-x-local-k5-s0", 64, tmp_path), rec, reps=50)
+    assert same["d_acc"] == 0 and same["n"] == 2
