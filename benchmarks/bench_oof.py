@@ -138,9 +138,10 @@ def _shown_path(p: Path) -> str:
     return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p)
 
 
-def run_arm(key: str, data: Path, arch: str, recipe: str, seed: int, args, work: Path, run: bool) -> dict | None:
+def run_arm(key: str, data, arch: str, recipe: str, seed: int, args, work: Path, run: bool) -> dict | None:
     """One arm's record: from its finished run in the cache (and then kept in benchmarks/results/), else from
-    benchmarks/results/, else trained now when `run`."""
+    benchmarks/results/, else trained now when `run` (`data`: a function giving the set's folder, called
+    only to train, so a report from the kept records needs neither the cache nor the data)."""
     _what, flags, epochs = RECIPES[recipe]
     name = f"{key}-{arch}-{recipe}-k{args.folds}-s{seed}"
     parent = work / "runs" / name
@@ -153,7 +154,7 @@ def run_arm(key: str, data: Path, arch: str, recipe: str, seed: int, args, work:
             return None
         nfx = [sys.executable, "-m", "nfx"]
         start = ["--weights", str(pretrain(arch, args, work))] if recipe.startswith("local") else ["--no-pretrained"]
-        cmd = nfx + ["finetune", str(data), "--arch", arch, *start, "--size", str(args.size), "--bs", "32",
+        cmd = nfx + ["finetune", str(data()), "--arch", arch, *start, "--size", str(args.size), "--bs", "32",
                      "--epochs", str(epochs), "--seed", str(seed), "--folds", str(args.folds), "--workers", "0",
                      "--out", str(work / "runs"), "--name", name, *EXTRA.get(key, ()), *flags]
         t0 = time.perf_counter()
@@ -251,7 +252,7 @@ def main(argv=None) -> int:
     shown = sorted(set(seeds) | {int(x) for x in args.report_seeds.split(",")})
     res: dict[tuple[str, str, str, int], dict] = {}
     for key in sets:
-        data = SETS[key][1]()
+        data = SETS[key][1]
         for recipe in recipes:
             for seed in shown:
                 for arch in archs:
