@@ -53,21 +53,22 @@ def write_subsection(section: str, key: str, body: str, intro: str = "") -> None
     os.replace(tmp, DOC)
 
 
-def write_keeping_reading(out: Path, lines: list[str]) -> None:
+def write_keeping_reading(out: Path, lines: list[str],
+                          fix: str = "rerun the runs behind the missing rows (their cache is gone)") -> None:
     """Write a generated doc (`lines`: its tables) atomically, keeping the "## What it shows" section
     of the existing file: the reading of the tables is written by a person, and a rerun keeps it
-    (it may need updating)."""
+    (it may need updating). Refuses (one line naming the sections, then `fix`) to write fewer table
+    rows in any section than the doc shows: the runs behind a doc live in a cache a new machine lacks."""
     old = out.read_text() if out.is_file() else ""
-    reading = old[old.index("## What it shows"):] if "## What it shows" in old else "## What it shows\n\n(to be written)\n"
-    lost = dropped_rows(old[:old.index("## What it shows")] if "## What it shows" in old else old, "\n".join(lines))
+    tables, marker, reading = old.partition("## What it shows")
+    lost = dropped_rows(tables, "\n".join(lines))
     if lost:
         raise SystemExit(f"{out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}: this run would drop table rows "
-                         f"({'; '.join(lost)}) — their runs are neither in the cache nor in benchmarks/results/; "
-                         "rerun those arms, or write elsewhere with --doc OTHER.md")
+                         f"({'; '.join(lost)}); {fix}")
+    reading = marker + reading if marker else "## What it shows\n\n(to be written)\n"
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text("\n".join([*lines, reading.rstrip()]) + "\n")
     os.replace(tmp, out)
-
 
 def table_rows(text: str) -> dict[str, int]:
     """Table body rows per `## ` section of a markdown doc (header and separator rows not counted)."""

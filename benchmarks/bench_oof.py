@@ -89,6 +89,7 @@ def pretrain(arch: str, args, work: Path) -> Path:
     return weights
 
 
+DOC = ROOT / "docs" / "OOF.md"
 RESULTS = ROOT / "benchmarks" / "results" / "oof"  # committed: each arm's out-of-fold record, so docs/OOF.md
 # regenerates without the cache of runs (~/.cache/nfx-bench, gigabytes of checkpoints, lost with the machine)
 
@@ -242,7 +243,7 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--work", type=Path, default=CACHE / "bench_oof")
     ap.add_argument("--report-only", action="store_true")
-    ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "OOF.md",
+    ap.add_argument("--doc", type=Path, default=DOC,
                     help="where the report goes; bench_oof refuses to overwrite it with fewer rows than it shows")
     args = ap.parse_args(argv)
     import torch
@@ -259,15 +260,16 @@ def main(argv=None) -> int:
                     got = run_arm(key, data, arch, recipe, seed, args, args.work, seed in seeds and not args.report_only)
                     if got:
                         res[(key, recipe, arch, seed)] = got
+    main_doc = args.doc.resolve() == DOC  # docs/OOF.md: the whole study; another doc: what this run names
     title = "# NF vs BatchNorm on out-of-fold metrics (`benchmarks/bench_oof.py`)"
-    if args.doc != ROOT / "docs" / "OOF.md":
+    if not main_doc:
         title += f": {', '.join(recipes)}, seeds {', '.join(map(str, shown))}"
     lines = [title, "",
              __doc__.split("\n\n", 1)[1].split("\n    python")[0].strip(), "",
              f"Device: {device_line(torch.device('cpu'))}.", "",
              (f"Command: `python benchmarks/bench_oof.py --sets {args.sets} --archs {args.archs} --recipes {args.recipes} "
               f"--folds {args.folds} --seeds 0`, then `--recipes base,local,local-mb4 --seeds 1,2` (more seeds of three "
-              "recipes), then `--report-only`" if args.doc == ROOT / "docs" / "OOF.md" else
+              "recipes), then `--report-only`" if main_doc else
               f"Command: `python benchmarks/bench_oof.py --sets {args.sets} --archs {args.archs} --recipes {args.recipes} "
               f"--folds {args.folds} --seeds {','.join(map(str, shown))} --doc {_shown_path(args.doc)}`")
              + f" (one arm by hand: `nfx finetune DATA --arch nf_regnet_b0 --no-pretrained --size {args.size} "
@@ -348,7 +350,8 @@ def main(argv=None) -> int:
                                  f"{mean_ci([d['d_auc'] for d in ds.values()], True)} | – |")
         lines.append("")
     out = args.doc
-    write_keeping_reading(out, lines)
+    write_keeping_reading(out, lines, fix="rerun those arms (their records are neither in the cache nor in "
+                                          "benchmarks/results/oof/), or write elsewhere with --doc OTHER.md")
     print(out.read_text())
     return 0
 
